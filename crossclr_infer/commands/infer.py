@@ -1,0 +1,4 @@
+"""Click commands (registered by cli.py)."""
+
+COMMANDS: list = []
+PREPARE_COMMANDS: list = []

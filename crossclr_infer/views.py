@@ -1,0 +1,48 @@
+"""Views (streams) of a skeleton array (..., C, T, V, M), as numpy functions (DESIGN §2.3).
+
+Training computes the same views in torch after augmentation and the exported graphs compute them
+inside ONNX; tests hold both to these definitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layouts import Layout
+
+VIEWS = ("joint", "motion", "bone", "accel")
+
+
+def motion(x: np.ndarray) -> np.ndarray:
+    """m[..., t, :, :] = x[..., t + 1, :, :] − x[..., t, :, :]; the last frame is 0."""
+    out = np.zeros_like(x)
+    out[..., :-1, :, :] = x[..., 1:, :, :] - x[..., :-1, :, :]
+    return out
+
+
+def accel(x: np.ndarray) -> np.ndarray:
+    """Second difference x[t + 2] − 2·x[t + 1] + x[t]; the last two frames are 0."""
+    out = np.zeros_like(x)
+    out[..., :-2, :, :] = x[..., 2:, :, :] - 2 * x[..., 1:-1, :, :] + x[..., :-2, :, :]
+    return out
+
+
+def bone(x: np.ndarray, layout: Layout) -> np.ndarray:
+    """bone[v] = x[v] − x[parent(v)] along the joint axis; the center joint's bone is 0."""
+    if x.shape[-2] != layout.num_joints:
+        raise ValueError(f"bone view: array has {x.shape[-2]} joints, layout {layout.name!r} has "
+                         f"{layout.num_joints}")
+    return x - x[..., np.asarray(layout.parents), :]
+
+
+def compute_view(x: np.ndarray, view: str, layout: Layout) -> np.ndarray:
+    """One named view of a (..., C, T, V, M) array."""
+    if view == "joint":
+        return x
+    if view == "motion":
+        return motion(x)
+    if view == "bone":
+        return bone(x, layout)
+    if view == "accel":
+        return accel(x)
+    raise ValueError(f"unknown view {view!r}: use one of {VIEWS}")
