@@ -1,0 +1,230 @@
+"""ST-GCN encoder (Yan et al. 2018) at the width CrosSCLR uses, with spatial / flow / adaptive graphs.
+
+Submodule names follow the official code (``data_bn``, ``st_gcn_networks.i.gcn.conv``,
+``st_gcn_networks.i.tcn.*``, ``st_gcn_networks.i.residual.*``, ``edge_importance.i``, ``fc``) so that
+official checkpoints map onto this module without renaming (see ``training.official_import``).
+
+Einsum letters: n batch (·bodies), k spatial partition, c channels, t frames, v/w joints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.graph import partition
+from crossclr_infer.layouts import Layout
+
+GRAPHS = ("spatial", "flow", "adaptive")
+PROJECTORS = ("mlp", "linear", "none")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """ST-GCN encoder and projector. The defaults are the official CrosSCLR quarter-width encoder."""
+
+    graph: str = "spatial"  # "spatial" (ST-GCN), "flow" (A*), "adaptive" (spatial A + B + C, 2s-AGCN)
+    base_channels: int = 16  # first-stage channels (official "hidden_channels"; ST-GCN full width = 64)
+    hidden_dim: int = 256  # output channels of the last block = feature size of forward_features
+    feature_dim: int = 128  # projector output size (the contrastive embedding)
+    projector: str = "mlp"  # "mlp": Linear(h,h)-ReLU-Linear(h,f); "linear": Linear(h,f); "none": identity
+    temporal_kernel: int = 9  # temporal convolution kernel (odd)
+    dropout: float = 0.5  # dropout in blocks 1.. (block 0 never has dropout)
+    stage_blocks: tuple[int, int, int] = (4, 3, 3)  # blocks per stage; stages 2 and 3 start with stride 2
+    edge_importance: bool = True  # learnable (K, V, V) edge weights per block, initialised to ones
+    max_hop: int = 1  # graph neighbourhood of the spatial partition
+    embed_ratio: int = 4  # adaptive graph: theta/phi embeddings have out_channels // embed_ratio channels
+
+    def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise CrossclrError(f"encoder config: graph {self.graph!r} is unknown; expected one of {GRAPHS}")
+        if self.projector not in PROJECTORS:
+            raise CrossclrError(f"encoder config: projector {self.projector!r} is unknown; expected one of "
+                                f"{PROJECTORS}")
+        for name in ("base_channels", "hidden_dim", "feature_dim", "embed_ratio", "max_hop"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise CrossclrError(f"encoder config: {name} must be a positive integer, got {v!r}")
+        tk = self.temporal_kernel
+        if not isinstance(tk, int) or tk < 1 or tk % 2 == 0:
+            raise CrossclrError(f"encoder config: temporal_kernel must be an odd positive integer, got "
+                                f"{self.temporal_kernel!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise CrossclrError(f"encoder config: dropout must be in [0, 1), got {self.dropout!r}")
+        sb = tuple(self.stage_blocks)
+        if len(sb) != 3 or not all(isinstance(b, int) and b >= 1 for b in sb):
+            raise CrossclrError(f"encoder config: stage_blocks must be three positive integers, got "
+                                f"{self.stage_blocks!r}")
+        object.__setattr__(self, "stage_blocks", sb)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stage_blocks"] = list(self.stage_blocks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CrossclrError(f"encoder config: unknown keys {unknown}; expected some of {sorted(known)}")
+        d = dict(d)
+        if "stage_blocks" in d:
+            d["stage_blocks"] = tuple(d["stage_blocks"])
+        return cls(**d)
+
+    def block_plan(self) -> list[tuple[int, int, int]]:
+        """(out_channels, stride, residual_kind) per block; residual 0 none, 1 identity, 2 conv."""
+        c = self.base_channels
+        outs, strides = [], []
+        for stage, n in enumerate(self.stage_blocks):
+            for i in range(n):
+                outs.append(c * 2 ** stage)
+                strides.append(2 if (stage > 0 and i == 0) else 1)
+        outs[-1] = self.hidden_dim
+        return list(zip(outs, strides, strict=True))
+
+
+class GraphConv(nn.Module):
+    """1×1 conv to K·C channels, then ``einsum('nkctv,kvw->nctw')`` with the (K, V, V) adjacency.
+
+    Adaptive graphs add a learnable ``B`` (zeros) and a per-sample ``C_k = softmax_v(θ_k(x)ᵀ φ_k(x))``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_subsets: int, num_joints: int,
+                 adaptive: bool, embed_channels: int) -> None:
+        super().__init__()
+        self.k = num_subsets
+        self.out_channels = out_channels
+        self.adaptive = adaptive
+        self.conv = nn.Conv2d(in_channels, out_channels * num_subsets, kernel_size=1)
+        if adaptive:
+            self.embed_channels = embed_channels
+            self.B = nn.Parameter(torch.zeros(num_subsets, num_joints, num_joints))
+            self.theta = nn.Conv2d(in_channels, embed_channels * num_subsets, kernel_size=1)
+            self.phi = nn.Conv2d(in_channels, embed_channels * num_subsets, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        n, _, t, v = x.shape
+        y = self.conv(x).view(n, self.k, self.out_channels, t, v)  # (N, K·C, T, V) -> (N, K, C, T, V)
+        if not self.adaptive:
+            return torch.einsum("nkctv,kvw->nctw", y, a)
+        e = self.embed_channels
+        th = self.theta(x).view(n, self.k, e, t, v)  # (N, K·E, T, V) -> (N, K, E, T, V)
+        ph = self.phi(x).view(n, self.k, e, t, v)
+        scores = torch.einsum("nketv,nketw->nkvw", th, ph) / float(e * t)
+        c = torch.softmax(scores, dim=-2)  # normalized over the joint that sends (v), like A·D⁻¹
+        adj = (a + self.B).unsqueeze(0) + c  # (N, K, V, V)
+        return torch.einsum("nkctv,nkvw->nctw", y, adj)
+
+
+class STGCNBlock(nn.Module):
+    """gcn -> BN-ReLU-conv(kt×1, stride)-BN-Dropout, plus residual, then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_subsets: int, num_joints: int, *,
+                 temporal_kernel: int, stride: int, dropout: float, residual: bool, adaptive: bool,
+                 embed_ratio: int) -> None:
+        super().__init__()
+        self.gcn = GraphConv(in_channels, out_channels, num_subsets, num_joints, adaptive,
+                             max(1, out_channels // embed_ratio))
+        pad = (temporal_kernel - 1) // 2
+        self.tcn = nn.Sequential(
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1), (pad, 0)),
+            nn.BatchNorm2d(out_channels),
+            nn.Dropout(dropout),
+        )
+        self.residual_kind = 0 if not residual else (1 if in_channels == out_channels and stride == 1 else 2)
+        if self.residual_kind == 2:
+            self.residual = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=(stride, 1)),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        y = self.tcn(self.gcn(x, a))
+        if self.residual_kind == 1:
+            y = y + x
+        elif self.residual_kind == 2:
+            y = y + self.residual(x)
+        return self.relu(y)
+
+
+def _projector(cfg: EncoderConfig) -> nn.Module:
+    if cfg.projector == "mlp":
+        return nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(),
+                             nn.Linear(cfg.hidden_dim, cfg.feature_dim))
+    if cfg.projector == "linear":
+        return nn.Linear(cfg.hidden_dim, cfg.feature_dim)
+    return nn.Identity()
+
+
+class STGCN(nn.Module):
+    """ST-GCN encoder over (N, C, T, V, M) skeletons.
+
+    ``forward_features`` -> (N, hidden_dim) (mean over frames, joints, then bodies);
+    ``forward_head`` -> the projector output (N, feature_dim) (identity when ``projector="none"``).
+    """
+
+    def __init__(self, layout: Layout, cfg: EncoderConfig | None = None, num_person: int = 2,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        cfg = cfg or EncoderConfig()
+        self.cfg = cfg
+        self.layout = layout
+        self.num_person = num_person
+        self.in_channels = in_channels
+        strategy = "spatial" if cfg.graph == "adaptive" else cfg.graph
+        a = torch.from_numpy(partition(layout, strategy, cfg.max_hop))  # (K, V, V)
+        self.register_buffer("A", a)
+        k, v = a.shape[0], a.shape[1]
+        self.data_bn = nn.BatchNorm1d(in_channels * v)  # channel index v·C + c, shared by all bodies
+        blocks = []
+        c_in = in_channels
+        for i, (c_out, stride) in enumerate(cfg.block_plan()):
+            blocks.append(STGCNBlock(c_in, c_out, k, v, temporal_kernel=cfg.temporal_kernel, stride=stride,
+                                     dropout=0.0 if i == 0 else cfg.dropout, residual=i > 0,
+                                     adaptive=cfg.graph == "adaptive", embed_ratio=cfg.embed_ratio))
+            c_in = c_out
+        self.st_gcn_networks = nn.ModuleList(blocks)
+        if cfg.edge_importance:
+            self.edge_importance = nn.ParameterList([nn.Parameter(torch.ones(k, v, v)) for _ in blocks])
+        else:
+            self.edge_importance = None
+        self.fc = _projector(cfg)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.hidden_dim if self.cfg.projector == "none" else self.cfg.feature_dim
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, t, v, m = x.shape
+        x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # (N, C, T, V, M) -> (N·M, V·C, T)
+        x = self.data_bn(x)
+        x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)  # -> (N·M, C, T, V)
+        for i, block in enumerate(self.st_gcn_networks):
+            a = self.A if self.edge_importance is None else self.A * self.edge_importance[i]
+            x = block(x, a)
+        x = x.mean(dim=(2, 3))  # (N·M, hidden, T', V) -> (N·M, hidden)
+        return x.view(n, m, -1).mean(dim=1)  # (N·M, hidden) -> (N, hidden)
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def normalize_features(f: torch.Tensor) -> torch.Tensor:
+    """L2-normalise along the last axis in fp32."""
+    return F.normalize(f.float(), dim=-1)
