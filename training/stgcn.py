@@ -116,7 +116,7 @@ class GraphConv(nn.Module):
         e = self.embed_channels
         th = self.theta(x).view(n, self.k, e, t, v)  # (N, K·E, T, V) -> (N, K, E, T, V)
         ph = self.phi(x).view(n, self.k, e, t, v)
-        scores = torch.einsum("nketv,nketw->nkvw", th, ph) / float(e * t)
+        scores = torch.einsum("nketv,nketw->nkvw", th, ph) / (e * t)  # scaled by E·T as in 2s-AGCN
         c = torch.softmax(scores, dim=-2)  # normalized over the joint that sends (v), like A·D⁻¹
         adj = (a + self.B).unsqueeze(0) + c  # (N, K, V, V)
         return torch.einsum("nkctv,nkvw->nctw", y, adj)

@@ -1,0 +1,86 @@
+"""Augmentations against numpy references given the same drawn parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from crossclr_infer.layouts import get_layout
+from crossclr_infer.views import compute_view as np_view
+from training.augment import augment, draw_crop_starts, draw_shear, shear, shear_matrices, temporal_crop
+from training.views import compute_view
+
+NTU = get_layout("ntu-rgb+d")
+
+
+def np_crop(x: np.ndarray, start: int) -> np.ndarray:
+    """One sample (C, T, V, M): numpy 'symmetric' pad of T // 6 frames, then T frames from start."""
+    t = x.shape[1]
+    p = t // 6
+    padded = np.pad(x, ((0, 0), (p, p), (0, 0), (0, 0)), mode="symmetric")
+    return padded[:, start:start + t]
+
+
+def np_shear(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    r = np.array([[1, s[0], s[3]], [s[1], 1, s[4]], [s[2], s[5], 1]])
+    return np.einsum("ij,jtvm->itvm", r, x)
+
+
+def test_temporal_crop_matches_numpy_symmetric_pad() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 50, 25, 2)).astype(np.float32)
+    starts = torch.tensor([0, 16, 8, 3, 12])  # p = 8: the full range [0, 16]
+    got = temporal_crop(torch.from_numpy(x), starts).numpy()
+    for i in range(5):
+        np.testing.assert_array_equal(got[i], np_crop(x[i], int(starts[i])))
+
+
+def test_crop_hand_example() -> None:
+    x = torch.arange(12.0).view(1, 1, 12, 1, 1)  # T = 12, p = 2: padded 1 0 | 0..11 | 11 10
+    assert temporal_crop(x, torch.tensor([0])).flatten().tolist() == [1, 0] + list(range(10))
+    assert temporal_crop(x, torch.tensor([4])).flatten().tolist() == list(range(2, 12)) + [11, 10]
+
+
+def test_draws_in_range_and_seeded() -> None:
+    g = torch.Generator().manual_seed(3)
+    s = draw_crop_starts(4000, 50, g)
+    assert int(s.min()) == 0 and int(s.max()) == 16
+    sh = draw_shear(4000, g)
+    assert sh.shape == (4000, 6) and float(sh.min()) >= -0.5 and float(sh.max()) < 0.5
+    assert abs(float(sh.mean())) < 0.02
+    a = draw_shear(3, torch.Generator().manual_seed(7))
+    b = draw_shear(3, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_shear_matches_numpy() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 3, 6, 25, 2))
+    params = rng.uniform(-0.5, 0.5, size=(4, 6))
+    got = shear(torch.from_numpy(x), torch.from_numpy(params)).numpy()
+    for i in range(4):
+        np.testing.assert_allclose(got[i], np_shear(x[i], params[i]), rtol=1e-12)
+    r = shear_matrices(torch.from_numpy(params[:1]))[0].numpy()
+    assert np.allclose(np.diag(r), 1) and r[0, 1] == params[0, 0] and r[2, 1] == params[0, 5]
+
+
+def test_augment_is_crop_then_shear_with_drawn_params_and_seeded() -> None:
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.normal(size=(3, 3, 24, 25, 2)).astype(np.float32))
+    out = augment(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    starts, params = draw_crop_starts(3, 24, g), draw_shear(3, g)
+    for i in range(3):
+        ref = np_shear(np_crop(x[i].numpy().astype(np.float64), int(starts[i])), params[i].numpy())
+        np.testing.assert_allclose(out[i].numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(out, augment(x, torch.Generator().manual_seed(6)))
+    assert out.dtype == x.dtype and out.shape == x.shape
+
+
+def test_views_after_augmentation_equal_numpy() -> None:
+    x = torch.randn(2, 3, 30, 25, 2)
+    xa = augment(x, torch.Generator().manual_seed(0))
+    for view in ("motion", "bone", "accel"):
+        np.testing.assert_allclose(compute_view(xa, view, NTU).numpy(), np_view(xa.numpy(), view, NTU),
+                                   rtol=1e-6, atol=1e-6)
