@@ -1,3 +1,80 @@
 """Click commands for pretraining (registered by cli.py). Torch is imported inside the commands."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _streams(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    if not items:
+        raise click.BadParameter("expected a comma-separated list of views, e.g. joint,motion,bone")
+    return items
+
+
+@click.command("train")
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="HDF5 cache written by `crossclr prepare` / `crossclr synth`.")
+@click.option("--config", "config", default=None,
+              help="TOML config file or preset name (crossclr-ntu60-xsub, ..., tiny). Default: official "
+                   "values, or the checkpoint's config with --resume.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Run folder: pretrain.pt, metrics.jsonl, config.json.")
+@click.option("--streams", default=None, help="Comma-separated views, e.g. joint,motion,bone.")
+@click.option("--epochs", type=int, default=None, help="Total epochs.")
+@click.option("--cross-epoch", type=int, default=None, help="0-based epoch where cross-view mining starts.")
+@click.option("--batch-size", type=int, default=None, help="Samples per step per process.")
+@click.option("--lr", type=float, default=None, help="Base learning rate.")
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--num-workers", type=int, default=None, help="DataLoader worker processes.")
+@click.option("--save-every", type=int, default=None, help="Write the checkpoint every N epochs.")
+@click.option("--seed", type=int, default=None, help="Seed of init, sampling and augmentation.")
+@click.option("--bf16/--no-bf16", default=None,
+              help="bfloat16 autocast for the encoders (loss and queue fp32).")
+@click.option("--deterministic/--no-deterministic", default=None, help="Deterministic torch algorithms.")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/pretrain.pt (same weights as an unbroken run).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train_command(data: Path, config: str | None, out: Path, streams: str | None, epochs: int | None,
+                  cross_epoch: int | None, batch_size: int | None, lr: float | None, device: str | None,
+                  num_workers: int | None, save_every: int | None, seed: int | None, bf16: bool | None,
+                  deterministic: bool | None, resume: bool, no_progress: bool) -> None:
+    """Pretrain SkeletonCLR / CrosSCLR encoders on a cache (single process, or under torchrun for DDP)."""
+    from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from training.config import load_config
+    from training.trainer import train
+
+    overrides = {"streams": _streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
+                 "batch_size": batch_size, "lr": lr, "device": device, "num_workers": num_workers,
+                 "save_every": save_every, "seed": seed, "bf16": bf16, "deterministic": deterministic}
+    base = None
+    if resume and config is None and (out / CHECKPOINT_NAME).is_file():
+        base = load_checkpoint(out / CHECKPOINT_NAME)["config"]
+    cfg = load_config(config, overrides, base=base)
+    result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    if result.checkpoint is not None:
+        click.echo(f"wrote {result.checkpoint} ({result.epochs_done} epochs)")
+
+
+@click.command("import-official")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the converted checkpoint (crossclr-pretrain-v1).")
+@click.option("--layout", default="ntu-rgb+d", show_default=True,
+              help="Skeleton layout the model was trained on.")
+@click.option("--frames", type=int, default=50, show_default=True,
+              help="Frames per sample of its training data.")
+@click.option("--num-person", type=int, default=2, show_default=True, help="Bodies per sample.")
+def import_official_command(file: Path, out: Path, layout: str, frames: int, num_person: int) -> None:
+    """Convert an official CrosSCLR / SkeletonCLR checkpoint into this project's pretrain format."""
+    from training.official_convert import convert_official_file
+
+    written = convert_official_file(file, out, layout=layout, frames=frames, num_person=num_person)
+    click.echo(f"wrote {written}")
+
+
+COMMANDS: list = [train_command, import_official_command]

@@ -1,0 +1,197 @@
+"""Pretraining checkpoints (``crossclr-pretrain-v1``): atomic save, safe load, RNG capture, encoder loading.
+
+The file is a plain ``torch.save`` dict that ``torch.load(weights_only=True)`` reads: tensors, numbers,
+strings, lists and dicts only (RNG states are stored as tensors and lists, never numpy pickles).
+
+Keys: ``format``, ``model`` (CrosSCLR state_dict, queues included), ``optimizer``, ``scheduler``,
+``epoch`` (epochs completed), ``rng`` (list, one dict per rank), ``config`` (plain dict), ``streams``,
+``layout`` (TOML text), ``num_person``, ``frames``, ``class_names``, ``preprocess``, ``version``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossclr_infer import __version__
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import layout_from_toml_text
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_FORMAT = "crossclr-pretrain-v1"
+CHECKPOINT_NAME = "pretrain.pt"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RNG states in weights_only-safe forms
+
+
+def capture_rng(augment_generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Python, numpy, torch (CPU and every CUDA device) and the augmentation generator, as tensors/lists."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [int(version), [int(v) for v in internal], gauss],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "augment": augment_generator.get_state() if augment_generator is not None else None,
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any], augment_generator: torch.Generator | None = None) -> None:
+    """Inverse of ``capture_rng``."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), int(npst["pos"]),
+                         int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("checkpoint holds CUDA RNG states for %d devices, %d visible: not restored",
+                        len(cuda), torch.cuda.device_count())
+    if augment_generator is not None and state.get("augment") is not None:
+        augment_generator.set_state(state["augment"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# save / load
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, expected_format: str = PRETRAIN_FORMAT) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` on CPU, with one-line errors for missing/foreign/damaged files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrossclrError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrossclrError(f"{path}: not a readable checkpoint ({reason[:200]}); expected a "
+                            f"{expected_format} file written by `crossclr train`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        hint = " (an official checkpoint? convert it with `crossclr import-official`)" if (
+            isinstance(ckpt, dict) and "format" not in ckpt) else ""
+        raise CrossclrError(f"{path}: format {got!r}, expected {expected_format!r}{hint}")
+    missing = [k for k in ("model", "config", "streams", "layout", "num_person", "frames") if k not in ckpt]
+    if missing:
+        raise CrossclrError(f"{path}: damaged checkpoint, missing entries {missing}")
+    return ckpt
+
+
+def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict(strict=True)`` turning a mismatch into one line naming the differing keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                         f"{tuple(own[k].shape)} expected)")
+        raise CrossclrError(f"{path}: checkpoint does not match the model architecture: {'; '.join(parts)}; "
+                            "expected a checkpoint of the same encoder config")
+    module.load_state_dict(state, strict=True)
+
+
+def make_checkpoint(*, model_state: dict, optimizer_state: dict | None, scheduler_state: dict | None,
+                    epoch: int, rng: list[dict[str, Any]], config: dict[str, Any], streams: list[str],
+                    layout_toml: str, num_person: int, frames: int, class_names: list[str],
+                    preprocess: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": PRETRAIN_FORMAT,
+        "version": __version__,
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "scheduler": scheduler_state,
+        "epoch": int(epoch),
+        "rng": rng,
+        "config": config,
+        "streams": list(streams),
+        "layout": layout_toml,
+        "num_person": int(num_person),
+        "frames": int(frames),
+        "class_names": list(class_names),
+        "preprocess": dict(preprocess),
+    }
+
+
+def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None = None,
+                  *, which: str = "q") -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+    """The pretrained query encoders (``STGCN``, eval mode, CPU) of ``streams`` (default: all).
+
+    Returns ``(encoders, meta)``; ``meta`` holds the checkpoint's ``config`` (dict), ``train_config``
+    (``TrainConfig``), ``encoder_config``, ``streams``, ``layout`` (TOML text), ``layout_obj`` (Layout),
+    ``num_person``, ``frames``, ``class_names``, ``preprocess``, ``epoch``, ``format``.
+    ``which="k"`` loads the momentum (key) encoders instead.
+    """
+    from training.config import config_from_dict
+    from training.stgcn import STGCN
+
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"], f"{path} (config)")
+    try:
+        layout = layout_from_toml_text(ckpt["layout"], f"{path} (layout)")
+    except ValueError as e:
+        raise CrossclrError(str(e)) from None
+    have = list(ckpt["streams"])
+    wanted = list(streams) if streams is not None else have
+    absent = [s for s in wanted if s not in have]
+    if absent:
+        raise CrossclrError(f"{path}: streams {absent} are not in this checkpoint; it has {have}")
+    prefix_root = "encoders_q." if which == "q" else "encoders_k."
+    state = ckpt["model"]
+    encoders: dict[str, torch.nn.Module] = {}
+    for view in wanted:
+        prefix = f"{prefix_root}{view}."
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not sub:
+            raise CrossclrError(f"{path}: no weights under {prefix!r}; expected a CrosSCLR state dict with "
+                                f"{prefix_root}<view>.* keys")
+        enc = STGCN(layout, cfg.model, num_person=int(ckpt["num_person"]))
+        load_model_state(enc, sub, path)
+        enc.eval()
+        encoders[view] = enc
+    meta = {k: ckpt.get(k) for k in ("format", "epoch", "config", "streams", "layout", "num_person", "frames",
+                                      "class_names", "preprocess", "version")}
+    meta.update(train_config=cfg, encoder_config=cfg.model, layout_obj=layout)
+    return encoders, meta

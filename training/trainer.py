@@ -1,0 +1,475 @@
+"""The pretraining loop: SkeletonCLR single-view epochs, then CrosSCLR cross-view mining (DESIGN §3).
+
+One process, or one process per device under torch DDP (``torchrun --nproc_per_node N -m cli train ...``):
+NCCL on GPU, gloo on CPU, initialised from the environment when ``WORLD_SIZE > 1``. Keys are all-gathered
+into the queue by ``MemoryQueue``; the sampler is a ``DistributedSampler``; only rank 0 logs, shows
+progress and saves.
+
+Official-code schedule details kept or changed (``cfg`` documents each): SGD without Nesterov, weight decay
+on every parameter; the official loop uses 0-based epochs with ``epoch <= cross_epoch`` single-view and lr
+decay when ``epoch > step`` (one extra epoch each); here epoch ``e`` (0-based) is cross-view when
+``e >= cross_epoch`` and the lr drops from epoch ``lr_steps[i]`` on, as DESIGN §3 states them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import logging
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import layout_to_toml
+from training.augment import augment
+from training.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    make_checkpoint,
+    restore_rng,
+)
+from training.config import TrainConfig, config_from_dict, config_to_dict
+from training.crossclr import CrosSCLR
+from training.data import TrainData, make_loader, open_train_data
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MALLOPT_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum (HEAP_MAX_SIZE / 2 on 64-bit)
+MALLOPT_TRIM_THRESHOLD = 1024 * 1024 * 1024  # keep up to 1 GiB of freed heap instead of returning it
+
+
+def apply_mallopt(mmap_threshold: int = MALLOPT_MMAP_THRESHOLD,
+                  trim_threshold: int = MALLOPT_TRIM_THRESHOLD) -> bool:
+    """Raise glibc's mmap and trim thresholds so the large, short-lived activation buffers of CPU training
+    are reused from the heap instead of being mmap'ed, zero-filled and unmapped at every step.
+
+    Returns True when applied (Linux with glibc), False elsewhere (no-op).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok1 = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
+        ok2 = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold))
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return False
+    return bool(ok1) and bool(ok2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# process setup
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> CUDA (this process's local rank) when available, else CPU; checks CUDA is there."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CrossclrError(f"device {name!r} requested but CUDA is not available; "
+                                "use --device cpu or auto")
+        if name == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        idx = int(name.split(":")[1])
+        if idx >= torch.cuda.device_count():
+            raise CrossclrError(f"device {name!r}: only {torch.cuda.device_count()} CUDA devices visible")
+        return torch.device(name)
+    return torch.device("cpu")
+
+
+def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
+    """Initialise torch.distributed from the environment when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank), device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model and optimiser
+
+
+def build_model(cfg: TrainConfig, data: TrainData) -> CrosSCLR:
+    return CrosSCLR(data.layout, cfg.model, cfg.ssl, views=tuple(cfg.streams),
+                    num_person=data.cache.num_person, in_channels=data.cache.num_channels)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Trainable parameters; weight decay on all (official) or only on tensors of rank >= 2."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.weight_decay_on == "all":
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer,
+                    cfg: TrainConfig) -> torch.optim.lr_scheduler.MultiStepLR:
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_steps), gamma=cfg.lr_gamma)
+
+
+def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics
+
+
+class MetricsLog:
+    """Append-only JSONL (one record per line) plus optional TensorBoard scalars; rank 0 only."""
+
+    def __init__(self, path: Path, *, enabled: bool, tensorboard: bool,
+                 keep_before_epoch: int | None) -> None:
+        self.path = path
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        if keep_before_epoch is not None and path.exists():  # resume: drop records of epochs to be redone
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("epoch", 0) <= keep_before_epoch:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, path)
+        elif keep_before_epoch is None and path.exists():
+            path.unlink()
+        self._f = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(path.parent / "tb"))
+            except ImportError:
+                log.info("tensorboard not installed: metrics go to %s only", path)
+
+    def write(self, record: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            prefix = record.get("kind", "step")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step") and math.isfinite(v):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves: the unwrapped model and the last epoch records."""
+
+    model: CrosSCLR
+    epochs_done: int
+    checkpoint: Path | None
+    epoch_records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _timed_batches(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Yield (x, y, seconds spent waiting for the loader and the host-to-device copy)."""
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            return
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        yield x, y, time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gather_rng(info: DistInfo, state: dict[str, Any]) -> list[dict[str, Any]]:
+    if not info.distributed:
+        return [state]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def _check_resume_config(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    old = config_from_dict(ckpt["config"], f"{path} (config)")
+    diffs = []
+    for key in ("model", "ssl", "streams"):
+        if getattr(old, key) != getattr(cfg, key):
+            diffs.append(key)
+    if diffs:
+        a, b = config_to_dict(old), config_to_dict(cfg)
+        detail = "; ".join(f"{k}: {a[k]} in the checkpoint vs {b[k]} now" for k in diffs)
+        raise CrossclrError(f"{path}: cannot resume, the checkpoint has a different architecture "
+                            f"({detail[:300]}); expected the same model/ssl/streams settings")
+
+
+def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
+          progress: bool = True, stop_after_epochs: int | None = None) -> TrainResult:
+    """Pretrain with ``cfg`` on ``data_path`` (an HDF5 cache), writing ``out/pretrain.pt`` and metrics.
+
+    ``resume``: continue from ``out/pretrain.pt`` (exactly, on CPU in deterministic mode).
+    ``stop_after_epochs``: stop (after saving) once this many epochs are done, as if the run were killed.
+    """
+    out = Path(out)
+    info, device = setup_distributed(cfg.device)
+    if cfg.mallopt and device.type == "cpu":
+        applied = apply_mallopt()
+        log.debug("glibc mallopt thresholds %s", "applied" if applied else "not available")
+    set_deterministic(cfg.deterministic)
+    ckpt_path = out / CHECKPOINT_NAME
+
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        if ckpt_path.is_file():
+            ckpt = load_checkpoint(ckpt_path)
+            _check_resume_config(ckpt, cfg, ckpt_path)
+        else:
+            log.warning("--resume: %s not found, starting from scratch", ckpt_path)
+    elif ckpt_path.exists():
+        raise CrossclrError(f"{ckpt_path}: a checkpoint already exists; pass --resume to continue it or "
+                            "choose another --out")
+
+    layout_choice = cfg.layout or None
+    data = open_train_data(data_path, split=cfg.split, layout=layout_choice, batch_size=cfg.batch_size,
+                           world_size=info.world_size, drop_last=cfg.drop_last, preload=cfg.preload,
+                           in_channels=3)
+    if ckpt is not None:
+        saved = ckpt["layout"]
+        if get_layout_text(data) != saved:
+            raise CrossclrError(f"{data.path}: its layout differs from the one {ckpt_path} was trained on; "
+                                "expected a cache of the same skeleton layout to resume")
+
+    # model init identical on every rank; afterwards each rank draws its own dropout and augmentation
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data).to(device)
+    seed_everything(cfg.seed + 1000 * info.rank + 1)
+    aug_gen = torch.Generator(device=device)
+    aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    start_epoch = 0
+    if ckpt is not None:
+        load_model_state(model, ckpt["model"], ckpt_path)
+        model.to(device)
+        if ckpt.get("optimizer") is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = int(ckpt["epoch"])
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == info.world_size:
+            restore_rng(rngs[info.rank], aug_gen)
+        else:
+            log.warning("checkpoint RNG states are for %d processes, now %d: reseeding", len(rngs),
+                        info.world_size)
+            seed_everything(cfg.seed + 1000 * info.rank + 1 + start_epoch)
+            aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17 + start_epoch)
+        if info.is_main:
+            log.info("resuming %s at epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
+    del ckpt
+
+    net: nn.Module = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    loader, sampler = make_loader(data.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  num_workers=cfg.num_workers, device=device, rank=info.rank,
+                                  world_size=info.world_size, drop_last=cfg.drop_last)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.tensorboard,
+                         keep_before_epoch=start_epoch if resume else None)
+    steps_per_epoch = len(loader)
+    global_step = start_epoch * steps_per_epoch
+    records: list[dict[str, Any]] = []
+    last_saved: Path | None = None
+    cfg_dict = config_to_dict(cfg)
+    cache = data.cache
+
+    def save(epochs_done: int) -> None:
+        nonlocal last_saved
+        rng = _gather_rng(info, capture_rng(aug_gen))
+        if not info.is_main:
+            return
+        state = make_checkpoint(
+            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+            epoch=epochs_done, rng=rng, config=cfg_dict, streams=list(cfg.streams),
+            layout_toml=get_layout_text(data), num_person=cache.num_person, frames=cache.frames,
+            class_names=list(cache.class_names), preprocess=dict(cache.preprocess))
+        last_saved = atomic_torch_save(state, ckpt_path)
+        log.info("saved %s (epoch %d)", ckpt_path, epochs_done)
+
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after_epochs is not None and epoch >= stop_after_epochs:
+                break
+            cross = epoch >= cfg.cross_epoch and len(cfg.streams) > 1
+            stage = "cross" if cross else "single"
+            sampler.set_epoch(epoch)
+            net.train()
+            lr = optimizer.param_groups[0]["lr"]
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            wait_total = 0.0
+            t_epoch = time.perf_counter()
+            bar = None
+            if info.is_main and progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} [{stage}]",
+                           leave=False, dynamic_ncols=True)
+            t_step = time.perf_counter()
+            step_mark = global_step
+            for x, y, wait in _timed_batches(loader, device):
+                x1 = augment(x, aug_gen)
+                x2 = augment(x, aug_gen)
+                with autocast_context(device, cfg.bf16):
+                    outputs = net(x1, x2, cross=cross, labels=y if cfg.track_mining else None)
+                loss = outputs["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                global_step += 1
+                wait_total += wait
+                if global_step % cfg.log_every == 0 or bar is not None:
+                    vals = {k: float(v.detach()) for k, v in outputs.items()}
+                    if not math.isfinite(vals["loss"]):
+                        raise CrossclrError(f"loss is {vals['loss']} at epoch {epoch + 1} step "
+                                            f"{global_step}; expected a finite loss (lower the learning "
+                                            "rate or disable bf16)")
+                    now = time.perf_counter()
+                    done_steps = global_step - step_mark
+                    step_rate = cfg.batch_size * info.world_size * done_steps / max(now - t_step, 1e-9)
+                    t_step, step_mark = now, global_step
+                    for k, v in vals.items():
+                        if math.isfinite(v):
+                            sums[k] = sums.get(k, 0.0) + v
+                            counts[k] = counts.get(k, 0) + 1
+                    if global_step % cfg.log_every == 0:
+                        rec = {"kind": "step", "epoch": epoch + 1, "step": global_step, "stage": stage,
+                               "lr": lr, **vals,
+                               "samples_per_s": step_rate,
+                               "data_wait_s": wait}
+                        metrics.write(rec, global_step)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{vals['loss']:.3f}", refresh=False)
+                        bar.update(1)
+            _sync(device)
+            elapsed = time.perf_counter() - t_epoch
+            if bar is not None:
+                bar.close()
+            scheduler.step()
+            epoch_rec: dict[str, Any] = {
+                "kind": "epoch", "epoch": epoch + 1, "step": global_step, "stage": stage, "lr": lr,
+                **{k: sums[k] / counts[k] for k in sums},
+                "samples_per_s": steps_per_epoch * cfg.batch_size * info.world_size / max(elapsed, 1e-9),
+                "data_wait_share": wait_total / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+            records.append(epoch_rec)
+            metrics.write(epoch_rec, epoch + 1)
+            if info.is_main:
+                log.info("epoch %d/%d [%s] loss %.4f  %.1f samples/s", epoch + 1, cfg.epochs, stage,
+                         epoch_rec.get("loss", float("nan")), epoch_rec["samples_per_s"])
+            done = epoch + 1
+            stopping = stop_after_epochs is not None and done >= stop_after_epochs
+            if done % cfg.save_every == 0 or done == cfg.epochs or stopping:
+                save(done)
+    finally:
+        metrics.close()
+        cache.close()
+    epochs_done = start_epoch + len(records)
+    return TrainResult(model=model, epochs_done=epochs_done, checkpoint=last_saved, epoch_records=records)
+
+
+def get_layout_text(data: TrainData) -> str:
+    return layout_to_toml(data.layout)
+
+
+__all__ = ["train", "TrainResult", "apply_mallopt", "setup_distributed", "resolve_device", "build_model",
+           "build_optimizer", "build_scheduler", "param_groups"]
