@@ -1,0 +1,301 @@
+"""Import generic skeleton arrays from one ``.npz`` file into a cache (``crossclr prepare arrays``).
+
+Keys of the ``.npz`` (written with ``numpy.savez``/``savez_compressed``; object arrays are refused, nothing is
+unpickled). Axes are always C (coordinates), T (frames), V (joints, in the order of ``--layout``), M (bodies):
+
+``data`` — one of three layouts:
+
+- **fixed**: ``data`` (N, C, T, V, M), every sample the same length (already padded, or already preprocessed);
+- **concatenated**: ``data`` (C, F, V, M) with all samples' frames one after another along F, plus either
+  ``lengths`` (N,) frames per sample (summing to F) or ``offsets`` (N + 1,) start frames with
+  ``offsets[0] == 0`` and ``offsets[-1] == F``;
+- **per sample**: ``data_0``, ``data_1``, …, ``data_{N-1}``, each (C, T_i, V, M) (no ``data`` key).
+
+``label`` (N,) integers, 0-based class indices (required).
+``name`` (N,) strings (optional; default ``sample000000`` …).
+``split`` (N,) strings ``"train"``/``"val"`` or integers 0 (train) / 1 (val) (optional; default: all
+``train``).
+``class_names`` (K,) strings (optional; default ``class 0`` … up to the largest label).
+
+Preprocessing (``preprocess`` argument, ``--preprocess``): ``official``/``none``/``energy`` pass every
+sample through ``preprocess.normalize_sequence(x, layout, mode=..., frames=frames)`` (the one preprocessing:
+``official`` needs C = 3); ``as-is`` stores the samples unchanged and needs equal lengths (fixed layout, or
+sequences that all have ``frames`` frames). Default: ``as-is`` for the fixed layout, ``official`` otherwise.
+Note: an ``.npz`` member is read whole when first touched; per-sample keys keep memory to one sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .cache import CacheWriter
+from .errors import CrossclrError
+from .layouts import Layout, get_layout
+from .official import valid_length
+
+log = logging.getLogger(__name__)
+
+AS_IS = "as-is"
+_PER_SAMPLE = re.compile(r"data_(\d+)")
+KNOWN_KEYS = {"data", "lengths", "offsets", "label", "name", "split", "class_names"}
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """An opened ``.npz`` with its validated metadata (samples are read lazily by ``samples()``)."""
+
+    path: Path
+    kind: str  # "fixed" | "concatenated" | "per-sample"
+    labels: np.ndarray  # (N,) int64
+    names: list[str]
+    splits: list[str]
+    class_names: list[str]
+    channels: int
+    joints: int
+    bodies: int
+    starts: np.ndarray | None  # concatenated: (N + 1,) frame offsets
+    npz: np.lib.npyio.NpzFile
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def samples(self) -> Iterator[np.ndarray]:
+        """Each sample (C, T_i, V, M) float32, in order."""
+        if self.kind == "fixed":
+            data = self._get("data")
+            for i in range(len(self)):
+                yield np.asarray(data[i], np.float32)
+        elif self.kind == "concatenated":
+            data = self._get("data")
+            assert self.starts is not None
+            for i in range(len(self)):
+                yield np.asarray(data[:, self.starts[i]:self.starts[i + 1]], np.float32)
+        else:
+            for i in range(len(self)):
+                x = self._get(f"data_{i}")
+                if x.ndim != 4 or x.shape[0] != self.channels or x.shape[2:] != (self.joints, self.bodies):
+                    raise CrossclrError(f"{self.path}: data_{i} has shape {x.shape}, expected (C, T, V, M) = "
+                                        f"({self.channels}, T, {self.joints}, {self.bodies}) like data_0")
+                yield np.asarray(x, np.float32)
+
+    def lengths(self) -> np.ndarray | None:
+        """Frames per sample when known without reading the data (fixed / concatenated)."""
+        if self.kind == "concatenated":
+            assert self.starts is not None
+            return np.diff(self.starts)
+        return None
+
+    def _get(self, key: str) -> np.ndarray:
+        return _member(self.npz, self.path, key)
+
+    def close(self) -> None:
+        self.npz.close()
+
+
+def _member(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    try:
+        arr = npz[key]
+    except ValueError as e:  # object arrays with allow_pickle=False
+        raise CrossclrError(f"{path}: key {key!r} cannot be read ({e}); expected plain numeric or string "
+                            "arrays (no Python objects)") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise CrossclrError(f"{path}: key {key!r} is damaged ({e})") from None
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise CrossclrError(f"{path}: key {key!r} contains NaN or infinite values")
+    return arr
+
+
+def _strings(arr: np.ndarray, path: Path, key: str, n: int | None) -> list[str]:
+    if arr.ndim != 1 or arr.dtype.kind not in "US":
+        raise CrossclrError(f"{path}: {key!r} has shape {arr.shape} and dtype {arr.dtype}, expected a 1-D "
+                            "array of strings")
+    if n is not None and len(arr) != n:
+        raise CrossclrError(f"{path}: {key!r} has {len(arr)} entries for {n} samples")
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in arr.tolist()]
+
+
+def open_arrays(path: str | Path, layout: Layout) -> ArraySource:
+    """Open and validate an ``.npz`` in one of the layouts of this module's docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrossclrError(f"{path}: no such file; expected an .npz archive")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CrossclrError(f"{path}: not a readable .npz archive ({str(e).splitlines()[0] if str(e) else e})"
+                            "; expected numpy.savez output") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CrossclrError(f"{path}: a single .npy array, expected an .npz archive with keys data, "
+                            "label, ...")
+    try:
+        return _validate(npz, path, layout)
+    except BaseException:
+        npz.close()
+        raise
+
+
+def _validate(npz: np.lib.npyio.NpzFile, path: Path, layout: Layout) -> ArraySource:
+    keys = set(npz.files)
+    per_sample = sorted(int(m.group(1)) for k in keys if (m := _PER_SAMPLE.fullmatch(k)))
+    unknown = sorted(k for k in keys - KNOWN_KEYS if not _PER_SAMPLE.fullmatch(k))
+    if unknown:
+        raise CrossclrError(f"{path}: unknown keys {unknown}; expected {sorted(KNOWN_KEYS)} or data_0, "
+                            "data_1, ...")
+    if "label" not in keys:
+        raise CrossclrError(f"{path}: no 'label' key; expected label (N,) 0-based class indices")
+    labels = _member(npz, path, "label")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise CrossclrError(f"{path}: 'label' has shape {labels.shape} and dtype {labels.dtype}, "
+                            "expected (N,) integers")
+    labels = labels.astype(np.int64)
+    n = len(labels)
+    if n == 0:
+        raise CrossclrError(f"{path}: no samples ('label' is empty)")
+    if labels.min() < 0:
+        raise CrossclrError(f"{path}: negative label {labels.min()}; expected 0-based class indices")
+
+    starts = None
+    if "data" in keys:
+        if per_sample:
+            raise CrossclrError(f"{path}: both 'data' and data_0.. keys; use one layout")
+        data = _member(npz, path, "data")
+        if data.dtype.kind not in "iuf":
+            raise CrossclrError(f"{path}: 'data' has dtype {data.dtype}, expected numbers")
+        if data.ndim == 5:
+            kind = "fixed"
+            if "lengths" in keys or "offsets" in keys:
+                raise CrossclrError(f"{path}: 'lengths'/'offsets' given with 5-D data {data.shape}; expected "
+                                    "concatenated data (C, F, V, M) with them, or (N, C, T, V, M) without")
+            if data.shape[0] != n:
+                raise CrossclrError(f"{path}: 'data' holds {data.shape[0]} samples but 'label' {n}")
+            channels, joints, bodies = data.shape[1], data.shape[3], data.shape[4]
+        elif data.ndim == 4:
+            kind = "concatenated"
+            channels, total, joints, bodies = data.shape
+            starts = _starts(npz, path, keys, n, total)
+        else:
+            raise CrossclrError(f"{path}: 'data' has shape {data.shape}, expected (N, C, T, V, M) or "
+                                "concatenated (C, F, V, M) with 'lengths' or 'offsets'")
+    elif per_sample:
+        kind = "per-sample"
+        if per_sample != list(range(n)):
+            raise CrossclrError(f"{path}: per-sample keys must be data_0 .. data_{n - 1} for {n} labels, "
+                                f"found {len(per_sample)} keys (data_{per_sample[0]} .. "
+                                f"data_{per_sample[-1]})")
+        first = _member(npz, path, "data_0")
+        if first.ndim != 4:
+            raise CrossclrError(f"{path}: data_0 has shape {first.shape}, expected (C, T, V, M)")
+        channels, _, joints, bodies = first.shape
+    else:
+        raise CrossclrError(f"{path}: no 'data' key and no data_0.. keys; expected skeleton arrays")
+    if joints != layout.num_joints:
+        raise CrossclrError(f"{path}: {joints} joints in the data, layout {layout.name!r} has "
+                            f"{layout.num_joints}")
+
+    names = _strings(_member(npz, path, "name"), path, "name", n) if "name" in keys else \
+        [f"sample{i:06d}" for i in range(n)]
+    if len(set(names)) != len(names):
+        raise CrossclrError(f"{path}: sample names are not unique")
+    splits = _splits(npz, path, n) if "split" in keys else ["train"] * n
+    if "class_names" in keys:
+        classes = _strings(_member(npz, path, "class_names"), path, "class_names", None)
+        if labels.max() >= len(classes):
+            raise CrossclrError(f"{path}: label {labels.max()} but only {len(classes)} class names")
+    else:
+        classes = [f"class {i}" for i in range(int(labels.max()) + 1)]
+    return ArraySource(path, kind, labels, names, splits, classes, int(channels), int(joints), int(bodies),
+                       starts, npz)
+
+
+def _starts(npz: np.lib.npyio.NpzFile, path: Path, keys: set[str], n: int, total: int) -> np.ndarray:
+    if ("lengths" in keys) == ("offsets" in keys):
+        raise CrossclrError(f"{path}: concatenated data (C, F, V, M) needs exactly one of 'lengths' (N,) or "
+                            "'offsets' (N + 1,)")
+    if "lengths" in keys:
+        lengths = _member(npz, path, "lengths")
+        if lengths.shape != (n,) or lengths.dtype.kind not in "iu":
+            raise CrossclrError(f"{path}: 'lengths' has shape {lengths.shape}, dtype {lengths.dtype}; "
+                                f"expected ({n},) integers")
+        if (lengths < 1).any() or int(lengths.sum()) != total:
+            raise CrossclrError(f"{path}: 'lengths' must be >= 1 and sum to the {total} frames of 'data', "
+                                f"they sum to {int(lengths.sum())}")
+        return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = _member(npz, path, "offsets")
+    if offsets.shape != (n + 1,) or offsets.dtype.kind not in "iu":
+        raise CrossclrError(f"{path}: 'offsets' has shape {offsets.shape}, dtype {offsets.dtype}; expected "
+                            f"({n + 1},) integers (N + 1 start frames)")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != total or (np.diff(offsets) < 1).any():
+        raise CrossclrError(f"{path}: 'offsets' must start at 0, increase strictly and end at the {total} "
+                            "frames of 'data'")
+    return offsets
+
+
+def _splits(npz: np.lib.npyio.NpzFile, path: Path, n: int) -> list[str]:
+    arr = _member(npz, path, "split")
+    if arr.shape != (n,):
+        raise CrossclrError(f"{path}: 'split' has shape {arr.shape}, expected ({n},)")
+    if arr.dtype.kind in "iub":
+        bad = sorted(set(arr.astype(np.int64).tolist()) - {0, 1})
+        if bad:
+            raise CrossclrError(f"{path}: 'split' values {bad[:5]}; expected 0 (train) or 1 (val)")
+        return ["val" if v else "train" for v in arr.astype(np.int64).tolist()]
+    values = _strings(arr, path, "split", n)
+    bad = sorted(set(values) - {"train", "val"})
+    if bad:
+        raise CrossclrError(f"{path}: 'split' values {bad[:5]}; expected 'train' or 'val'")
+    return values
+
+
+def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, preprocess: str | None = None,
+                  frames: int = 50, benchmark: str = "custom", progress: bool = True) -> dict[str, int]:
+    """Write the samples of an ``.npz`` into the cache ``out``; returns samples per split."""
+    from .preprocess import PREPROCESS_MODES, normalize_sequence
+
+    if isinstance(layout, Layout):
+        lay = layout
+    else:
+        try:
+            lay = get_layout(layout)
+        except ValueError as e:
+            raise CrossclrError(str(e)) from None
+    src = open_arrays(path, lay)
+    try:
+        mode = preprocess or (AS_IS if src.kind == "fixed" else "official")
+        if mode != AS_IS and mode not in PREPROCESS_MODES:
+            raise CrossclrError(f"unknown preprocessing {mode!r}; expected one of "
+                                f"{[AS_IS, *PREPROCESS_MODES]}")
+        if mode != AS_IS and src.channels != 3:
+            raise CrossclrError(f"{src.path}: {src.channels} coordinates per joint; preprocessing {mode!r} "
+                                "needs 3 (x, y, z); use --preprocess as-is for already prepared data")
+        if mode == AS_IS:
+            if src.kind == "fixed":
+                frames = int(_member(src.npz, src.path, "data").shape[2])
+            params = {"mode": AS_IS, "frames": frames}
+        else:
+            params = {"mode": mode, "frames": frames}
+        known = src.lengths()
+        with CacheWriter(out, layout=lay, class_names=src.class_names, benchmark=benchmark, frames=frames,
+                         num_person=src.bodies, num_channels=src.channels, preprocess=params) as w:
+            bar = tqdm(src.samples(), total=len(src), desc="import", unit="sample", disable=not progress)
+            for i, x in enumerate(bar):
+                if mode == AS_IS:
+                    if x.shape[1] != frames:
+                        raise CrossclrError(f"{src.path}: sample {src.names[i]!r} has {x.shape[1]} frames; "
+                                            f"--preprocess as-is needs all samples to have {frames}")
+                    y = x
+                else:
+                    y = normalize_sequence(x, lay, mode=mode, frames=frames)
+                length = int(known[i]) if known is not None else valid_length(x)
+                w.add(src.splits[i], y, int(src.labels[i]), src.names[i], length)
+        return w.counts
+    finally:
+        src.close()

@@ -1,0 +1,431 @@
+"""Procedurally generated NTU-25 skeleton actions, for demos and tests without the real data set.
+
+Each class is a distinct motion (waving, clapping, kicking, squatting, jumping, bowing, punching, raising
+arms, turning, stepping, side bending, arm circles); beyond 12 classes, classes combine two motions. Every
+sample varies the performer's body proportions, speed (cycles per sequence), amplitude, phase, viewpoint
+yaw, distance, sensor noise, one or two bodies and raw length. Raw 3-D sequences are built by forward
+kinematics over the layout's joint tree in camera coordinates (metres, y up, z depth), then go through the
+one preprocessing, ``preprocess.normalize_sequence(..., mode="official")``, exactly like real NTU files.
+
+Names follow NTU's ``SsssCcccPpppRrrrAaaa`` so the benchmark splits apply: the split of a sample is given by
+``ntu.split_of(name, "ntu60-xsub")`` (``ntu120-xsub`` beyond 60 classes), i.e. by its performer.
+Generation is vectorized over samples and frames and deterministic in ``seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheWriter
+from .errors import CrossclrError
+from .layouts import BUILTIN_LAYOUTS, Layout
+
+log = logging.getLogger(__name__)
+
+LAYOUT_NAME = "ntu-rgb+d"
+FPS = 30.0
+RAW_LENGTH = (40, 150)  # raw frames per sample (before resizing to `frames`)
+NUM_PERFORMERS = 40
+NUM_SETUPS = 17
+TRAIN_FRACTION = 0.6
+
+# Rest pose in the body frame (metres; x = the body's right, y up, z forward), by NTU joint name.
+# This is anatomy, not topology: the joint tree comes from the layout.
+REST_POSE: dict[str, tuple[float, float, float]] = {
+    "spine_base": (0.0, 0.95, 0.0), "spine_mid": (0.0, 1.20, 0.0), "spine_shoulder": (0.0, 1.45, 0.0),
+    "neck": (0.0, 1.53, 0.0), "head": (0.0, 1.68, 0.02),
+    "shoulder_left": (-0.18, 1.42, 0.0), "elbow_left": (-0.18, 1.14, 0.0), "wrist_left": (-0.18, 0.89, 0.0),
+    "hand_left": (-0.18, 0.81, 0.0), "thumb_left": (-0.16, 0.80, 0.04), "hand_tip_left": (-0.18, 0.74, 0.0),
+    "shoulder_right": (0.18, 1.42, 0.0), "elbow_right": (0.18, 1.14, 0.0), "wrist_right": (0.18, 0.89, 0.0),
+    "hand_right": (0.18, 0.81, 0.0), "thumb_right": (0.16, 0.80, 0.04), "hand_tip_right": (0.18, 0.74, 0.0),
+    "hip_left": (-0.09, 0.90, 0.0), "knee_left": (-0.09, 0.48, 0.0), "ankle_left": (-0.09, 0.06, 0.0),
+    "foot_left": (-0.09, 0.01, 0.12),
+    "hip_right": (0.09, 0.90, 0.0), "knee_right": (0.09, 0.48, 0.0), "ankle_right": (0.09, 0.06, 0.0),
+    "foot_right": (0.09, 0.01, 0.12),
+}
+_ARM = ("elbow", "wrist", "hand", "thumb", "hand_tip")
+_LEG = ("knee", "ankle", "foot")
+
+
+def _rot(axis: str, angle: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) about a body axis by ``angle`` (...) radians."""
+    c, s = np.cos(angle), np.sin(angle)
+    o, z = np.ones_like(angle), np.zeros_like(angle)
+    rows = {"x": [[o, z, z], [z, c, -s], [z, s, c]],
+            "y": [[c, z, s], [z, o, z], [-s, z, c]],
+            "z": [[c, -s, z], [s, c, z], [z, z, o]]}[axis]
+    return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
+
+
+class Pose:
+    """Per-bone local rotations, root yaw and root lift for n samples × t frames.
+
+    Bone ``j`` is the segment from its parent to joint ``j`` (in the tree rooted at ``spine_base``); a
+    rotation of bone ``j`` also turns every bone below it.
+    """
+
+    def __init__(self, n: int, t: int) -> None:
+        self.shape = (n, t)
+        self.local: dict[str, np.ndarray] = {}
+        self.yaw = np.zeros((n, t))
+        self.lift = np.zeros((n, t))
+
+    def rotate(self, joint: str, axis: str, angle: np.ndarray) -> None:
+        r = _rot(axis, np.broadcast_to(angle, self.shape))
+        self.local[joint] = self.local[joint] @ r if joint in self.local else r
+
+    # helpers in the body frame: limbs hang along -y
+    def forward(self, joint: str, angle: np.ndarray) -> None:
+        """Swing a hanging limb forward (toward +z)."""
+        self.rotate(joint, "x", -angle)
+
+    def sideways(self, side: str, joint: str, angle: np.ndarray) -> None:
+        """Swing a hanging limb of ``side`` ('left'/'right') outward."""
+        self.rotate(f"{joint}_{side}", "z", angle if side == "right" else -angle)
+
+
+@dataclass(frozen=True)
+class Motion:
+    name: str
+    periodic: bool  # several cycles per sequence (else about one)
+    apply: Callable[[Pose, np.ndarray, np.ndarray], None]  # (pose, u (n, t) radians, amp (n, 1))
+
+
+def _pulse(u: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 - np.cos(u))
+
+
+def _wave(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    p.sideways("right", "elbow", 1.45 + 0.1 * a)
+    p.sideways("right", "wrist", 1.0 + 0.55 * a * np.sin(u))
+
+
+def _clap(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    for side in ("left", "right"):
+        p.forward(f"elbow_{side}", 0.7 + 0 * u)
+        p.forward(f"wrist_{side}", 0.8 + 0 * u)
+        p.sideways(side, "wrist", 0.25 - 0.55 * a * _pulse(u))
+
+
+def _kick(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    s = _pulse(u)
+    p.forward("knee_right", 1.3 * a * s)
+    p.rotate("ankle_right", "x", 1.2 * a * np.sin(u / 2) ** 2 * (1 - s))
+
+
+def _squat(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    th = 1.1 * a * _pulse(u)
+    for side in ("left", "right"):
+        p.forward(f"knee_{side}", th)
+        p.rotate(f"ankle_{side}", "x", 2 * th)
+        p.forward(f"elbow_{side}", 0.9 * th)
+    p.rotate("spine_mid", "x", 0.45 * th)
+
+
+def _jump(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    crouch = 0.6 * a * np.maximum(0.0, np.sin(u))
+    air = np.maximum(0.0, -np.sin(u))
+    for side in ("left", "right"):
+        p.forward(f"knee_{side}", crouch)
+        p.rotate(f"ankle_{side}", "x", 2 * crouch)
+        p.forward(f"elbow_{side}", 1.8 * a * air - 0.5 * crouch)
+    p.lift += 0.3 * a * air
+
+
+def _bow(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    s = _pulse(u)
+    p.rotate("spine_mid", "x", 1.0 * a * s)
+    p.rotate("head", "x", 0.3 * s)
+
+
+def _punch(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    for side, sign in (("right", 1.0), ("left", -1.0)):
+        e = np.maximum(0.0, sign * np.sin(u)) ** 2
+        p.forward(f"elbow_{side}", 1.5 * (0.35 + 0.65 * e * a))
+        p.forward(f"wrist_{side}", 1.7 * (1 - e))
+
+
+def _raise_arms(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    s = np.minimum(a, 1.0) * _pulse(u)
+    for side in ("left", "right"):
+        p.sideways(side, "elbow", 2.8 * s)
+
+
+def _turn(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    p.yaw += 2.4 * a * _pulse(u / 2)
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        step = 0.35 * np.maximum(0.0, sign * np.sin(3 * u))
+        p.forward(f"knee_{side}", step)
+        p.rotate(f"ankle_{side}", "x", 1.5 * step)
+
+
+def _step(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        lift = 0.7 * a * np.maximum(0.0, sign * np.sin(u))
+        p.forward(f"knee_{side}", lift)
+        p.rotate(f"ankle_{side}", "x", 1.3 * lift)
+        p.forward(f"elbow_{side}", -0.4 * a * sign * np.sin(u))
+
+
+def _side_bend(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    p.rotate("spine_mid", "z", 0.45 * a * np.sin(u))
+    p.sideways("left", "elbow", 0.2 + 0.2 * a * np.maximum(0.0, np.sin(u)))
+    p.sideways("right", "elbow", 0.2 + 0.2 * a * np.maximum(0.0, -np.sin(u)))
+
+
+def _arm_circles(p: Pose, u: np.ndarray, a: np.ndarray) -> None:
+    for side in ("left", "right"):
+        p.sideways(side, "elbow", 1.5 + 0.45 * a * np.cos(u))
+        p.forward(f"elbow_{side}", 0.45 * a * np.sin(u))
+
+
+MOTIONS: tuple[Motion, ...] = (
+    Motion("waving", True, _wave), Motion("clapping", True, _clap), Motion("kicking", False, _kick),
+    Motion("squatting", False, _squat), Motion("jumping", True, _jump), Motion("bowing", False, _bow),
+    Motion("punching", True, _punch), Motion("raising arms", False, _raise_arms),
+    Motion("turning around", False, _turn), Motion("stepping in place", True, _step),
+    Motion("side bending", True, _side_bend), Motion("arm circles", True, _arm_circles),
+)
+_PAIRS = tuple(combinations(range(len(MOTIONS)), 2))
+MAX_CLASSES = len(MOTIONS) + len(_PAIRS)
+
+
+def class_motions(classes: int) -> list[tuple[int, ...]]:
+    """Motion indices of each class: one motion each, then pairs of motions."""
+    if not 1 <= classes <= MAX_CLASSES:
+        raise CrossclrError(f"synthetic data: {classes} classes requested, expected 1..{MAX_CLASSES}")
+    return [(k,) if k < len(MOTIONS) else _PAIRS[k - len(MOTIONS)] for k in range(classes)]
+
+
+def class_names(classes: int) -> list[str]:
+    return [" + ".join(MOTIONS[m].name for m in ms) for ms in class_motions(classes)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Skeleton construction
+
+
+@dataclass(frozen=True)
+class _Tree:
+    order: tuple[int, ...]  # joints in breadth-first order from the root, root excluded
+    parent: tuple[int, ...]  # parent in the tree rooted at spine_base (root: itself)
+    offsets: np.ndarray  # (V, 3) rest bone vectors parent -> joint
+    groups: dict[str, np.ndarray]  # joint masks for per-segment scaling: "arm", "leg"
+
+
+def _tree(layout: Layout) -> _Tree:
+    names = list(layout.joint_names)
+    missing = sorted(set(REST_POSE) - set(names))
+    if missing or len(names) != len(REST_POSE):
+        raise CrossclrError(f"synthetic data needs the {LAYOUT_NAME} layout (missing joints {missing})")
+    idx = {n: i for i, n in enumerate(names)}
+    root = idx["spine_base"]
+    nbrs: dict[int, list[int]] = {i: [] for i in range(len(names))}
+    for a, b in layout.edges:
+        nbrs[a].append(b)
+        nbrs[b].append(a)
+    parent = list(range(len(names)))
+    order, queue, seen = [], [root], {root}
+    while queue:  # re-root the layout's tree at the pelvis (BFS over its edges)
+        j = queue.pop(0)
+        for k in sorted(nbrs[j]):
+            if k not in seen:
+                seen.add(k)
+                parent[k] = j
+                order.append(k)
+                queue.append(k)
+    rest = np.array([REST_POSE[n] for n in names])
+    offsets = rest - rest[parent]
+    offsets[root] = rest[root]
+    arm = np.array([any(n.startswith(p + "_") for p in _ARM) for n in names])
+    leg = np.array([any(n.startswith(p + "_") for p in _LEG) for n in names])
+    return _Tree(tuple(order), tuple(parent), offsets, {"arm": arm, "leg": leg})
+
+
+def _forward_kinematics(tree: _Tree, pose: Pose, names: list[str], scale: np.ndarray) -> np.ndarray:
+    """Joint positions (n, t, V, 3) in the body frame; ``scale`` (n, V) per-bone length factors."""
+    n, t = pose.shape
+    v = len(names)
+    glob: list[np.ndarray] = [np.empty(0)] * v
+    pos = np.zeros((n, t, v, 3))
+    root = next(j for j in range(v) if tree.parent[j] == j)
+    glob[root] = _rot("y", pose.yaw)
+    pos[:, :, root] = tree.offsets[root] * scale[:, None, root, None]
+    for j in tree.order:
+        p = tree.parent[j]
+        local = pose.local.get(names[j])
+        g = glob[p] if local is None else glob[p] @ local
+        glob[j] = g
+        off = tree.offsets[j] * scale[:, j, None]  # (n, 3)
+        pos[:, :, j] = pos[:, :, p] + np.einsum("ntab,nb->nta", g, off)
+    return pos
+
+
+def _idle(p: Pose, rng: np.random.Generator, u: np.ndarray) -> None:
+    """Per-sample posture variation and slow sway shared by all classes."""
+    n = p.shape[0]
+    for joint in ("elbow_left", "elbow_right", "wrist_left", "wrist_right", "knee_left", "knee_right"):
+        p.rotate(joint, "x", rng.normal(0, 0.12, (n, 1)))
+        p.rotate(joint, "z", rng.normal(0, 0.08, (n, 1)))
+    sway = 0.04 * np.sin(0.3 * u + rng.uniform(0, 6, (n, 1)))
+    p.rotate("spine_mid", "x", rng.normal(0, 0.06, (n, 1)) + sway)
+    p.rotate("head", "y", rng.normal(0, 0.2, (n, 1)))
+
+
+@dataclass(frozen=True)
+class _Meta:
+    label: np.ndarray  # (N,)
+    setup: np.ndarray
+    camera: np.ndarray
+    performer: np.ndarray
+    replication: np.ndarray
+
+
+def _draw_meta(rng: np.random.Generator, classes: int, per_class: int, train_subjects: list[int]) -> _Meta:
+    val_subjects = [s for s in range(1, NUM_PERFORMERS + 1) if s not in train_subjects]
+    n_train = int(round(per_class * TRAIN_FRACTION))
+    cols: list[list[int]] = [[], [], [], [], []]
+    for c in range(classes):
+        for subjects, count in ((train_subjects, n_train), (val_subjects, per_class - n_train)):
+            grid = NUM_SETUPS * 3 * len(subjects) * 2
+            if count > grid:
+                raise CrossclrError(f"synthetic data: at most {grid} samples per class and split, "
+                                    f"asked for {count}")
+            cells = rng.choice(grid, size=count, replace=False)
+            s, rest = np.divmod(cells, 3 * len(subjects) * 2)
+            cam, rest = np.divmod(rest, len(subjects) * 2)
+            perf, rep = np.divmod(rest, 2)
+            cols[0] += [c] * count
+            cols[1] += (s + 1).tolist()
+            cols[2] += (cam + 1).tolist()
+            cols[3] += [subjects[i] for i in perf]
+            cols[4] += (rep + 1).tolist()
+    arr = [np.asarray(x, np.int64) for x in cols]
+    return _Meta(*arr)
+
+
+def xsub_train_subjects() -> list[int]:
+    """Performers 1..40 whose samples are in the NTU-60 xsub training set (from ``ntu.split_of``)."""
+    from .ntu import split_of  # the one definition of the benchmark splits
+
+    return [p for p in range(1, NUM_PERFORMERS + 1)
+            if split_of(f"S001C001P{p:03d}R001A001", "ntu60-xsub") == "train"]
+
+
+def synthesize_raw(classes: int, per_class: int, seed: int = 0,
+                   train_subjects: list[int] | None = None) -> tuple[list[np.ndarray], _Meta]:
+    """Raw sequences in camera coordinates, each (3, T_i, V, 2) float32 (second body zero when absent)."""
+    if per_class < 1:
+        raise CrossclrError(f"synthetic data: per_class must be >= 1, got {per_class}")
+    layout = BUILTIN_LAYOUTS[LAYOUT_NAME]
+    names = list(layout.joint_names)
+    tree = _tree(layout)
+    rng = np.random.default_rng(seed)
+    if train_subjects is None:
+        train_subjects = xsub_train_subjects()
+    meta = _draw_meta(rng, classes, per_class, train_subjects)
+    n = len(meta.label)
+    v = len(names)
+
+    # performers: proportions fixed per subject; samples vary a little around them
+    perf_height = rng.uniform(0.85, 1.12, NUM_PERFORMERS + 1)
+    perf_arm = rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1)
+    perf_leg = rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1)
+    scale = perf_height[meta.performer, None] * rng.uniform(0.98, 1.02, (n, 1)) * np.ones((n, v))
+    scale = np.where(tree.groups["arm"], scale * perf_arm[meta.performer, None], scale)
+    scale = np.where(tree.groups["leg"], scale * perf_leg[meta.performer, None], scale)
+
+    lengths = rng.integers(RAW_LENGTH[0], RAW_LENGTH[1] + 1, n)
+    t_max = int(lengths.max())
+    progress = np.arange(t_max)[None, :] / lengths[:, None]  # (n, t): 0..1 over each sample
+    amp = rng.uniform(0.55, 1.15, (n, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, (n, 1))
+    cycles_periodic = rng.uniform(1.5, 4.0, (n, 1))
+    cycles_once = rng.uniform(0.8, 1.2, (n, 1))
+    phase_once = rng.uniform(-0.3, 0.3, (n, 1))
+
+    body = np.zeros((n, t_max, v, 3))
+    for c, motions in enumerate(class_motions(classes)):
+        sel = np.flatnonzero(meta.label == c)
+        pose = Pose(len(sel), t_max)
+        u_idle = 2 * np.pi * progress[sel] * cycles_periodic[sel]
+        _idle(pose, rng, u_idle)
+        for m in motions:
+            motion = MOTIONS[m]
+            if motion.periodic:
+                u = 2 * np.pi * cycles_periodic[sel] * progress[sel] + phase[sel]
+            else:
+                u = 2 * np.pi * cycles_once[sel] * progress[sel] + phase_once[sel]
+            motion.apply(pose, u, amp[sel])
+        pos = _forward_kinematics(tree, pose, names, scale[sel])
+        ground = pos[..., 1].min(axis=2, keepdims=True)  # feet on the floor, then lift (jumps)
+        pos[..., 1] -= ground - pose.lift[..., None]
+        body[sel] = pos
+
+    # second body for some samples: a bystander swaying in place
+    two = rng.random(n) < 0.3
+    other = np.zeros((n, t_max, v, 3))
+    if two.any():
+        k = int(two.sum())
+        pose = Pose(k, t_max)
+        _idle(pose, rng, 2 * np.pi * progress[two] * 2.0)
+        pos = _forward_kinematics(tree, pose, names, np.ones((k, v)) * rng.uniform(0.85, 1.1, (k, 1)))
+        pos[..., 1] -= pos[..., 1].min(axis=2, keepdims=True)
+        side = rng.choice([-1.0, 1.0], k)[:, None, None] * rng.uniform(0.7, 1.4, (k, 1, 1))
+        pos[..., 0] += side
+        pos[..., 2] += rng.uniform(-0.5, 0.5, (k, 1, 1))
+        other[two] = pos
+
+    # camera: the body faces the camera (-z) with a camera-dependent yaw, at some distance and height
+    cam_yaw = np.array([0.0, -np.pi / 4, 0.0, np.pi / 4])[meta.camera] + rng.normal(0, 0.25, n)
+    rot = _rot("y", np.pi + cam_yaw)  # (n, 3, 3)
+    shift = np.stack([rng.uniform(-0.6, 0.6, n), rng.uniform(-1.1, -0.6, n), rng.uniform(2.3, 4.2, n)], -1)
+    pitch = _rot("x", rng.normal(0.0, 0.08, n))
+    rot = pitch @ rot
+    noise = rng.uniform(0.005, 0.03, (n, 1, 1, 1))
+
+    seqs = []
+    for b, pos in enumerate((body, other)):
+        cam = np.einsum("nab,ntvb->ntva", rot, pos) + shift[:, None, None, :]
+        cam += noise * rng.standard_normal(cam.shape)
+        if b == 1:
+            cam *= two[:, None, None, None]
+        seqs.append(cam)
+    both = np.stack(seqs, axis=-1).astype(np.float32)  # (n, t, V, 3, M)
+    # (n, t, V, 3, M) -> per sample (3, T_i, V, M)
+    out = [np.ascontiguousarray(both[i, : lengths[i]].transpose(2, 0, 1, 3)) for i in range(n)]
+    return out, meta
+
+
+def sample_name(meta: _Meta, i: int) -> str:
+    return (f"S{meta.setup[i]:03d}C{meta.camera[i]:03d}P{meta.performer[i]:03d}R{meta.replication[i]:03d}"
+            f"A{meta.label[i] + 1:03d}")
+
+
+def generate_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 60, seed: int = 0,
+                       frames: int = 50) -> Path:
+    """Write a synthetic NTU-layout cache (splits train/val by the xsub subject rule) and return its path."""
+    from .ntu import split_of
+    from .preprocess import normalize_sequence
+
+    out = Path(out)
+    layout = BUILTIN_LAYOUTS[LAYOUT_NAME]
+    benchmark = "ntu60-xsub" if classes <= 60 else "ntu120-xsub"
+    seqs, meta = synthesize_raw(classes, per_class, seed)
+    preprocess = {"mode": "official", "frames": frames, "source": "synthetic", "seed": seed}
+    with CacheWriter(out, layout=layout, class_names=class_names(classes), benchmark=benchmark, frames=frames,
+                     num_person=2, preprocess=preprocess) as w:
+        for i, raw in enumerate(seqs):
+            name = sample_name(meta, i)
+            split = split_of(name, benchmark)
+            assert split is not None, name
+            x = normalize_sequence(raw, layout, mode="official", frames=frames)
+            w.add(split, x, int(meta.label[i]), name, raw.shape[1])
+    log.info("synthetic cache %s: %s", out, w.counts)
+    return out
