@@ -384,3 +384,41 @@ def standard_splits(ds: RealDataset, *, utkinect_protocol: str = "cross-subject"
     if ds.name == "sbu-kinect":
         return sbu_folds(ds)
     raise CrossclrError(f"no standard protocol for data set {ds.name!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# output: the generic arrays format of ``crossclr prepare arrays`` (crossclr_infer/arrays.py)
+
+
+def write_arrays_npz(ds: RealDataset, split: Split, out: str | os.PathLike) -> Path:
+    """Write ``split`` as one ``.npz`` in the *concatenated* layout of ``crossclr prepare arrays``:
+    ``data`` (3, F, V, M) float32 (all samples' frames one after another), ``lengths`` (N,), ``label`` (N,),
+    ``name`` (N,), ``split`` (N,) "train"/"val" (the test part of a protocol is the cache's "val" split),
+    ``class_names`` (K,). Written to a temporary name in the same folder, then renamed."""
+    out = Path(out)
+    order = [*split.train, *split.test]
+    if len(set(order)) != len(order):
+        raise CrossclrError(f"split {split.name!r}: a sample is in both train and test")
+    samples = [ds.samples[i] for i in order]
+    data = np.concatenate([s.data for s in samples], axis=1)  # N x (3, T_i, V, M) -> (3, F, V, M)
+    arrays = {
+        "data": data.astype(np.float32),
+        "lengths": np.array([s.data.shape[1] for s in samples], dtype=np.int64),
+        "label": np.array([s.label for s in samples], dtype=np.int64),
+        "name": np.array([s.name for s in samples]),
+        "split": np.array(["train"] * len(split.train) + ["val"] * len(split.test)),
+        "class_names": np.array(ds.class_names),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def layout_argument(ds: RealDataset) -> str:
+    """The ``crossclr prepare arrays --layout`` value for this data set (built-in name or TOML path)."""
+    return {"msr-action3d": str(MSR_LAYOUT), "sbu-kinect": str(SBU_LAYOUT)}.get(ds.name, ds.layout.name)

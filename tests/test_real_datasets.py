@@ -234,3 +234,25 @@ def test_bad_files_name_file_and_line(tmp_path: Path) -> None:
         rd.load_msr_action3d(empty)
     with pytest.raises(CrossclrError, match="cannot read the MSR file list"):
         rd.load_msr_action3d(tmp_path)
+
+
+def test_write_arrays_npz_reads_back_through_arrays_reader(sbu: rd.RealDataset, tmp_path: Path) -> None:
+    from crossclr_infer.arrays import open_arrays
+    from crossclr_infer.layouts import get_layout
+
+    split = rd.standard_splits(sbu)[1]
+    out = rd.write_arrays_npz(sbu, split, tmp_path / "sbu_fold2.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sbu_fold2.npz"]  # no temporary left behind
+    src = open_arrays(out, get_layout(rd.layout_argument(sbu)))
+    try:
+        assert src.kind == "concatenated" and len(src) == 282
+        assert src.splits.count("val") == len(split.test) == 52
+        assert src.class_names == list(rd.SBU_ACTIONS) and src.bodies == 2 and src.joints == 15
+        order = [*split.train, *split.test]
+        assert src.names == [sbu.samples[i].name for i in order]
+        assert np.array_equal(src.labels, sbu.labels[order])
+        for k, x in enumerate(src.samples()):
+            if k in (0, 281):
+                np.testing.assert_array_equal(x, sbu.samples[order[k]].data)
+    finally:
+        src.close()
