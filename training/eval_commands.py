@@ -1,3 +1,445 @@
-"""Click commands for evaluation protocols (registered by cli.py). Torch is imported inside the commands."""
+"""Click commands for evaluation protocols (registered by cli.py). Torch is imported inside the commands.
 
-COMMANDS: list = []
+``linear``, ``knn``, ``finetune``, ``tsne``, ``plot-metrics``: each prints a compact table and can write the
+same figures as JSON (``--json FILE``) for scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from crossclr_infer.errors import CrossclrError
+
+_VIEWS = ("joint", "motion", "bone", "accel")
+
+
+def _parse_streams(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    streams = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in streams if s not in _VIEWS]
+    if bad:
+        raise CrossclrError(f"--streams: unknown stream {bad[0]!r}; use a comma list of {', '.join(_VIEWS)}")
+    if len(set(streams)) != len(streams):
+        raise CrossclrError("--streams: a stream is named twice")
+    return streams
+
+
+def _common(f: Callable) -> Callable:
+    """--data, --checkpoint, --streams, --device, --json, split names."""
+    opts = [
+        click.option(
+            "--data",
+            "data",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="HDF5 cache (crossclr prepare / synth).",
+        ),
+        click.option(
+            "--checkpoint",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="runs/NAME/pretrain.pt (or a linear.pt).",
+        ),
+        click.option(
+            "--streams", default=None, help="Comma list of streams (default: all in the checkpoint)."
+        ),
+        click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)."),
+        click.option("--train-split", default="train", show_default=True),
+        click.option("--eval-split", default="val", show_default=True),
+        click.option(
+            "--json",
+            "json_out",
+            default=None,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write the results as JSON to this file.",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _emit(report: dict[str, Any], table: str, json_out: Path | None) -> None:
+    from training.evaluate import write_json
+
+    click.echo(table)
+    if json_out is not None:
+        write_json(report, json_out)
+        click.echo(f"results: {json_out}")
+
+
+def _acc_table(report: dict[str, Any]) -> str:
+    from training.evaluate import format_table
+
+    rows = []
+    best = report.get("best", {})
+    for key, last in report["last"].items():
+        b = best.get(key)
+        rows.append(
+            [key, *(([b["top1"], b["top5"], int(b["epoch"])]) if b else []), last["top1"], last["top5"]]
+        )
+    headers = (
+        ["stream", "best top1", "best top5", "epoch", "last top1", "last top5"]
+        if best
+        else ["stream", "top1", "top5"]
+    )
+    return format_table(headers, rows)
+
+
+@click.command("linear")
+@_common
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder for linear.pt (required unless --eval-only).",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["joint", "separate"]),
+    default="joint",
+    show_default=True,
+    help="joint: heads trained on the mean of their logits (official); separate: each alone, fused "
+    "with --weights.",
+)
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--lr", type=float, default=3.0, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--milestones", default=None, help="Comma list of lr-drop epochs (default: 0.8 · epochs).")
+@click.option(
+    "--weights",
+    default=None,
+    help="Fusion weights for --fusion separate, e.g. joint=0.6,motion=0.4,bone=0.6 (accel default 0.4).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plots", is_flag=True, help="Write confusion.png and linear_curves.png (viz extra).")
+@click.option("--eval-only", is_flag=True, help="Score an existing linear.pt (--checkpoint) on --eval-split.")
+def linear_cmd(
+    data: Path,
+    checkpoint: Path,
+    streams: str | None,
+    device: str | None,
+    train_split: str,
+    eval_split: str,
+    json_out: Path | None,
+    out: Path | None,
+    fusion: str,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    batch_size: int,
+    milestones: str | None,
+    weights: str | None,
+    seed: int,
+    plots: bool,
+    eval_only: bool,
+) -> None:
+    """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
+    from training.evaluate import parse_weights
+    from training.linear import LinearConfig, evaluate_linear, run_linear
+
+    views = _parse_streams(streams)
+    if eval_only:
+        report = evaluate_linear(
+            data, checkpoint, split=eval_split, device=device, streams=views, plots_dir=out if plots else None
+        )
+        _emit(report, _acc_table(report), json_out)
+        return
+    if out is None:
+        raise CrossclrError("--out is required (the folder for linear.pt), unless --eval-only")
+    ms = None
+    if milestones:
+        try:
+            ms = tuple(int(m) for m in milestones.split(","))
+        except ValueError:
+            raise CrossclrError(f"--milestones: {milestones!r}: expected comma-separated epochs") from None
+    cfg = LinearConfig(
+        epochs=epochs,
+        lr=lr,
+        momentum=momentum,
+        batch_size=batch_size,
+        fusion=fusion,
+        seed=seed,
+        milestones=ms,
+    )
+    report = run_linear(
+        data,
+        checkpoint,
+        out,
+        streams=views,
+        cfg=cfg,
+        weights=parse_weights(weights),
+        device=device,
+        train_split=train_split,
+        eval_split=eval_split,
+        plots=plots,
+    )
+    _emit(
+        report,
+        _acc_table(report) + f"\nfusion {report['fusion']} {report['fusion_weights']}; "
+        f"checkpoint: {report['output']}",
+        json_out,
+    )
+
+
+@click.command("knn")
+@_common
+@click.option("-k", "ks", default="1,10,20,200", show_default=True, help="Comma list of neighbour counts.")
+@click.option("-t", "--temperature", type=float, default=0.1, show_default=True)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for knn_confusion.png (largest k, fused when several streams).",
+)
+def knn_cmd(
+    data: Path,
+    checkpoint: Path,
+    streams: str | None,
+    device: str | None,
+    train_split: str,
+    eval_split: str,
+    json_out: Path | None,
+    ks: str,
+    temperature: float,
+    plots: Path | None,
+) -> None:
+    """Weighted kNN (cosine, votes exp(sim/t)) on frozen features, per stream and fused."""
+    from training.evaluate import format_table
+    from training.knn import run_knn
+
+    try:
+        k_list = sorted({int(k) for k in ks.split(",")})
+    except ValueError:
+        raise CrossclrError(f"-k: {ks!r}: expected comma-separated integers") from None
+    if not k_list or k_list[0] < 1:
+        raise CrossclrError("-k: k must be ≥ 1")
+    report = run_knn(
+        data,
+        checkpoint,
+        streams=_parse_streams(streams),
+        ks=k_list,
+        t=temperature,
+        device=device,
+        train_split=train_split,
+        eval_split=eval_split,
+        plots_dir=plots,
+    )
+    kmax = str(max(k_list))
+    rows = [
+        [key, *(per_k[str(k)]["top1"] for k in k_list), per_k[kmax]["top5"]]
+        for key, per_k in report["results"].items()
+    ]
+    table = format_table(["stream", *(f"top1@{k}" for k in k_list), f"top5@{kmax}"], rows)
+    _emit(report, table + f"\nt={temperature}; fused = {report['fusion']}", json_out)
+
+
+@click.command("finetune")
+@_common
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder for finetune.pt (linear format).",
+)
+@click.option(
+    "--label-fraction",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Stratified fraction of labelled training samples, in (0, 1] (0.01, 0.1, 1.0).",
+)
+@click.option("--fusion", type=click.Choice(["joint", "separate"]), default="joint", show_default=True)
+@click.option("--weights", default=None, help="Fusion weights for --fusion separate.")
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option(
+    "--augment/--no-augment",
+    default=False,
+    show_default=True,
+    help="Temporal crop + shear on the labelled samples.",
+)
+@click.option("--eval-every", type=int, default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plots", is_flag=True, help="Write finetune_confusion.png (viz extra).")
+def finetune_cmd(
+    data: Path,
+    checkpoint: Path,
+    streams: str | None,
+    device: str | None,
+    train_split: str,
+    eval_split: str,
+    json_out: Path | None,
+    out: Path,
+    label_fraction: float,
+    fusion: str,
+    weights: str | None,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    augment: bool,
+    eval_every: int,
+    seed: int,
+    plots: bool,
+) -> None:
+    """Semi-supervised / full fine-tuning of encoders + heads on a stratified labelled subset."""
+    from training.evaluate import parse_weights
+    from training.finetune import FinetuneConfig, check_fraction, run_finetune
+
+    check_fraction(label_fraction)
+    cfg = FinetuneConfig(
+        label_fraction=label_fraction,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        fusion=fusion,
+        augment=augment,
+        seed=seed,
+        eval_every=eval_every,
+    )
+    report = run_finetune(
+        data,
+        checkpoint,
+        out,
+        streams=_parse_streams(streams),
+        cfg=cfg,
+        weights=parse_weights(weights),
+        device=device,
+        train_split=train_split,
+        eval_split=eval_split,
+        plots=plots,
+    )
+    _emit(
+        report,
+        _acc_table(report) + f"\n{report['num_labelled']} of {report['num_train']} training samples "
+        f"labelled ({label_fraction:g}); checkpoint: {report['output']}",
+        json_out,
+    )
+
+
+@click.command("tsne")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for tsne_<stream>.png.",
+)
+@click.option("--streams", default=None, help="Comma list of streams (default: all).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--max-samples", type=int, default=2000, show_default=True, help="Seeded random subset size.")
+@click.option("--classes", "max_classes", type=int, default=None, help="Only the first N classes (e.g. 10).")
+@click.option("--perplexity", type=float, default=30.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path))
+def tsne_cmd(
+    data: Path,
+    checkpoint: Path,
+    out: Path,
+    streams: str | None,
+    split: str,
+    max_samples: int,
+    max_classes: int | None,
+    perplexity: float,
+    seed: int,
+    device: str | None,
+    json_out: Path | None,
+) -> None:
+    """t-SNE of frozen encoder features coloured by class (one PNG per stream)."""
+    import numpy as np
+
+    from crossclr_infer.cache import open_cache
+    from training.evaluate import (
+        check_compatible,
+        default_device,
+        encode_source,
+        format_table,
+        load_any_encoders,
+    )
+    from training.plots import plot_tsne, tsne_embed
+
+    dev = default_device(device)
+    encoders, _, meta = load_any_encoders(checkpoint, _parse_streams(streams), dev)
+    with open_cache(data) as cache:
+        layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
+        sp = cache.split(split)
+        labels = np.asarray(sp.labels)
+        pool = np.flatnonzero(labels < max_classes) if max_classes else np.arange(len(labels))
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.permutation(pool)[:max_samples])
+        feats = encode_source(
+            encoders, lambda b: sp.read(idx[b]), len(idx), layout, device=dev, desc="encode"
+        )
+        class_names = list(cache.class_names)
+    rows, files = [], []
+    for v, f in feats.items():
+        pts = tsne_embed(f.numpy(), seed=seed, perplexity=perplexity)
+        path = plot_tsne(pts, labels[idx], class_names, out / f"tsne_{v}.png", title=f"t-SNE ({v}, {split})")
+        rows.append([v, len(idx), len(np.unique(labels[idx])), str(path)])
+        files.append(str(path))
+    report = {
+        "protocol": "tsne",
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "num_samples": len(idx),
+        "streams": list(feats),
+        "plots": files,
+    }
+    _emit(report, format_table(["stream", "samples", "classes", "png"], rows), json_out)
+
+
+@click.command("plot-metrics")
+@click.argument("metrics", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG path (default: curves.png beside the metrics file).",
+)
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--rows", "max_rows", type=int, default=12, show_default=True, help="Epoch rows in the table.")
+def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max_rows: int) -> None:
+    """Training curves (loss, per-view losses, lr) from runs/NAME/metrics.jsonl (or the run folder)."""
+    import numpy as np
+
+    from training.evaluate import format_table
+    from training.plots import plot_metrics, read_metrics, summarize_metrics
+
+    path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
+    rows = read_metrics(path)
+    out = out or path.with_name("curves.png")
+    png = plot_metrics(rows, out, title=path.parent.name or "training")
+    per_epoch = summarize_metrics(rows)
+    keys = sorted({k for r in per_epoch for k in r if k.startswith("loss")})
+    shown = (
+        per_epoch
+        if len(per_epoch) <= max_rows
+        else [
+            per_epoch[i] for i in np.unique(np.linspace(0, len(per_epoch) - 1, max_rows).round().astype(int))
+        ]
+    )
+    table = format_table(
+        ["epoch", "step", *keys, "lr"],
+        [
+            [r["epoch"], r["step"], *(r.get(k, "") for k in keys), f"{r['lr']:.4g}" if "lr" in r else ""]
+            for r in shown
+        ],
+    )
+    report = {"metrics": str(path), "plot": str(png), "epochs": per_epoch}
+    _emit(report, table + f"\nplot: {png}", json_out)
+
+
+COMMANDS: list = [linear_cmd, knn_cmd, finetune_cmd, tsne_cmd, plot_metrics_cmd]

@@ -1,0 +1,476 @@
+"""Linear evaluation: frozen encoders stay untouched, cached == re-encoded heads, fusion, linear.pt, errors.
+
+Module-level helpers (tiny encoder config, hand-made caches, pretrain checkpoints) are shared with
+test_knn.py, test_finetune.py and test_plots.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch = pytest.importorskip("torch")
+
+from crossclr_infer.cache import CacheWriter, open_cache  # noqa: E402
+from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml  # noqa: E402
+
+NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
+STREAMS3 = ("joint", "motion", "bone")
+
+
+def tiny_encoder_config():
+    from training.stgcn import EncoderConfig
+
+    return EncoderConfig(
+        base_channels=8, hidden_dim=32, feature_dim=16, stage_blocks=(1, 1, 1), temporal_kernel=3
+    )
+
+
+def write_cache(
+    path: Path,
+    *,
+    classes: int = 4,
+    train: int = 8,
+    val: int = 4,
+    frames: int = 16,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    noise: float = 0.3,
+) -> Path:
+    """A small NTU-layout cache whose classes differ by a mean pose and a temporal frequency."""
+    rng = np.random.default_rng(seed)
+    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(classes)]
+    pose = rng.normal(size=(classes, 3, 1, NTU.num_joints, 1)).astype(np.float32)
+    t = np.linspace(0, 2 * np.pi, frames, dtype=np.float32)[None, :, None, None]
+    with CacheWriter(
+        path,
+        layout=NTU,
+        class_names=names,
+        benchmark="test",
+        frames=frames,
+        num_person=2,
+        preprocess={"mode": "none", "frames": frames},
+    ) as w:
+        for split, n in (("train", train), ("val", val)):
+            for i in range(n):
+                for c in range(classes):
+                    x = (
+                        pose[c]
+                        + 0.5 * np.sin(t * (c + 1))
+                        + noise * rng.normal(size=(3, frames, NTU.num_joints, 2))
+                    )
+                    w.add(split, x.astype(np.float32), c, f"{split}-{c}-{i}", frames)
+    return path
+
+
+def make_model(streams: Sequence[str] = STREAMS3, seed: int = 0):
+    from training.crossclr import CrosSCLR, SSLConfig
+
+    torch.manual_seed(seed)
+    return CrosSCLR(NTU, tiny_encoder_config(), SSLConfig(queue_size=64), tuple(streams))
+
+
+def write_pretrain(
+    path: Path,
+    cache: Path,
+    model=None,
+    streams: Sequence[str] = STREAMS3,
+    *,
+    perturb_bn: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A crossclr-pretrain-v1 checkpoint of a (random unless given) CrosSCLR model.
+
+    With ``perturb_bn`` the BN running statistics get non-default values, so any update is visible."""
+    from training.checkpoint import atomic_torch_save, make_checkpoint
+    from training.config import TrainConfig, config_to_dict
+    from training.crossclr import SSLConfig
+
+    model = model if model is not None else make_model(streams, seed)
+    if perturb_bn:
+        g = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                    m.num_batches_tracked.fill_(7)
+    cfg = TrainConfig(
+        model=tiny_encoder_config(),
+        ssl=SSLConfig(queue_size=64),
+        streams=tuple(streams),
+        epochs=1,
+        cross_epoch=1,
+    )
+    with open_cache(cache) as c:
+        ckpt = make_checkpoint(
+            model_state=model.state_dict(),
+            optimizer_state=None,
+            scheduler_state=None,
+            epoch=1,
+            rng=[],
+            config=config_to_dict(cfg),
+            streams=list(streams),
+            layout_toml=layout_to_toml(c.layout),
+            num_person=c.num_person,
+            frames=c.frames,
+            class_names=c.class_names,
+            preprocess=c.preprocess,
+        )
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    import cli
+
+    capsys.readouterr()
+    try:
+        cli.main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("linear")
+    cache = write_cache(d / "c.h5")
+    return {"dir": d, "cache": cache, "ckpt": write_pretrain(d / "pretrain.pt", cache)}
+
+
+def _split_tensors(cache: Path, split: str):
+    with open_cache(cache) as c:
+        sp = c.split(split)
+        return torch.from_numpy(sp.read_all()), torch.as_tensor(sp.labels, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def test_topk_accuracy_matches_numpy():
+    from training.evaluate import topk_accuracy
+
+    rng = np.random.default_rng(1)
+    s, y = rng.normal(size=(50, 7)), rng.integers(0, 7, 50)
+    ref = {k: 100 * np.mean([y[i] in np.argsort(-s[i])[:k] for i in range(50)]) for k in (1, 5)}
+    got = topk_accuracy(torch.from_numpy(s), torch.from_numpy(y))
+    assert got["top1"] == pytest.approx(ref[1]) and got["top5"] == pytest.approx(ref[5])
+
+
+def test_fusion_weights_and_parse():
+    from crossclr_infer.errors import CrossclrError
+    from training.evaluate import fuse_logits, fusion_weights_for, parse_weights
+
+    assert fusion_weights_for("joint", ["joint", "bone"]) == {"joint": 0.5, "bone": 0.5}
+    assert fusion_weights_for("separate", list(STREAMS3) + ["accel"]) == {
+        "joint": 0.6,
+        "motion": 0.4,
+        "bone": 0.6,
+        "accel": 0.4,
+    }
+    w = fusion_weights_for("separate", ["joint", "accel"], parse_weights("accel=0.25"))
+    assert w == {"joint": 0.6, "accel": 0.25}
+    z = {"joint": torch.ones(2, 3), "accel": 2 * torch.ones(2, 3)}
+    assert torch.allclose(fuse_logits(z, w), torch.full((2, 3), 0.6 + 0.5))
+    with pytest.raises(CrossclrError, match="not among the streams"):
+        fusion_weights_for("separate", ["joint"], {"bone": 1.0})
+    with pytest.raises(CrossclrError, match="VIEW=NUMBER"):
+        parse_weights("joint:0.6")
+
+
+def test_milestone_scales_with_epochs():
+    from training.linear import LinearConfig
+
+    assert LinearConfig().resolved_milestones() == (80,)
+    assert LinearConfig(epochs=10).resolved_milestones() == (8,)
+    assert LinearConfig(epochs=10, milestones=(3, 6)).resolved_milestones() == (3, 6)
+
+
+# ----------------------------------------------------------------------------------------- frozen encoders
+def test_linear_training_leaves_encoder_weights_and_bn_stats_unchanged(setup):
+    from training.evaluate import load_any_encoders
+    from training.linear import LinearConfig, ReencodingFeatures, train_linear
+
+    encoders, _, _ = load_any_encoders(setup["ckpt"], None)
+    before = {v: {k: t.clone() for k, t in e.state_dict().items()} for v, e in encoders.items()}
+    x, y = _split_tensors(setup["cache"], "train")
+    xv, yv = _split_tensors(setup["cache"], "val")
+    for e in encoders.values():  # the protocol must put them in eval mode itself
+        e.train()
+    train = ReencodingFeatures(encoders, x, y, NTU, in_features=32)
+    val = ReencodingFeatures(encoders, xv, yv, NTU, in_features=32)
+    train_linear(train, val, 4, list(encoders), LinearConfig(epochs=3, batch_size=8))
+    for v, e in encoders.items():
+        after = e.state_dict()
+        assert set(after) == set(before[v])
+        for k, t in before[v].items():
+            assert torch.equal(after[k], t), f"{v}.{k} changed"
+        assert all(p.grad is None for p in e.parameters())
+    # the check has teeth: a train-mode forward does move the running statistics
+    enc = encoders["joint"].train()
+    enc.forward_features(x[:8])
+    assert not torch.equal(enc.data_bn.running_mean, before["joint"]["data_bn.running_mean"])
+
+
+def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, capsys):
+    out = setup["dir"] / "lin"
+    code, stdout, err = run_cli(
+        [
+            "linear",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(setup["ckpt"]),
+            "--out",
+            str(out),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "8",
+            "--json",
+            str(out / "r.json"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "best top1" in stdout and "fused" in stdout
+    pre = torch.load(setup["ckpt"], weights_only=True)["model"]
+    lin = torch.load(out / "linear.pt", weights_only=True)
+    assert lin["format"] == "crossclr-linear-v1" and lin["streams"] == list(STREAMS3)
+    for v in STREAMS3:
+        for k, t in lin["encoders"][v].items():
+            assert torch.equal(t, pre[f"encoders_q.{v}.{k}"]), f"{v}.{k} differs from the pretrained encoder"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
+    report = json.loads((out / "r.json").read_text())
+    assert len(report["history"]) == 4 and set(report["best"]) == {*STREAMS3, "fused"}
+    for key, b in report["best"].items():
+        assert b["top1"] >= report["last"][key]["top1"] - 1e-9
+
+
+# ----------------------------------------------------------------------------------- cached == re-encoded
+@pytest.mark.parametrize("fusion", ["joint", "separate"])
+def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
+    from training.evaluate import encode_source, fusion_weights_for, load_any_encoders
+    from training.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
+
+    encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "bone"])
+    x, y = _split_tensors(setup["cache"], "train")
+    xv, yv = _split_tensors(setup["cache"], "val")
+    cfg = LinearConfig(epochs=5, batch_size=8, fusion=fusion, seed=3)
+    w = fusion_weights_for(fusion, list(encoders))
+    cached = train_linear(
+        CachedFeatures(encode_source(encoders, lambda i: x[i].numpy(), len(x), NTU, batch_size=13), y),
+        CachedFeatures(encode_source(encoders, lambda i: xv[i].numpy(), len(xv), NTU), yv),
+        4,
+        list(encoders),
+        cfg,
+        w,
+    )
+    reenc = train_linear(
+        ReencodingFeatures(encoders, x, y, NTU, in_features=32),
+        ReencodingFeatures(encoders, xv, yv, NTU, in_features=32),
+        4,
+        list(encoders),
+        cfg,
+        w,
+    )
+    for v in encoders:
+        for name in ("weight", "bias"):
+            a, b = getattr(cached.heads[v], name), getattr(reenc.heads[v], name)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for ra, rb in zip(cached.history, reenc.history, strict=True):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-6)
+    # a different seed gives a different head (the comparison is not vacuous)
+    other = train_linear(
+        CachedFeatures(encode_source(encoders, lambda i: x[i].numpy(), len(x), NTU), y),
+        None,
+        4,
+        list(encoders),
+        LinearConfig(epochs=5, batch_size=8, fusion=fusion, seed=4),
+        w,
+    )
+    assert not torch.allclose(other.heads["joint"].weight, cached.heads["joint"].weight, atol=1e-3)
+
+
+def test_separate_fusion_trains_each_head_alone(setup):
+    from training.evaluate import encode_source, load_any_encoders
+    from training.linear import CachedFeatures, LinearConfig, train_linear
+
+    encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "motion"])
+    x, y = _split_tensors(setup["cache"], "train")
+    feats = encode_source(encoders, lambda i: x[i].numpy(), len(x), NTU)
+    cfg = LinearConfig(epochs=4, batch_size=8, fusion="separate", seed=1)
+    both = train_linear(CachedFeatures(feats, y), None, 4, ["joint", "motion"], cfg)
+    alone = train_linear(CachedFeatures({"joint": feats["joint"]}, y), None, 4, ["joint"], cfg)
+    torch.testing.assert_close(both.heads["joint"].weight, alone.heads["joint"].weight, rtol=1e-5, atol=1e-6)
+    joint = train_linear(
+        CachedFeatures(feats, y),
+        None,
+        4,
+        ["joint", "motion"],
+        LinearConfig(epochs=4, batch_size=8, fusion="joint", seed=1),
+    )
+    assert not torch.allclose(joint.heads["joint"].weight, alone.heads["joint"].weight, atol=1e-4)
+
+
+def test_lr_drops_tenfold_at_the_scaled_milestone(setup):
+    from training.linear import CachedFeatures, LinearConfig, train_linear
+
+    feats = {"joint": torch.randn(16, 32)}
+    res = train_linear(
+        CachedFeatures(feats, torch.arange(16) % 4), None, 4, ["joint"], LinearConfig(epochs=10)
+    )
+    assert [r["lr"] for r in res.history] == pytest.approx([3.0] * 8 + [0.3] * 2)
+
+
+def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
+    from training.evaluate import encode_split, fuse_logits, load_linear, topk_accuracy
+
+    out = setup["dir"] / "lin2"
+    code, _, err = run_cli(
+        [
+            "linear",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(setup["ckpt"]),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--fusion",
+            "separate",
+            "--weights",
+            "joint=0.5,motion=0.2,bone=0.3",
+            "--streams",
+            "joint,motion,bone",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    encoders, heads, meta = load_linear(out / "linear.pt")
+    assert meta["fusion"] == "separate" and meta["fusion_weights"] == {
+        "joint": 0.5,
+        "motion": 0.2,
+        "bone": 0.3,
+    }
+    assert meta["class_names"] == [f"class {c}" for c in range(4)] and meta["frames"] == 16
+    assert all(not e.training for e in encoders.values())
+    with open_cache(setup["cache"]) as c:
+        feats = encode_split(encoders, c.split("val"), c.layout)
+        y = torch.as_tensor(c.split("val").labels)
+    with torch.no_grad():
+        fused = fuse_logits({v: heads[v](feats[v]) for v in heads}, meta["fusion_weights"])
+    ref = topk_accuracy(fused, y)
+    assert ref == pytest.approx(meta["metrics"]["last"]["fused"])
+    code, _, err = run_cli(
+        [
+            "linear",
+            "--eval-only",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(out / "linear.pt"),
+            "--json",
+            str(out / "e.json"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads((out / "e.json").read_text())["last"]["fused"] == pytest.approx(ref)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_checkpoint_without_the_requested_stream_is_a_one_line_error(setup, capsys):
+    ck = write_pretrain(setup["dir"] / "joint_only.pt", setup["cache"], streams=["joint"])
+    code, _, err = run_cli(
+        [
+            "linear",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(ck),
+            "--out",
+            str(setup["dir"] / "bad"),
+            "--streams",
+            "joint,bone",
+            "--epochs",
+            "1",
+        ],
+        capsys,
+    )
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "bone" in err, err
+    assert not (setup["dir"] / "bad" / "linear.pt").exists()
+
+
+def test_cache_with_other_classes_than_the_heads_is_a_one_line_error(setup, capsys):
+    out = setup["dir"] / "lin3"
+    code, _, err = run_cli(
+        [
+            "linear",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(setup["ckpt"]),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--streams",
+            "joint",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    other = write_cache(setup["dir"] / "other.h5", classes=5, train=1, val=1)
+    for cmd in (
+        ["linear", "--eval-only"],
+        ["finetune", "--out", str(setup["dir"] / "ft_bad"), "--epochs", "1"],
+    ):
+        code, _, err = run_cli([*cmd, "--data", str(other), "--checkpoint", str(out / "linear.pt")], capsys)
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "classes" in err, err
+
+
+def test_foreign_checkpoint_and_bad_flags_are_one_line_errors(setup, capsys):
+    junk = setup["dir"] / "junk.pt"
+    torch.save({"state_dict": {}}, junk)
+    for args in (
+        ["linear", "--data", str(setup["cache"]), "--checkpoint", str(junk), "--out", "o"],
+        [
+            "linear",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(setup["ckpt"]),
+            "--out",
+            "o",
+            "--streams",
+            "elbow",
+        ],
+        [
+            "linear",
+            "--data",
+            str(setup["cache"]),
+            "--checkpoint",
+            str(setup["ckpt"]),
+            "--out",
+            "o",
+            "--fusion",
+            "separate",
+            "--weights",
+            "joint",
+        ],
+    ):
+        code, _, err = run_cli(args, capsys)
+        assert code != 0 and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,435 @@
+"""Shared pieces of the evaluation protocols (linear, kNN, fine-tuning) and the linear checkpoint.
+
+Frozen encoders are run once over a cache split (``encode_split``); the protocols then work on those
+features. ``save_linear`` / ``load_linear`` read and write ``linear.pt`` (format ``crossclr-linear-v1``),
+the file ``crossclr export`` consumes. Fusion of per-stream logits is always ``Σ_v w_v · logits_v``:
+``fusion="joint"`` (official: heads trained on the mean of their logits) stores ``w_v = 1 / S``;
+``fusion="separate"`` stores the user's weights (default joint 0.6, motion 0.4, bone 0.6, accel 0.4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import Layout, layout_from_toml_text, layout_to_toml
+
+log = logging.getLogger(__name__)
+
+LINEAR_FORMAT = "crossclr-linear-v1"
+PRETRAIN_FORMAT = "crossclr-pretrain-v1"
+FUSIONS = ("joint", "separate")
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"joint": 0.6, "motion": 0.4, "bone": 0.6, "accel": 0.4}
+FUSED = "fused"
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def topk_accuracy(
+    scores: Tensor | np.ndarray, labels: Tensor | np.ndarray, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """Top-k accuracy in percent: a sample counts when its label is among its k highest scores.
+
+    ``scores`` (N, C), ``labels`` (N,); k is capped at C. Returns {"top1": ..., "top5": ...}.
+    """
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if s.shape[0] == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    order = s.argsort(dim=1, descending=True)  # (N, C)
+    out = {}
+    for k in ks:
+        hit = (order[:, : min(k, s.shape[1])] == y[:, None]).any(dim=1)
+        out[f"top{k}"] = 100.0 * hit.float().mean().item()
+    return out
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int64 counts: row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(pred, np.int64)), 1)
+    return cm
+
+
+# ------------------------------------------------------------------------------------------------ fusion
+def parse_weights(text: str | None) -> dict[str, float]:
+    """'joint=0.6,motion=0.4' -> {"joint": 0.6, "motion": 0.4} (CrossclrError on a malformed item)."""
+    out: dict[str, float] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise CrossclrError(
+                f"--weights: cannot read {item!r}; expected VIEW=NUMBER[,VIEW=NUMBER...], "
+                "e.g. joint=0.6,motion=0.4,bone=0.6"
+            ) from None
+    return out
+
+
+def fusion_weights_for(
+    fusion: str, streams: Sequence[str], weights: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Weights w_v so that fused logits = Σ_v w_v · logits_v for the given fusion mode."""
+    if fusion not in FUSIONS:
+        raise CrossclrError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(streams))
+    if unknown:
+        raise CrossclrError(f"--weights names {unknown}, which are not among the streams {list(streams)}")
+    if fusion == "joint":
+        if weights:
+            log.warning("--fusion joint fuses by the mean of the logits; --weights is ignored")
+        return {v: 1.0 / len(streams) for v in streams}
+    return {v: float(weights.get(v, DEFAULT_FUSION_WEIGHTS.get(v, 1.0))) for v in streams}
+
+
+def fuse_logits(logits: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """Σ_v w_v · logits_v over the streams in ``weights``."""
+    views = list(weights)
+    out = weights[views[0]] * logits[views[0]]
+    for v in views[1:]:
+        out = out + weights[v] * logits[v]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+def default_device(name: str | None = None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    if name:
+        try:
+            return torch.device(name)
+        except RuntimeError as e:
+            raise CrossclrError(f"--device {name!r}: {e}") from None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, n, batch_size):
+        yield np.arange(start, min(start + batch_size, n))
+
+
+def stream_inputs(x: Tensor, streams: Sequence[str], layout: Layout) -> dict[str, Tensor]:
+    """Per-stream inputs computed from the (un-augmented) joint input x (N, C, T, V, M)."""
+    from training.views import compute_view
+
+    return {v: compute_view(x, v, layout) for v in streams}
+
+
+@torch.no_grad()
+def encode_batch(encoders: Mapping[str, nn.Module], x: Tensor, layout: Layout) -> dict[str, Tensor]:
+    """forward_features of each stream's encoder on its view of x: {view: (N, hidden)}.
+
+    The encoders must already be in the mode the caller wants (eval for frozen evaluation)."""
+    inputs = stream_inputs(x, list(encoders), layout)
+    return {v: enc.forward_features(inputs[v]) for v, enc in encoders.items()}
+
+
+def encode_source(
+    encoders: Mapping[str, nn.Module],
+    read: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    layout: Layout,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    desc: str = "encode",
+) -> dict[str, Tensor]:
+    """Encode n samples, read in batches by ``read(indices) -> (B, C, T, V, M)``, with frozen encoders.
+
+    Encoders are put in eval mode (BN running statistics used and left unchanged, dropout off).
+    Returns {view: (n, hidden) float32 on CPU}.
+    """
+    device = torch.device(device)
+    for enc in encoders.values():
+        enc.eval()
+    chunks: dict[str, list[Tensor]] = {v: [] for v in encoders}
+    for idx in tqdm(list(batch_slices(n, batch_size)), desc=desc, leave=False, disable=n <= batch_size):
+        x = torch.as_tensor(np.asarray(read(idx), dtype=np.float32), device=device)  # (B, C, T, V, M)
+        for v, f in encode_batch(encoders, x, layout).items():
+            chunks[v].append(f.float().cpu())
+    hidden = {v: _hidden_dim(enc) for v, enc in encoders.items()}
+    return {v: torch.cat(c) if c else torch.zeros(0, hidden[v]) for v, c in chunks.items()}
+
+
+def _hidden_dim(enc: nn.Module) -> int:
+    cfg = getattr(enc, "cfg", None) or getattr(enc, "config", None)
+    return int(getattr(cfg, "hidden_dim", 256))
+
+
+def encode_split(
+    encoders: Mapping[str, nn.Module],
+    split: Any,
+    layout: Layout,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    desc: str = "encode",
+) -> dict[str, Tensor]:
+    """encode_source over a cache split (``len(split)``, ``split.read(indices)``)."""
+    return encode_source(
+        encoders, split.read, len(split), layout, batch_size=batch_size, device=device, desc=desc
+    )
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _torch_load(path: Path) -> dict:
+    if not path.is_file():
+        raise CrossclrError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrossclrError(f"{path}: not a readable torch checkpoint ({msg})") from None
+    if not isinstance(ckpt, dict):
+        raise CrossclrError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """The ``format`` field of a checkpoint (CrossclrError when it is not one of ours)."""
+    path = Path(path)
+    fmt = _torch_load(path).get("format")
+    if fmt not in (LINEAR_FORMAT, PRETRAIN_FORMAT):
+        raise CrossclrError(
+            f"{path}: format {fmt!r}; expected {PRETRAIN_FORMAT!r} (crossclr train) or "
+            f"{LINEAR_FORMAT!r} (crossclr linear)"
+        )
+    return fmt
+
+
+def encoder_config_from(config: Mapping[str, Any], source: str) -> Any:
+    """The EncoderConfig stored in a checkpoint's ``config`` dict (a TrainConfig dict or its 'model' part)."""
+    from training.stgcn import EncoderConfig
+
+    model = config.get("model", config) if isinstance(config, Mapping) else None
+    if not isinstance(model, Mapping):
+        raise CrossclrError(f"{source}: checkpoint 'config' has no encoder settings ('model')")
+    try:
+        from training.config import config_from_dict
+
+        return config_from_dict(dict(config)).model
+    except Exception:  # noqa: BLE001 - fall back to the plain dataclass fields
+        pass
+    try:
+        return EncoderConfig.from_dict(dict(model))
+    except (TypeError, ValueError) as e:
+        raise CrossclrError(f"{source}: cannot rebuild the encoder config ({e})") from None
+
+
+def build_encoder(layout: Layout, enc_cfg: Any, num_person: int, in_channels: int = 3) -> nn.Module:
+    from training.stgcn import STGCN
+
+    return STGCN(layout, enc_cfg, num_person=num_person, in_channels=in_channels)
+
+
+def load_linear(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[dict[str, nn.Module], dict[str, nn.Linear], dict[str, Any]]:
+    """Read ``linear.pt``: ({view: STGCN in eval mode}, {view: Linear(hidden, classes)}, meta).
+
+    ``meta`` holds every other field of the file: format, streams, fusion, fusion_weights (fused logits =
+    Σ w_v·logits_v), class_names, layout (TOML text), config, frames, num_person, preprocess, metrics.
+    """
+    path = Path(path)
+    ckpt = _torch_load(path)
+    if ckpt.get("format") != LINEAR_FORMAT:
+        raise CrossclrError(
+            f"{path}: format {ckpt.get('format')!r}; expected {LINEAR_FORMAT!r} "
+            "(written by crossclr linear / finetune)"
+        )
+    missing = [
+        k for k in ("encoders", "heads", "streams", "class_names", "layout", "config") if k not in ckpt
+    ]
+    if missing:
+        raise CrossclrError(f"{path}: linear checkpoint lacks {missing}")
+    layout = layout_from_toml_text(ckpt["layout"], f"{path} (layout)")
+    enc_cfg = encoder_config_from(ckpt["config"], str(path))
+    num_person = int(ckpt.get("num_person", 2))
+    in_channels = int(ckpt.get("in_channels", 3))
+    encoders: dict[str, nn.Module] = {}
+    heads: dict[str, nn.Linear] = {}
+    for v in ckpt["streams"]:
+        if v not in ckpt["encoders"] or v not in ckpt["heads"]:
+            raise CrossclrError(f"{path}: stream {v!r} listed but its encoder or head is missing")
+        enc = build_encoder(layout, enc_cfg, num_person, in_channels)
+        try:
+            enc.load_state_dict(ckpt["encoders"][v])
+        except RuntimeError as e:
+            raise CrossclrError(
+                f"{path}: encoder {v!r} does not match its config ({str(e).splitlines()[0]})"
+            ) from None
+        w = ckpt["heads"][v]["weight"]
+        head = nn.Linear(w.shape[1], w.shape[0])
+        head.load_state_dict(ckpt["heads"][v])
+        encoders[v] = enc.to(device).eval()
+        heads[v] = head.to(device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("encoders", "heads")}
+    return encoders, heads, meta
+
+
+def load_any_encoders(
+    path: str | Path, streams: Sequence[str] | None, device: torch.device | str = "cpu"
+) -> tuple[dict[str, nn.Module], dict[str, nn.Linear] | None, dict[str, Any]]:
+    """Encoders from a pretrain checkpoint (TRAIN's load_encoders) or a linear one (with its heads).
+
+    Returns (encoders in eval mode, heads or None, meta). CrossclrError when a requested stream is absent.
+    """
+    path = Path(path)
+    fmt = checkpoint_format(path)
+    if fmt == LINEAR_FORMAT:
+        encoders, heads, meta = load_linear(path, device)
+    else:
+        from training.checkpoint import load_encoders
+
+        encoders, meta = load_encoders(path, streams)
+        encoders = {v: e.to(device).eval() for v, e in encoders.items()}
+        heads = None
+        meta = dict(meta)
+        meta.setdefault("streams", list(encoders))
+    if streams:
+        absent = [v for v in streams if v not in encoders]
+        if absent:
+            raise CrossclrError(f"{path}: checkpoint has no stream {absent[0]!r}; it holds {list(encoders)}")
+        encoders = {v: encoders[v] for v in streams}
+        heads = None if heads is None else {v: heads[v] for v in streams}
+    return encoders, heads, meta
+
+
+def check_compatible(
+    meta: Mapping[str, Any], cache: Any, ckpt_path: str | Path, cache_path: str | Path, *, need_classes: bool
+) -> Layout:
+    """The cache must use the checkpoint's skeleton layout; with heads, also its classes.
+
+    Returns the layout."""
+    layout: Layout = cache.layout
+    text = meta.get("layout")
+    if text:
+        ck_layout = layout_from_toml_text(text, f"{ckpt_path} (layout)")
+        if ck_layout.num_joints != layout.num_joints or ck_layout.parents != layout.parents:
+            raise CrossclrError(
+                f"{cache_path}: layout {layout.name!r} ({layout.num_joints} joints) differs from "
+                f"the checkpoint's {ck_layout.name!r} ({ck_layout.num_joints} joints); "
+                "use a cache prepared with the checkpoint's layout"
+            )
+    if need_classes:
+        names = list(meta.get("class_names") or [])
+        if names != list(cache.class_names):
+            raise CrossclrError(
+                f"{cache_path}: {cache.num_class} classes differ from the {len(names)} classes of "
+                f"the heads in {ckpt_path}; use a cache of the same benchmark/classes"
+            )
+    pre = meta.get("preprocess")
+    if pre and dict(pre) != dict(cache.preprocess or {}):
+        log.warning(
+            "%s: preprocessing %s differs from the checkpoint's %s", cache_path, cache.preprocess, pre
+        )
+    return layout
+
+
+def save_linear(
+    path: str | Path,
+    encoders: Mapping[str, nn.Module],
+    heads: Mapping[str, nn.Linear],
+    *,
+    fusion: str,
+    fusion_weights: Mapping[str, float],
+    class_names: Sequence[str],
+    layout: Layout,
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write linear.pt atomically (temp name in the same folder, then rename)."""
+    streams = list(heads)
+    ckpt = {
+        "format": LINEAR_FORMAT,
+        "streams": streams,
+        "encoders": {v: {k: t.detach().cpu() for k, t in encoders[v].state_dict().items()} for v in streams},
+        "heads": {v: {k: t.detach().cpu() for k, t in heads[v].state_dict().items()} for v in streams},
+        "fusion": fusion,
+        "fusion_weights": {v: float(fusion_weights[v]) for v in streams},
+        "class_names": list(class_names),
+        "layout": layout_to_toml(layout),
+        "config": _plain(meta.get("config", {})),
+        "frames": int(meta.get("frames") or 0),
+        "num_person": int(meta.get("num_person") or 2),
+        "in_channels": int(meta.get("in_channels") or 3),
+        "preprocess": _plain(meta.get("preprocess") or {}),
+        "metrics": _plain(metrics),
+        "source_checkpoint": str(meta.get("source_checkpoint", "")),
+        **_plain(dict(extra or {})),
+    }
+    return atomic_save(ckpt, Path(path))
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-like plain data (dicts, lists, str, int, float, bool, None) for weights_only loading."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    return atomic_write_text(json.dumps(_plain(obj), indent=2) + "\n", path)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A compact left/right aligned text table (numbers with 2 decimals)."""
+
+    def cell(x: Any) -> str:
+        return f"{x:.2f}" if isinstance(x, float) else str(x)
+
+    cells = [[cell(x) for x in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+    )
+    out = [line, "-" * len(line)]
+    for r in cells:
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+    return "\n".join(out)

@@ -1,0 +1,288 @@
+"""Semi-supervised and full fine-tuning: encoders + heads trained end to end on a labelled subset.
+
+``stratified_subset`` draws a seeded, class-stratified fraction of the training samples (at least one per
+class present), the semi-supervised protocol of the 1 % / 10 % label settings; fraction 1.0 is full
+fine-tuning. Encoders train in train mode (BN statistics update, dropout on), optionally with the
+pretraining augmentation; the result is written in the linear checkpoint format (``finetune.pt``), so
+``crossclr export`` takes it like a ``linear.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import Layout
+from training.evaluate import FUSED, FUSIONS, confusion_matrix, fusion_weights_for, topk_accuracy
+from training.evaluate import stream_inputs as _stream_inputs
+from training.linear import LinearResult, head_loss, init_heads
+
+log = logging.getLogger(__name__)
+
+
+def check_fraction(fraction: float) -> float:
+    if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) <= 1.0):
+        raise CrossclrError(f"--label-fraction must be in (0, 1] (e.g. 0.01, 0.1, 1.0), got {fraction}")
+    return float(fraction)
+
+
+def stratified_subset(labels: np.ndarray | Sequence[int], fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified subset: round(fraction · n_c) per class, at least 1.
+
+    Each class present in ``labels`` contributes max(1, round(fraction · n_c)) of its n_c samples, drawn
+    without replacement by ``numpy.random.default_rng(seed)`` class by class in label order, so the same
+    (labels, fraction, seed) always gives the same subset.
+    """
+    fraction = check_fraction(fraction)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        m = min(len(idx), max(1, int(np.floor(fraction * len(idx) + 0.5))))
+        chosen.append(rng.permutation(idx)[:m])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    label_fraction: float = 1.0  # fraction of labelled training samples (stratified)
+    epochs: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] | None = None  # None = (round(0.8 · epochs),)
+    gamma: float = 0.1
+    batch_size: int = 128
+    fusion: str = "joint"  # "joint": CE of the mean of the logits; "separate": each stream its own CE
+    augment: bool = False  # temporal crop + shear (training.augment) on the joint input
+    seed: int = 0  # subset, head init, batch order, augmentation
+    eval_every: int = 5  # score the evaluation split every N epochs (and at the last)
+
+    def __post_init__(self) -> None:
+        check_fraction(self.label_fraction)
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise CrossclrError("finetune: --epochs, --batch-size and --eval-every must be ≥ 1")
+        if self.fusion not in FUSIONS:
+            raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
+
+    def resolved_milestones(self) -> tuple[int, ...]:
+        if self.milestones is not None:
+            return tuple(self.milestones)
+        return (max(1, round(0.8 * self.epochs)),) if self.epochs > 1 else ()
+
+
+Reader = Callable[[np.ndarray], np.ndarray]
+
+
+@torch.no_grad()
+def predict(
+    encoders: Mapping[str, nn.Module],
+    heads: Mapping[str, nn.Module],
+    read: Reader,
+    n: int,
+    layout: Layout,
+    weights: Mapping[str, float],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, Tensor]:
+    """Eval-mode logits per stream and fused for n samples read by ``read``: {key: (n, classes)} on CPU."""
+    from training.evaluate import fuse_logits
+
+    for m in (*encoders.values(), *heads.values()):
+        m.eval()
+    out: dict[str, list[Tensor]] = {v: [] for v in encoders}
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        x = torch.as_tensor(np.asarray(read(idx), np.float32), device=device)  # (B, C, T, V, M)
+        inputs = _stream_inputs(x, list(encoders), layout)
+        for v, enc in encoders.items():
+            out[v].append(heads[v](enc.forward_features(inputs[v])).float().cpu())
+    logits = {v: torch.cat(c) for v, c in out.items()}
+    logits[FUSED] = fuse_logits(logits, weights)
+    return logits
+
+
+def finetune(
+    encoders: Mapping[str, nn.Module],
+    heads: Mapping[str, nn.Linear] | None,
+    read_train: Reader,
+    train_labels: np.ndarray,
+    subset: np.ndarray,
+    read_eval: Reader | None,
+    eval_labels: np.ndarray | None,
+    layout: Layout,
+    num_classes: int,
+    cfg: FinetuneConfig,
+    fusion_weights: Mapping[str, float],
+    device: torch.device | str = "cpu",
+) -> LinearResult:
+    """Fine-tune encoders (in place) and heads on the training samples ``subset``; score on the eval set."""
+    from training.augment import augment
+
+    device = torch.device(device)
+    streams = list(encoders)
+    hidden = int(encoders[streams[0]].cfg.hidden_dim)
+    heads = dict(heads) if heads is not None else init_heads(streams, hidden, num_classes, cfg.seed, device)
+    params = [p for m in (*encoders.values(), *heads.values()) for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
+    )
+    g = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment else None
+    subset = np.asarray(subset, np.int64)
+    y_all = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
+    result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=dict(fusion_weights))
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc="finetune", leave=False, disable=cfg.epochs < 5):
+        for m in (*encoders.values(), *heads.values()):
+            m.train()
+        lr = opt.param_groups[0]["lr"]
+        total, count = 0.0, 0
+        for pos in torch.randperm(len(subset), generator=g).split(cfg.batch_size):
+            idx = subset[pos.numpy()]
+            x = torch.as_tensor(np.asarray(read_train(idx), np.float32), device=device)  # (B, C, T, V, M)
+            if aug_gen is not None:
+                x = augment(x, aug_gen)
+            inputs = _stream_inputs(x, streams, layout)
+            logits = {v: heads[v](encoders[v].forward_features(inputs[v])) for v in streams}
+            loss = head_loss(logits, y_all[idx].to(device), cfg.fusion)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        sched.step()
+        row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": total / max(count, 1)}
+        if (
+            read_eval is not None
+            and eval_labels is not None
+            and len(eval_labels)
+            and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
+        ):
+            logits = predict(
+                encoders, heads, read_eval, len(eval_labels), layout, result.fusion_weights, device=device
+            )
+            y_eval = torch.as_tensor(np.asarray(eval_labels), dtype=torch.long)
+            for key, z in logits.items():
+                acc = topk_accuracy(z, y_eval)
+                row[f"{key}_top1"], row[f"{key}_top5"] = acc["top1"], acc["top5"]
+                if key not in result.best or acc["top1"] > result.best[key]["top1"]:
+                    result.best[key] = {**acc, "epoch": epoch}
+                result.last[key] = dict(acc)
+            result.eval_logits = logits
+        result.history.append(row)
+        log.info("finetune epoch %d: %s", epoch, row)
+    for m in (*encoders.values(), *heads.values()):
+        m.eval()
+    return result
+
+
+def run_finetune(
+    data: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    streams: Sequence[str] | None,
+    cfg: FinetuneConfig,
+    weights: Mapping[str, float] | None = None,
+    device: str | None = None,
+    train_split: str = "train",
+    eval_split: str = "val",
+    plots: bool = False,
+) -> dict[str, Any]:
+    """``crossclr finetune``: writes OUT/finetune.pt (linear format) and finetune_metrics.json."""
+    from crossclr_infer.cache import open_cache
+    from training.evaluate import check_compatible, default_device, load_any_encoders, save_linear, write_json
+
+    dev = default_device(device)
+    out = Path(out)
+    encoders, heads, meta = load_any_encoders(checkpoint, streams, dev)
+    streams = list(encoders)
+    fweights = fusion_weights_for(cfg.fusion, streams, weights)
+    with open_cache(data) as cache:
+        layout = check_compatible(meta, cache, checkpoint, data, need_classes=heads is not None)
+        tr, ev = cache.split(train_split), cache.split(eval_split)
+        y_tr = np.asarray(tr.labels)
+        subset = stratified_subset(y_tr, cfg.label_fraction, cfg.seed)
+        missing = sorted(set(range(cache.num_class)) - set(np.unique(y_tr).tolist()))
+        if missing:
+            log.warning("%s: classes %s have no %s samples", data, missing[:10], train_split)
+        result = finetune(
+            encoders,
+            heads,
+            tr.read,
+            y_tr,
+            subset,
+            ev.read,
+            np.asarray(ev.labels),
+            layout,
+            cache.num_class,
+            cfg,
+            fweights,
+            dev,
+        )
+        class_names, num_class = list(cache.class_names), cache.num_class
+        cache_info = {
+            "frames": cache.frames,
+            "num_person": cache.num_person,
+            "preprocess": dict(cache.preprocess),
+        }
+        y_ev = np.asarray(ev.labels)
+    cfg_dict = {**asdict(cfg), "milestones": list(cfg.resolved_milestones())}
+    save_meta = {
+        **cache_info,
+        **{k: meta[k] for k in ("config", "in_channels") if k in meta},
+        "source_checkpoint": str(checkpoint),
+    }
+    ckpt_path = save_linear(
+        out / "finetune.pt",
+        encoders,
+        result.heads,
+        fusion=cfg.fusion,
+        fusion_weights=fweights,
+        class_names=class_names,
+        layout=layout,
+        meta=save_meta,
+        metrics={"best": result.best, "last": result.last},
+        extra={"finetune_config": cfg_dict, "data": str(data), "label_indices": subset.tolist()},
+    )
+    report = {
+        "protocol": "finetune",
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "streams": streams,
+        "label_fraction": cfg.label_fraction,
+        "num_labelled": int(len(subset)),
+        "num_train": int(len(y_tr)),
+        "num_eval": int(len(y_ev)),
+        "config": cfg_dict,
+        **result.summary(),
+        "output": str(ckpt_path),
+    }
+    write_json(report, out / "finetune_metrics.json")
+    if plots and result.eval_logits:
+        from training.plots import plot_confusion
+
+        cm = confusion_matrix(result.eval_logits[FUSED].argmax(1).numpy(), y_ev, num_class)
+        report["plots"] = [
+            str(
+                plot_confusion(
+                    cm,
+                    class_names,
+                    out / "finetune_confusion.png",
+                    title=f"fine-tuned {cfg.label_fraction:g} labels, last eval",
+                )
+            )
+        ]
+    return report

@@ -1,0 +1,151 @@
+"""Weighted kNN evaluation on frozen features (the instance-discrimination protocol, DESIGN §3).
+
+For each query: cosine similarity to every training feature (both L2-normalized), the k most similar
+neighbours vote for their class with weight exp(sim / t); the class scores are the summed votes.
+Defaults k = 200, t = 0.1; k = 1, 10, 20 are reported too.
+
+Fused streams: the per-stream normalized features are concatenated and renormalized, so the fused cosine
+similarity is the mean of the per-stream cosine similarities; kNN then runs once on that similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crossclr_infer.errors import CrossclrError
+from training.evaluate import FUSED, confusion_matrix, encode_split, topk_accuracy
+
+DEFAULT_KS = (1, 10, 20, 200)
+
+
+@torch.no_grad()
+def knn_scores(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    query_feats: Tensor,
+    num_classes: int,
+    *,
+    k: int = 200,
+    t: float = 0.1,
+    chunk: int = 1024,
+) -> Tensor:
+    """Class scores (Q, C): Σ over the k nearest training samples of exp(cos / t), per class.
+
+    ``train_feats`` (N, D), ``query_feats`` (Q, D) (normalized here); k is capped at N. Queries run in
+    chunks so memory stays O(chunk · N).
+    """
+    if t <= 0:
+        raise CrossclrError(f"kNN temperature must be > 0, got {t}")
+    if k < 1:
+        raise CrossclrError(f"kNN k must be ≥ 1, got {k}")
+    n = train_feats.shape[0]
+    if n == 0:
+        raise CrossclrError("kNN: no training samples")
+    k = min(k, n)
+    bank = F.normalize(train_feats.float(), dim=1)  # (N, D)
+    labels = torch.as_tensor(train_labels, dtype=torch.long, device=bank.device)
+    out = []
+    for q in F.normalize(query_feats.float(), dim=1).split(chunk):
+        sim = q @ bank.T  # (B, D) @ (D, N) -> (B, N)
+        top_sim, top_idx = sim.topk(k, dim=1)  # (B, k)
+        votes = torch.zeros(q.shape[0], num_classes, device=bank.device)
+        votes.scatter_add_(1, labels[top_idx], torch.exp(top_sim / t))  # (B, C)
+        out.append(votes)
+    return torch.cat(out) if out else torch.zeros(0, num_classes)
+
+
+def fuse_features(feats: Mapping[str, Tensor]) -> Tensor:
+    """Concatenated L2-normalized stream features (N, Σ D_v): cosine = mean of per-stream cosines."""
+    return torch.cat([F.normalize(f.float(), dim=1) for f in feats.values()], dim=1)
+
+
+def knn_evaluate(
+    train_feats: Mapping[str, Tensor],
+    train_labels: Tensor,
+    eval_feats: Mapping[str, Tensor],
+    eval_labels: Tensor,
+    num_classes: int,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    t: float = 0.1,
+) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, Tensor]]:
+    """Top-1/top-5 per stream (and "fused" when several) for every k: ({key: {k: {top1, top5}}}, scores).
+
+    ``scores`` holds the class scores of the largest k per key, for confusion matrices.
+    """
+    train = dict(train_feats)
+    evals = dict(eval_feats)
+    if len(train) > 1:
+        train[FUSED] = fuse_features(train_feats)
+        evals[FUSED] = fuse_features(eval_feats)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    last_scores: dict[str, Tensor] = {}
+    for key in train:
+        results[key] = {}
+        for k in sorted(ks):
+            s = knn_scores(train[key], train_labels, evals[key], num_classes, k=k, t=t)
+            results[key][k] = topk_accuracy(s, eval_labels)
+            last_scores[key] = s
+    return results, last_scores
+
+
+def run_knn(
+    data: str | Path,
+    checkpoint: str | Path,
+    *,
+    streams: Sequence[str] | None,
+    ks: Sequence[int] = DEFAULT_KS,
+    t: float = 0.1,
+    device: str | None = None,
+    train_split: str = "train",
+    eval_split: str = "val",
+    batch_size: int = 256,
+    plots_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """``crossclr knn``: encode both splits with frozen encoders, weighted kNN per stream and fused."""
+    from crossclr_infer.cache import open_cache
+    from training.evaluate import check_compatible, default_device, load_any_encoders
+
+    dev = default_device(device)
+    encoders, _, meta = load_any_encoders(checkpoint, streams, dev)
+    with open_cache(data) as cache:
+        layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
+        tr, ev = cache.split(train_split), cache.split(eval_split)
+        tr_feats = encode_split(encoders, tr, layout, batch_size=batch_size, device=dev, desc="encode train")
+        ev_feats = encode_split(encoders, ev, layout, batch_size=batch_size, device=dev, desc="encode eval")
+        tr_y = torch.as_tensor(np.asarray(tr.labels), dtype=torch.long)
+        ev_y = torch.as_tensor(np.asarray(ev.labels), dtype=torch.long)
+        class_names, num_class = list(cache.class_names), cache.num_class
+    results, scores = knn_evaluate(tr_feats, tr_y, ev_feats, ev_y, num_class, ks=ks, t=t)
+    report: dict[str, Any] = {
+        "protocol": "knn",
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "streams": list(encoders),
+        "t": t,
+        "ks": sorted(ks),
+        "num_train": len(tr_y),
+        "num_eval": len(ev_y),
+        "fusion": "concatenated L2-normalized features (cosine = mean of per-stream cosines)",
+        "results": {key: {str(k): acc for k, acc in per_k.items()} for key, per_k in results.items()},
+    }
+    if plots_dir is not None:
+        from training.plots import plot_confusion
+
+        key = FUSED if FUSED in scores else next(iter(scores))
+        cm = confusion_matrix(scores[key].argmax(1).numpy(), ev_y.numpy(), num_class)
+        report["plots"] = [
+            str(
+                plot_confusion(
+                    cm, class_names, Path(plots_dir) / "knn_confusion.png", title=f"kNN k={max(ks)} ({key})"
+                )
+            )
+        ]
+    return report

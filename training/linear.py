@@ -1,0 +1,398 @@
+"""Linear evaluation: frozen encoders, one linear head per stream, trained on features encoded once.
+
+Nothing before the heads changes (encoders in eval mode, no augmentation), so the train and evaluation splits
+are encoded once and the heads train on those cached features. ``ReencodingFeatures`` re-runs the encoders
+for every batch instead (the official way); with the same seed both give the same heads (tested), and
+``benchmarks/bench_linear.py`` measures the speed-up.
+
+Official schedule (DESIGN §3): SGD lr 3.0, momentum 0.9, no weight decay, lr × 0.1 at epoch 80 of 100 (the
+milestone scales with ``epochs``), batch 128. ``fusion="joint"`` trains all heads on the mean of their
+logits (official 3-stream); ``"separate"`` trains each head on its own loss and fuses with weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import Layout
+from training.evaluate import (
+    FUSED,
+    FUSIONS,
+    confusion_matrix,
+    encode_batch,
+    encode_split,
+    fuse_logits,
+    fusion_weights_for,
+    topk_accuracy,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    epochs: int = 100  # training epochs of the heads
+    lr: float = 3.0  # SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # none in the official protocol
+    milestones: tuple[int, ...] | None = None  # lr × gamma at these epochs; None = (round(0.8 · epochs),)
+    gamma: float = 0.1
+    batch_size: int = 128
+    fusion: str = "joint"  # "joint" (mean of logits, official) | "separate" (each head alone)
+    seed: int = 0  # head initialization and batch order
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise CrossclrError(f"--epochs must be ≥ 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise CrossclrError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise CrossclrError(f"--lr must be > 0, got {self.lr}")
+        if self.fusion not in FUSIONS:
+            raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
+
+    def resolved_milestones(self) -> tuple[int, ...]:
+        if self.milestones is not None:
+            return tuple(self.milestones)
+        return (max(1, round(0.8 * self.epochs)),) if self.epochs > 1 else ()
+
+
+class FeatureSource(Protocol):
+    """Per-stream features of a labelled sample set, by index."""
+
+    labels: Tensor  # (N,) int64, CPU
+    in_features: int
+
+    def __len__(self) -> int: ...
+
+    def features(self, idx: Tensor) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    """Features computed once: {view: (N, hidden)}; ``features(idx)`` is a lookup."""
+
+    feats: Mapping[str, Tensor]
+    labels: Tensor
+    device: torch.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(next(iter(self.feats.values())).shape[1])
+
+    def features(self, idx: Tensor) -> dict[str, Tensor]:
+        return {v: f[idx].to(self.device) for v, f in self.feats.items()}
+
+
+@dataclass(frozen=True)
+class ReencodingFeatures:
+    """Features recomputed by the frozen encoders (eval mode, no grad) for every batch requested."""
+
+    encoders: Mapping[str, nn.Module]
+    x: Tensor  # (N, C, T, V, M) joint input
+    labels: Tensor
+    layout: Layout
+    in_features: int = 256
+    device: torch.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def features(self, idx: Tensor) -> dict[str, Tensor]:
+        for enc in self.encoders.values():
+            enc.eval()
+        return encode_batch(self.encoders, self.x[idx].to(self.device), self.layout)
+
+
+@dataclass
+class LinearResult:
+    heads: dict[str, nn.Linear]
+    fusion: str
+    fusion_weights: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> top1, top5, epoch
+    last: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> top1, top5
+    eval_logits: dict[str, Tensor] = field(default_factory=dict)  # last epoch, per stream and fused
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fusion": self.fusion,
+            "fusion_weights": self.fusion_weights,
+            "best": self.best,
+            "last": self.last,
+            "history": self.history,
+        }
+
+
+def init_heads(
+    streams: Sequence[str], in_features: int, num_classes: int, seed: int, device: torch.device | str = "cpu"
+) -> dict[str, nn.Linear]:
+    """Linear(in, classes) per stream, initialized like nn.Linear (U(±1/√in)) from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / in_features**0.5
+    heads = {}
+    for v in streams:
+        head = nn.Linear(in_features, num_classes)
+        with torch.no_grad():
+            head.weight.copy_(torch.rand(num_classes, in_features, generator=g) * 2 * bound - bound)
+            head.bias.copy_(torch.rand(num_classes, generator=g) * 2 * bound - bound)
+        heads[v] = head.to(device)
+    return heads
+
+
+def head_loss(logits: Mapping[str, Tensor], y: Tensor, fusion: str) -> Tensor:
+    """joint: CE of the mean of the logits; separate: sum of each head's own CE (independent gradients)."""
+    if fusion == "joint":
+        mean = torch.stack(list(logits.values())).mean(dim=0)  # (S, B, C) -> (B, C)
+        return F.cross_entropy(mean, y)
+    return sum(F.cross_entropy(z, y) for z in logits.values())
+
+
+@torch.no_grad()
+def predict_logits(
+    heads: Mapping[str, nn.Module],
+    source: FeatureSource,
+    fusion_weights: Mapping[str, float],
+    batch_size: int = 1024,
+) -> dict[str, Tensor]:
+    """Per-stream and fused logits of every sample of ``source``: {view|"fused": (N, classes)} on CPU."""
+    for h in heads.values():
+        h.eval()
+    out: dict[str, list[Tensor]] = {v: [] for v in heads}
+    n = len(source)
+    for idx in torch.arange(n).split(batch_size):
+        feats = source.features(idx)
+        for v, h in heads.items():
+            out[v].append(h(feats[v]).float().cpu())
+    logits = {v: torch.cat(c) for v, c in out.items()}
+    logits[FUSED] = fuse_logits(logits, fusion_weights)
+    return logits
+
+
+def score(logits: Mapping[str, Tensor], labels: Tensor) -> dict[str, dict[str, float]]:
+    return {k: topk_accuracy(z, labels) for k, z in logits.items()}
+
+
+def train_linear(
+    train: FeatureSource,
+    val: FeatureSource | None,
+    num_classes: int,
+    streams: Sequence[str],
+    cfg: LinearConfig,
+    fusion_weights: Mapping[str, float] | None = None,
+    device: torch.device | str = "cpu",
+) -> LinearResult:
+    """Train one head per stream on ``train`` features; score per stream and fused on ``val`` every epoch."""
+    device = torch.device(device)
+    weights = dict(fusion_weights) if fusion_weights else fusion_weights_for(cfg.fusion, streams)
+    heads = init_heads(streams, train.in_features, num_classes, cfg.seed, device)
+    params = [p for h in heads.values() for p in h.parameters()]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
+    )
+    g = torch.Generator().manual_seed(cfg.seed)
+    result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=weights)
+    n = len(train)
+    if n == 0:
+        raise CrossclrError("linear evaluation: the training split is empty")
+    bar = tqdm(range(1, cfg.epochs + 1), desc="linear", leave=False, disable=cfg.epochs < 5)
+    for epoch in bar:
+        for h in heads.values():
+            h.train()
+        lr = opt.param_groups[0]["lr"]
+        total, count = 0.0, 0
+        for idx in torch.randperm(n, generator=g).split(cfg.batch_size):
+            feats = train.features(idx)
+            y = train.labels[idx].to(device)
+            loss = head_loss({v: heads[v](feats[v]) for v in streams}, y, cfg.fusion)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        sched.step()
+        row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": total / count}
+        if val is not None and len(val):
+            logits = predict_logits(heads, val, weights)
+            for key, acc in score(logits, val.labels).items():
+                row[f"{key}_top1"], row[f"{key}_top5"] = acc["top1"], acc["top5"]
+                if key not in result.best or acc["top1"] > result.best[key]["top1"]:
+                    result.best[key] = {**acc, "epoch": epoch}
+                result.last[key] = dict(acc)
+            result.eval_logits = logits
+            bar.set_postfix(loss=f"{row['loss']:.3f}", top1=f"{row[f'{FUSED}_top1']:.1f}")
+        result.history.append(row)
+        log.info("linear epoch %d: %s", epoch, row)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ orchestrators
+def run_linear(
+    data: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    streams: Sequence[str] | None,
+    cfg: LinearConfig,
+    weights: Mapping[str, float] | None = None,
+    device: str | None = None,
+    train_split: str = "train",
+    eval_split: str = "val",
+    encode_batch_size: int = 256,
+    plots: bool = False,
+) -> dict[str, Any]:
+    """``crossclr linear``: load encoders, encode both splits once, train heads, write linear.pt."""
+    from crossclr_infer.cache import open_cache
+    from training.evaluate import check_compatible, default_device, load_any_encoders, save_linear, write_json
+
+    dev = default_device(device)
+    out = Path(out)
+    encoders, _, meta = load_any_encoders(checkpoint, streams, dev)
+    streams = list(encoders)
+    fweights = fusion_weights_for(cfg.fusion, streams, weights)
+    with open_cache(data) as cache:
+        layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
+        tr, ev = cache.split(train_split), cache.split(eval_split)
+        tr_feats = encode_split(
+            encoders, tr, layout, batch_size=encode_batch_size, device=dev, desc="encode train"
+        )
+        ev_feats = encode_split(
+            encoders, ev, layout, batch_size=encode_batch_size, device=dev, desc="encode eval"
+        )
+        train_src = CachedFeatures(tr_feats, torch.as_tensor(np.asarray(tr.labels), dtype=torch.long), dev)
+        val_src = CachedFeatures(ev_feats, torch.as_tensor(np.asarray(ev.labels), dtype=torch.long), dev)
+        class_names = list(cache.class_names)
+        num_class = cache.num_class
+        cache_info = {
+            "frames": cache.frames,
+            "num_person": cache.num_person,
+            "preprocess": dict(cache.preprocess),
+            "benchmark": cache.benchmark,
+        }
+    result = train_linear(train_src, val_src, num_class, streams, cfg, fweights, dev)
+    metrics = {"best": result.best, "last": result.last}
+    save_meta = {
+        **cache_info,
+        **{k: meta[k] for k in ("config", "in_channels") if k in meta},
+        "source_checkpoint": str(checkpoint),
+    }
+    ckpt_path = save_linear(
+        out / "linear.pt",
+        encoders,
+        result.heads,
+        fusion=cfg.fusion,
+        fusion_weights=fweights,
+        class_names=class_names,
+        layout=layout,
+        meta=save_meta,
+        metrics=metrics,
+        extra={"linear_config": _cfg_dict(cfg), "data": str(data)},
+    )
+    report = {
+        "protocol": "linear",
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "streams": streams,
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "num_train": len(train_src),
+        "num_eval": len(val_src),
+        "config": _cfg_dict(cfg),
+        **result.summary(),
+        "output": str(ckpt_path),
+    }
+    write_json(report, out / "linear_metrics.json")
+    if plots:
+        from training.plots import plot_confusion, plot_linear_curves
+
+        fused = result.eval_logits[FUSED]
+        cm = confusion_matrix(fused.argmax(1).numpy(), val_src.labels.numpy(), num_class)
+        report["plots"] = [
+            str(
+                plot_confusion(
+                    cm, class_names, out / "confusion.png", title=f"linear ({'+'.join(streams)}), last epoch"
+                )
+            ),
+            str(plot_linear_curves(result.history, streams, out / "linear_curves.png")),
+        ]
+    return report
+
+
+def evaluate_linear(
+    data: str | Path,
+    checkpoint: str | Path,
+    *,
+    split: str = "val",
+    device: str | None = None,
+    batch_size: int = 256,
+    streams: Sequence[str] | None = None,
+    plots_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score an existing linear.pt on a cache split (no training): top-1/top-5 per stream and fused."""
+    from crossclr_infer.cache import open_cache
+    from training.evaluate import check_compatible, default_device, load_any_encoders
+
+    dev = default_device(device)
+    encoders, heads, meta = load_any_encoders(checkpoint, streams, dev)
+    if heads is None:
+        raise CrossclrError(
+            f"{checkpoint}: a pretrain checkpoint has no heads; --eval-only needs a linear.pt "
+            "written by crossclr linear"
+        )
+    with open_cache(data) as cache:
+        layout = check_compatible(meta, cache, checkpoint, data, need_classes=True)
+        sp = cache.split(split)
+        feats = encode_split(encoders, sp, layout, batch_size=batch_size, device=dev, desc=f"encode {split}")
+        src = CachedFeatures(feats, torch.as_tensor(np.asarray(sp.labels), dtype=torch.long), dev)
+        class_names = list(cache.class_names)
+    weights = {v: float(meta["fusion_weights"][v]) for v in encoders}
+    logits = predict_logits(heads, src, weights)
+    report: dict[str, Any] = {
+        "protocol": "linear-eval",
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "streams": list(encoders),
+        "num_eval": len(src),
+        "fusion": meta.get("fusion"),
+        "fusion_weights": weights,
+        "last": score(logits, src.labels),
+    }
+    if plots_dir is not None:
+        from training.plots import plot_confusion
+
+        cm = confusion_matrix(logits[FUSED].argmax(1).numpy(), src.labels.numpy(), len(class_names))
+        report["plots"] = [
+            str(
+                plot_confusion(
+                    cm,
+                    class_names,
+                    Path(plots_dir) / "confusion.png",
+                    title=f"linear ({'+'.join(encoders)}) on {split}",
+                )
+            )
+        ]
+    return report
+
+
+def _cfg_dict(cfg: LinearConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["milestones"] = list(cfg.resolved_milestones())
+    return d

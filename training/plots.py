@@ -1,0 +1,203 @@
+"""Figures (``viz`` extra): t-SNE of embeddings, training curves, confusion matrices, linear-eval curves.
+
+matplotlib and scikit-learn are imported lazily with the Agg backend; PNGs are written to a temp name in
+the target folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossclr_infer.errors import CrossclrError
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise CrossclrError("plots need matplotlib: pip install 'crossclr[viz]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return out
+
+
+def tsne_embed(features: np.ndarray, *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """(N, D) -> (N, 2) t-SNE of L2-normalized features (perplexity capped below N)."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        raise CrossclrError("crossclr tsne needs scikit-learn: pip install 'crossclr[viz]'") from None
+    x = np.asarray(features, np.float64)
+    n = x.shape[0]
+    if n < 3:
+        raise CrossclrError(f"t-SNE needs at least 3 samples, got {n}")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    perp = float(min(perplexity, max(1.0, (n - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(x)
+
+
+def plot_tsne(
+    points: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    out: str | Path,
+    *,
+    title: str = "t-SNE",
+) -> Path:
+    """Scatter of 2-D points coloured by class (legend when ≤ 20 classes)."""
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    cmap = plt.get_cmap("tab20" if len(classes) <= 20 else "gist_ncar")
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for i, c in enumerate(classes):
+        m = labels == c
+        ax.scatter(
+            points[m, 0],
+            points[m, 1],
+            s=6,
+            color=cmap(i / max(len(classes) - 1, 1)),
+            label=class_names[c] if c < len(class_names) else str(c),
+        )
+    if len(classes) <= 20:
+        ax.legend(fontsize=6, markerscale=2, loc="best", frameon=False)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, out)
+
+
+def plot_confusion(
+    cm: np.ndarray, class_names: Sequence[str], out: str | Path, *, title: str = "confusion matrix"
+) -> Path:
+    """Row-normalized confusion matrix (rows = true class) as an image; class names when ≤ 30 classes."""
+    plt = _pyplot()
+    cm = np.asarray(cm, np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    c = cm.shape[0]
+    size = min(4 + 0.18 * c, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if c <= 30:
+        ax.set_xticks(range(c), [str(n) for n in class_names[:c]], rotation=90, fontsize=6)
+        ax.set_yticks(range(c), [str(n) for n in class_names[:c]], fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = 100.0 * np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"{title} (top-1 {acc:.1f}%)")
+    return _save(fig, out)
+
+
+def plot_linear_curves(history: Sequence[dict[str, float]], streams: Sequence[str], out: str | Path) -> Path:
+    """Loss and eval top-1 per stream and fused over the epochs of a linear/fine-tune run."""
+    plt = _pyplot()
+    ep = [r["epoch"] for r in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(ep, [r["loss"] for r in history])
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    for key in (*streams, "fused"):
+        pts = [(r["epoch"], r[f"{key}_top1"]) for r in history if f"{key}_top1" in r]
+        if pts:
+            a2.plot(*zip(*pts, strict=True), label=key)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("eval top-1 (%)")
+    a2.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of a metrics.jsonl file (one per line; blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrossclrError(
+            f"{path}: no such metrics file; expected runs/NAME/metrics.jsonl from crossclr train"
+        )
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CrossclrError(f"{path}: line {n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise CrossclrError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise CrossclrError(f"{path}: no metrics rows")
+    return rows
+
+
+def summarize_metrics(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch: last step, mean loss, mean of every loss_<view>, last lr (rows without 'epoch' skipped)."""
+    by_epoch: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "epoch" in r:
+            by_epoch.setdefault(r["epoch"], []).append(r)
+    out = []
+    for ep, rs in sorted(by_epoch.items(), key=lambda kv: float(kv[0])):
+        keys = sorted({k for r in rs for k in r if k == "loss" or k.startswith("loss_")})
+        row: dict[str, Any] = {"epoch": ep, "step": max(int(r.get("step", 0)) for r in rs)}
+        for k in keys:
+            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float))]
+            if vals:
+                row[k] = float(np.mean(vals))
+        lrs = [r["lr"] for r in rs if isinstance(r.get("lr"), (int, float))]
+        if lrs:
+            row["lr"] = float(lrs[-1])
+        out.append(row)
+    return out
+
+
+def plot_metrics(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "pretraining") -> Path:
+    """Loss (total and per view) and learning rate against the step (or epoch when no step)."""
+    plt = _pyplot()
+    xkey = "step" if all("step" in r for r in rows) else "epoch"
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith("loss_")})
+    for k in keys:
+        pts = [(r[xkey], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and xkey in r]
+        if pts:
+            a1.plot(*zip(*pts, strict=True), label=k, lw=1.2 if k == "loss" else 0.8)
+    a1.set_xlabel(xkey)
+    a1.set_ylabel("loss")
+    a1.legend(fontsize=8)
+    a1.set_title(title)
+    pts = [(r[xkey], r["lr"]) for r in rows if isinstance(r.get("lr"), (int, float)) and xkey in r]
+    if pts:
+        a2.plot(*zip(*pts, strict=True))
+    a2.set_xlabel(xkey)
+    a2.set_ylabel("learning rate")
+    return _save(fig, out)
