@@ -1,4 +1,104 @@
-"""Click commands (registered by cli.py)."""
+"""Click commands for the torch-free runtime (registered by cli.py): predict, evaluate, merge-reports."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import CrossclrError
+
+_PROVIDERS_HELP = ("onnxruntime execution providers in order, comma-separated (cpu, cuda, tensorrt or full "
+                   "names); default: CUDA when available, then CPU")
+
+
+def _providers(text: str | None) -> list[str] | None:
+    return [p for p in text.split(",") if p.strip()] if text else None
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "model", required=True, type=click.Path(path_type=str),
+              help="An .onnx model written by `crossclr export` (ensemble.onnx or a stream model).")
+@click.option("--top-k", default=5, show_default=True, type=int, help="Classes to show per input.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@click.option("--axes", default=None, help="Axes of raw .npy arrays, e.g. TVC, MTVC, CTVM (when not "
+                                           "detected).")
+@click.option("--preprocessed", is_flag=True,
+              help=".npy inputs are already preprocessed (C, T, V, M) arrays.")
+@click.option("--providers", default=None, help=_PROVIDERS_HELP)
+@click.option("--threads", default=0, show_default=True, type=int, help="onnxruntime intra-op threads (0 = "
+                                                                        "auto).")
+def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, axes: str | None,
+                preprocessed: bool, providers: str | None, threads: int) -> None:
+    """Classify skeletons: .npy arrays, raw .skeleton files, or folders of them.
+
+    Raw inputs get the same preprocessing as `crossclr prepare`, with the model's parameters. Prints the fused
+    top-k classes with probabilities and each stream's best class.
+    """
+    from ..predict import format_predictions, load_inputs, predict
+    from ..session import ModelSession
+
+    if top_k < 1:
+        raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
+    session = ModelSession(model, _providers(providers), intra_op_threads=threads)
+    samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed)
+    preds = predict(session, samples, top_k=top_k)
+    click.echo(json.dumps(preds, indent=1) if as_json else format_predictions(preds))
+
+
+@click.command("evaluate")
+@click.option("--data", required=True, type=click.Path(path_type=str), help="An HDF5 cache (crossclr "
+                                                                            "prepare).")
+@click.option("--split", default="val", show_default=True, help="Cache split to evaluate.")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(path_type=str),
+              help="ensemble.onnx, or one stream model per stream (repeat --model).")
+@click.option("--weights", default=None, help="Fusion weights, e.g. joint=0.6,motion=0.4,bone=0.6 "
+              "(default: the models' metadata).")
+@click.option("--report", "report_path", default=None, type=click.Path(path_type=str),
+              help="Write the report JSON here.")
+@click.option("--plots", default=None, type=click.Path(path_type=str),
+              help="Folder for confusion-matrix PNGs (needs the viz extra).")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--shard", default=None, help="Evaluate slice I of N (0-based), e.g. 0/4; merge with "
+                                            "merge-reports.")
+@click.option("--providers", default=None, help=_PROVIDERS_HELP)
+@click.option("--threads", default=0, show_default=True, type=int, help="onnxruntime intra-op threads (0 = "
+                                                                        "auto).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | None, report_path: str | None,
+                 plots: str | None, batch_size: int, shard: str | None, providers: str | None, threads: int,
+                 no_progress: bool) -> None:
+    """Accuracy of exported models on a cache split: per stream and fused top-1/top-5, per-class accuracy,
+    confusion matrices, samples/s. Prints a markdown summary."""
+    from ..metrics import parse_weights
+    from ..report import Shard, evaluate, load_models, save_plots, summary_markdown, write_json_atomic
+
+    if batch_size < 1:
+        raise CrossclrError(f"--batch-size must be >= 1, got {batch_size}")
+    shard_obj = Shard.parse(shard) if shard else None
+    w = parse_weights(weights) if weights else None
+    model_set = load_models(models, _providers(providers), intra_op_threads=threads)
+    report = evaluate(data, model_set, split=split, weights=w, batch_size=batch_size, shard=shard_obj,
+                      progress=not no_progress)
+    if report_path:
+        write_json_atomic(report_path, report)
+    if plots:
+        save_plots(report, plots)
+    click.echo(summary_markdown(report), nl=False)
+
+
+@click.command("merge-reports")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="The merged report JSON.")
+def merge_reports_cmd(reports: tuple[str, ...], out: str) -> None:
+    """Combine the reports of `evaluate --shard 0/N … N-1/N` into the report of the whole split."""
+    from ..report import merge_reports, read_report, summary_markdown, write_json_atomic
+
+    merged = merge_reports([read_report(p) for p in reports], list(reports))
+    write_json_atomic(out, merged)
+    click.echo(summary_markdown(merged), nl=False)
+
+
+COMMANDS: list = [predict_cmd, evaluate_cmd, merge_reports_cmd]
 PREPARE_COMMANDS: list = []

@@ -1,0 +1,255 @@
+"""Inputs for ``crossclr predict``: raw skeleton arrays and files made ready for a model, and the predictions.
+
+Accepted inputs (DESIGN §4):
+- ``.npy`` raw coordinates, one of (T, V, C) one body, (M, T, V, C), (C, T, V, M); the axes are detected from
+  the model's joint and channel counts when that is unambiguous, otherwise ``--axes`` (e.g. ``MTVC``)
+  says them;
+- a raw NTU ``.skeleton`` text file;
+- a folder holding such files;
+- with ``preprocessed=True``, ``.npy`` arrays already prepared for the model: (C, T, V, M) or (N, C, T, V, M).
+Raw inputs go through the one preprocessing function that ``prepare`` uses, with the model's parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CrossclrError
+from .metrics import ranked_classes, softmax
+from .session import ModelInfo, ModelSession
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".npy", ".skeleton")
+AXES_LETTERS = "TVCM"
+
+
+@dataclass(frozen=True)
+class SkeletonInput:
+    """One model-ready sample (C, T, V, M) float32 and where it came from."""
+
+    name: str
+    data: np.ndarray
+
+
+def collect_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand folders (their .npy and .skeleton files, sorted, not recursive); check every path exists."""
+    if not paths:
+        raise CrossclrError("no INPUT given; pass .npy or .skeleton files or a folder of them")
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUFFIXES)
+            if not found:
+                raise CrossclrError(f"{p}: folder holds no .npy or .skeleton files")
+            out.extend(found)
+        elif p.is_file():
+            if p.suffix.lower() not in SUFFIXES:
+                raise CrossclrError(f"{p}: unsupported input type {p.suffix or '(no suffix)'!r}; expected "
+                                    ".npy (skeleton array) or .skeleton (raw NTU file), or a folder of them")
+            out.append(p)
+        else:
+            raise CrossclrError(f"{p}: input not found (expected a .npy or .skeleton file or a folder)")
+    return out
+
+
+def detect_axes(shape: tuple[int, ...], num_joints: int, num_channels: int, source: str) -> str:
+    """The axes string of a raw array from its shape, when exactly one accepted form fits."""
+    v, c = num_joints, num_channels
+    if len(shape) == 3:
+        if shape[1:] == (v, c):
+            return "TVC"
+        if shape[2] == c and shape[1] != v:
+            raise CrossclrError(f"{source}: skeleton has {shape[1]} joints, the model's layout has {v}; use "
+                                "a model of this skeleton layout (or --axes if the axes are not (T, V, C))")
+        raise CrossclrError(f"{source}: shape {shape} is not (T, V={v}, C={c}); pass --axes to name the "
+                            "axes, e.g. --axes TVC")
+    if len(shape) == 4:
+        forms = (("MTVC", shape[2:] == (v, c)), ("CTVM", shape[0] == c and shape[2] == v))
+        fits = [a for a, ok in forms if ok]
+        if len(fits) == 1:
+            return fits[0]
+        if len(fits) == 2:
+            raise CrossclrError(f"{source}: shape {shape} fits both (M, T, V, C) and (C, T, V, M); pass "
+                                "--axes MTVC or --axes CTVM")
+        if shape[2] != v and (shape[3] == c or shape[0] == c):
+            raise CrossclrError(f"{source}: skeleton has {shape[2]} joints, the model's layout has {v}; use "
+                                "a model of this skeleton layout (or --axes if the axes differ)")
+        raise CrossclrError(f"{source}: shape {shape} is neither (M, T, V={v}, C={c}) nor (C={c}, T, V={v}, "
+                            "M); pass --axes, e.g. --axes MTVC")
+    raise CrossclrError(f"{source}: array has {len(shape)} dimensions {shape}; expected (T, V, C), (M, T, V, "
+                        "C) or (C, T, V, M) raw coordinates (or --preprocessed arrays)")
+
+
+def parse_axes(axes: str, ndim: int, source: str) -> str:
+    """Validate an --axes string: a permutation of T, V, C and optionally M, one letter per dimension."""
+    a = axes.strip().upper()
+    if (len(a) != ndim or len(set(a)) != len(a) or not set(a) <= set(AXES_LETTERS)
+            or not set("TVC") <= set(a)):
+        raise CrossclrError(f"{source}: --axes {axes!r} does not fit the array's {ndim} dimensions; expected "
+                            f"one "
+                            "letter per axis from T (frames), V (joints), C (coordinates), M (bodies), e.g. "
+                            "MTVC")
+    return a
+
+
+def to_ctvm(x: np.ndarray, axes: str) -> np.ndarray:
+    """Array with named axes -> (C, T, V, M) (M = 1 when absent)."""
+    if "M" not in axes:
+        x, axes = x[..., None], axes + "M"
+    return np.transpose(x, [axes.index(k) for k in "CTVM"])  # (named axes) -> (C, T, V, M)
+
+
+def _check_finite(x: np.ndarray, source: str) -> None:
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise CrossclrError(f"{source}: array dtype {x.dtype}, expected real numbers (float32)")
+    if not np.isfinite(x).all():
+        raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
+
+
+def load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise CrossclrError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:160]})") from None
+
+
+def _preprocess_params(info: ModelInfo) -> tuple[str, int]:
+    mode = info.preprocess.get("mode", "official") if isinstance(info.preprocess, dict) else "official"
+    return str(mode), int(info.frames)
+
+
+def preprocess_ctvm(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
+    """Raw (C, T, V, M) coordinates -> the model's input (C, frames, V, num_person) via ``preprocess_raw``.
+
+    The array becomes a RawSkeleton (per frame, the bodies that are not all zero, in array order) so that the
+    exact function ``prepare`` applies to raw files runs here too.
+    """
+    from .ntu import RawSkeleton
+    from .preprocess import preprocess_raw
+
+    c, t, v, m = x.shape
+    if c != 3:
+        raise CrossclrError(f"{source}: raw coordinates need C = 3 (x, y, z), got {c}; pass --preprocessed "
+                            "for arrays already prepared for the model")
+    if t < 1:
+        raise CrossclrError(f"{source}: skeleton has no frames")
+    bodies = np.transpose(x, (1, 3, 2, 0)).astype(np.float32)  # (C, T, V, M) -> (T, M, V, C)
+    present = np.abs(bodies).sum(axis=(2, 3)) > 0  # (T, M)
+    if not present.any():
+        raise CrossclrError(f"{source}: every coordinate is 0; expected a skeleton sequence")
+    raw = RawSkeleton(num_frames=t, bodies_per_frame=present.sum(axis=1).astype(np.int64),
+                      body_ids=np.nonzero(present)[1].astype(np.int64),
+                      xyz=bodies[present])  # (B_total, V, 3), frame by frame, bodies in order
+    mode, frames = _preprocess_params(info)
+    out = preprocess_raw(raw, info.layout, mode, frames)
+    return _fit_persons(out, info, source)
+
+
+def _fit_persons(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
+    m = x.shape[-1]
+    if m > info.num_person:
+        log.warning("%s: %d bodies, the model takes %d; keeping the first %d", source, m, info.num_person,
+                    info.num_person)
+        return np.ascontiguousarray(x[..., : info.num_person], dtype=np.float32)
+    if m < info.num_person:
+        pad = np.zeros((*x.shape[:-1], info.num_person - m), dtype=np.float32)
+        return np.concatenate([x.astype(np.float32), pad], axis=-1)
+    return x.astype(np.float32)
+
+
+def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
+    """A raw NTU .skeleton file -> the model's input (C, T, V, M)."""
+    from .ntu import read_skeleton
+    from .preprocess import preprocess_raw
+
+    raw = read_skeleton(path)
+    v = raw.xyz.shape[1] if raw.xyz.ndim == 3 else -1
+    if v != info.layout.num_joints:
+        raise CrossclrError(f"{path}: skeleton has {v} joints, the model's layout {info.layout.name!r} has "
+                            f"{info.layout.num_joints}; use a model of this skeleton layout")
+    if info.num_channels != 3:
+        raise CrossclrError(f"{path}: the model takes {info.num_channels} channels, a .skeleton file gives 3 "
+                            f"(x, y, z)")
+    mode, frames = _preprocess_params(info)
+    x = preprocess_raw(raw, info.layout, mode, frames)
+    _check_finite(x, str(path))
+    return _fit_persons(x, info, str(path))
+
+
+def load_inputs(paths: Sequence[str | Path], info: ModelInfo, *, axes: str | None = None,
+                preprocessed: bool = False) -> list[SkeletonInput]:
+    """Every input made ready for the model described by ``info``."""
+    out: list[SkeletonInput] = []
+    shape = info.input_shape
+    for path in collect_files(paths):
+        src = str(path)
+        if path.suffix.lower() == ".skeleton":
+            if preprocessed:
+                raise CrossclrError(f"{path}: --preprocessed applies to .npy arrays, a .skeleton file is raw")
+            out.append(SkeletonInput(src, read_raw_skeleton(path, info)))
+            continue
+        x = load_npy(path)
+        _check_finite(x, src)
+        if preprocessed:
+            if x.ndim == 4:
+                x = x[None]
+            if x.ndim != 5 or x.shape[1:] != shape:
+                raise CrossclrError(f"{path}: preprocessed array has shape {x.shape}, expected (C, T, V, M) "
+                                    f"= {shape} or (N, *{shape}) as the model's metadata fixes it")
+            names = [src] if len(x) == 1 else [f"{src}[{i}]" for i in range(len(x))]
+            out.extend(SkeletonInput(n, s.astype(np.float32)) for n, s in zip(names, x, strict=True))
+            continue
+        a = parse_axes(axes, x.ndim, src) if axes else detect_axes(x.shape, info.layout.num_joints, 3, src)
+        ctvm = to_ctvm(x, a)
+        if ctvm.shape[2] != info.layout.num_joints:
+            raise CrossclrError(f"{path}: skeleton has {ctvm.shape[2]} joints, the model's layout "
+                                f"{info.layout.name!r} has {info.layout.num_joints}")
+        out.append(SkeletonInput(src, preprocess_ctvm(ctvm, info, src)))
+    return out
+
+
+def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+    idx = ranked_classes(probs, min(k, probs.shape[1]))
+    return [[{"class": int(j), "name": names[j], "probability": float(p[j])} for j in row]
+            for row, p in zip(idx, probs, strict=True)]
+
+
+def predict(session: ModelSession, inputs: Sequence[SkeletonInput], *, top_k: int = 5,
+            batch_size: int = 64) -> list[dict[str, Any]]:
+    """Per input: the fused top-k classes with probabilities and each stream's top-k."""
+    if top_k < 1:
+        raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
+    info = session.info
+    x = np.stack([s.data for s in inputs])  # (N, C, T, V, M)
+    names = ", ".join(s.name for s in inputs[:3]) + (" …" if len(inputs) > 3 else "")
+    res = session.run_batched(x, batch_size, source=names)
+    cls = info.class_names
+    if info.kind == "ensemble":
+        fused = _top(res["probabilities"], cls, top_k)
+        streams = {v: _top(softmax(res[f"logits_{v}"]), cls, top_k) for v in info.streams}
+    else:
+        fused = _top(softmax(res["logits"]), cls, top_k)
+        streams = {info.streams[0]: fused}
+    return [{"input": s.name, "fused": fused[i], "streams": {v: streams[v][i] for v in streams}}
+            for i, s in enumerate(inputs)]
+
+
+def format_predictions(preds: Sequence[dict[str, Any]]) -> str:
+    """Human-readable text: per input the fused top-k, then each stream's best class."""
+    lines: list[str] = []
+    for p in preds:
+        lines.append(p["input"])
+        for rank, c in enumerate(p["fused"], 1):
+            lines.append(f"  {rank}. {c['name']:<40s} {100 * c['probability']:6.2f}%")
+        if len(p["streams"]) > 1:
+            per = ", ".join(f"{v}: {top[0]['name']} {100 * top[0]['probability']:.1f}%"
+                            for v, top in p["streams"].items())
+            lines.append(f"  streams: {per}")
+    return "\n".join(lines)

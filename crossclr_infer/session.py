@@ -1,0 +1,273 @@
+"""onnxruntime sessions for crossclr models: provider choice, metadata, checked and batched runs.
+
+A crossclr ONNX model (DESIGN §4) takes ``skeleton`` float32 (batch, C, T, V, M) and carries everything needed
+to run it in ``metadata_props`` (format ``crossclr-onnx-v1``). onnxruntime is imported lazily so that the rest
+of the runtime works without it; the message names the extra to install.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CrossclrError
+from .layouts import Layout, layout_from_toml_text
+
+log = logging.getLogger(__name__)
+
+ONNX_FORMAT = "crossclr-onnx-v1"
+INPUT_NAME = "skeleton"
+MODEL_KINDS = ("stream", "ensemble")
+METADATA_KEYS = ("crossclr_format", "kind", "layout", "frames", "num_person", "streams", "class_names",
+                 "fusion_weights", "preprocess", "config", "version")
+CPU = "CPUExecutionProvider"
+# Short names accepted on the command line.
+PROVIDER_ALIASES = {
+    "cpu": CPU,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+# The default order: the first of these that onnxruntime offers, then CPU.
+DEFAULT_ACCELERATORS = ("CUDAExecutionProvider",)
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a CrossclrError that says which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CrossclrError("onnxruntime is not installed: install it with pip install 'crossclr[cpu]' "
+                            "(or 'crossclr[gpu]' for onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """What the installed onnxruntime offers (looked up at call time so tests can fake it)."""
+    return list(import_onnxruntime().get_available_providers())
+
+
+def resolve_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """The providers to ask for, in order.
+
+    ``requested`` (full names or the short names of PROVIDER_ALIASES, case-insensitive) must all be available,
+    else a CrossclrError lists what is; ``None`` or empty means CUDA when available, then CPU.
+    """
+    available = list(available)
+    if not requested:
+        chosen = [p for p in DEFAULT_ACCELERATORS if p in available]
+        return chosen + [CPU] if CPU in available or not chosen else chosen
+    by_lower = {p.lower(): p for p in available}
+    out: list[str] = []
+    for name in requested:
+        key = name.strip()
+        full = PROVIDER_ALIASES.get(key.lower(), key)
+        full = by_lower.get(full.lower(), full)
+        if full not in available:
+            raise CrossclrError(f"execution provider {name!r} is not available in this onnxruntime; "
+                                f"available: {', '.join(available)} (install 'crossclr[gpu]' for CUDA)")
+        if full not in out:
+            out.append(full)
+    return out
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a crossclr model's metadata and input signature say about it."""
+
+    path: str
+    kind: str                        # "stream" | "ensemble"
+    layout: Layout
+    frames: int
+    num_person: int
+    num_channels: int
+    streams: tuple[str, ...]
+    class_names: tuple[str, ...]
+    fusion_weights: dict[str, float] = field(hash=False)
+    preprocess: dict = field(hash=False)
+    config: dict = field(hash=False)
+    version: str
+    output_names: tuple[str, ...]
+
+    @property
+    def num_class(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(C, T, V, M) of one sample."""
+        return (self.num_channels, self.frames, self.layout.num_joints, self.num_person)
+
+
+def _json_field(path: str, props: dict[str, str], key: str, kind: type) -> Any:
+    try:
+        value = json.loads(props[key])
+    except json.JSONDecodeError as e:
+        raise CrossclrError(f"{path}: model metadata {key!r} is not valid JSON ({e.msg}); re-export the "
+                            "model with `crossclr export`") from None
+    if not isinstance(value, kind):
+        raise CrossclrError(f"{path}: model metadata {key!r} should be a JSON {kind.__name__}, got "
+                            f"{type(value).__name__}; re-export the model with `crossclr export`")
+    return value
+
+
+def parse_metadata(path: str, props: dict[str, str], input_shape: Sequence[Any],
+                   output_names: Sequence[str]) -> ModelInfo:
+    """ModelInfo from metadata_props and the ``skeleton`` input's shape (batch, C, T, V, M)."""
+    if props.get("crossclr_format") != ONNX_FORMAT:
+        found = props.get("crossclr_format")
+        what = "has no crossclr metadata" if found is None else f"has metadata format {found!r}"
+        raise CrossclrError(f"{path}: model {what}; expected an ONNX model exported by `crossclr export` "
+                            f"(format {ONNX_FORMAT})")
+    missing = [k for k in METADATA_KEYS if k not in props]
+    if missing:
+        raise CrossclrError(f"{path}: model metadata lacks {missing}; re-export the model with `crossclr "
+                            f"export`")
+    kind = props["kind"]
+    if kind not in MODEL_KINDS:
+        raise CrossclrError(f"{path}: model metadata kind {kind!r}, expected one of {MODEL_KINDS}")
+    try:
+        layout = layout_from_toml_text(props["layout"], f"{path} (metadata 'layout')")
+        frames, num_person = int(props["frames"]), int(props["num_person"])
+    except ValueError as e:
+        msg = str(e) if str(e).startswith(path) else f"{path}: bad model metadata ({e})"
+        raise CrossclrError(msg) from None
+    streams = _json_field(path, props, "streams", list)
+    class_names = _json_field(path, props, "class_names", list)
+    weights = _json_field(path, props, "fusion_weights", dict)
+    preprocess = _json_field(path, props, "preprocess", dict)
+    config = _json_field(path, props, "config", dict)
+    if len(input_shape) != 5:
+        raise CrossclrError(f"{path}: model input has {len(input_shape)} dimensions, expected 5 "
+                            "(batch, C, T, V, M)")
+    _, c, t, v, m = input_shape
+    if not isinstance(c, int) or (t, v, m) != (frames, layout.num_joints, num_person):
+        raise CrossclrError(f"{path}: model input shape {list(input_shape)} disagrees with its metadata "
+                            f"(frames {frames}, {layout.num_joints} joints, {num_person} persons)")
+    return ModelInfo(path=path, kind=kind, layout=layout, frames=frames, num_person=num_person,
+                     num_channels=c,
+                     streams=tuple(str(s) for s in streams), class_names=tuple(str(s) for s in class_names),
+                     fusion_weights={str(k): float(w) for k, w in weights.items()}, preprocess=preprocess,
+                     config=config, version=str(props["version"]), output_names=tuple(output_names))
+
+
+def _is_gpu(provider: str) -> bool:
+    return provider != CPU and provider != "AzureExecutionProvider"
+
+
+class ModelSession:
+    """One crossclr ONNX model in onnxruntime.
+
+    ``providers`` = None picks CUDA when available, then CPU. ``intra_op_threads`` / ``inter_op_threads``
+    (0 = onnxruntime's default) set the thread pools. ``run`` checks inputs against the metadata.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0) -> None:
+        ort = import_onnxruntime()
+        self.path = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise CrossclrError(f"{p}: model file not found (expected an .onnx file written by `crossclr "
+                                f"export`)")
+        chosen = resolve_providers(providers, available_providers())
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads < 0 or inter_op_threads < 0:
+            raise CrossclrError(f"thread counts must be >= 0 (0 = onnxruntime's default), got "
+                                f"intra {intra_op_threads}, inter {inter_op_threads}")
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(p), sess_options=opts, providers=chosen)
+        except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CrossclrError(f"{p}: not a loadable ONNX model ({first[:200]})") from None
+        self.providers = list(self._sess.get_providers())
+        fell_back = [q for q in chosen if _is_gpu(q) and q not in self.providers]
+        if fell_back:
+            log.warning("%s: requested %s but onnxruntime runs on %s (the GPU provider failed to load; check "
+                        "the CUDA/cuDNN installation for onnxruntime-gpu)", p, ", ".join(fell_back),
+                        ", ".join(self.providers))
+        self.fell_back = fell_back
+        inputs = self._sess.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            raise CrossclrError(f"{p}: model inputs {[i.name for i in inputs]}, expected one input "
+                                f"{INPUT_NAME!r}; expected a model exported by `crossclr export`")
+        meta = self._sess.get_modelmeta().custom_metadata_map
+        self.info = parse_metadata(str(p), dict(meta), list(inputs[0].shape),
+                                   [o.name for o in self._sess.get_outputs()])
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.info.output_names
+
+    def check_input(self, x: np.ndarray, source: str = "input") -> np.ndarray:
+        """x as float32 (N, C, T, V, M) matching the model, or a CrossclrError naming ``source``."""
+        return check_skeleton_batch(x, self.info, source)
+
+    def run(self, x: np.ndarray, outputs: Sequence[str] | None = None, source: str = "input"
+            ) -> dict[str, np.ndarray]:
+        """One forward pass on a checked batch; returns {output name: array}."""
+        x = self.check_input(x, source)
+        names = list(outputs) if outputs is not None else list(self.output_names)
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise CrossclrError(f"{self.path}: model has no outputs {unknown}; it has "
+                                f"{list(self.output_names)}")
+        values = self._sess.run(names, {INPUT_NAME: x})
+        return dict(zip(names, values, strict=True))
+
+    def run_batched(self, x: np.ndarray, batch_size: int = 64, outputs: Sequence[str] | None = None,
+                    source: str = "input") -> dict[str, np.ndarray]:
+        """``run`` over consecutive slices of at most ``batch_size`` samples, outputs concatenated."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for chunk in iter_batches(len(x), batch_size):
+            for k, v in self.run(x[chunk], outputs, source).items():
+                parts.setdefault(k, []).append(v)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
+    if batch_size < 1:
+        raise CrossclrError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def check_skeleton_batch(x: np.ndarray, info: ModelInfo, source: str = "input") -> np.ndarray:
+    """Validate a batch (N, C, T, V, M) against a model: dtype, layout, frames, persons, finite values."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise CrossclrError(f"{source}: skeleton dtype {x.dtype}, expected floating point (float32)")
+    c, t, v, m = info.input_shape
+    if x.ndim != 5:
+        raise CrossclrError(f"{source}: skeleton batch has shape {tuple(x.shape)}, expected 5 dimensions "
+                            f"(N, C, T, V, M) = (N, {c}, {t}, {v}, {m})")
+    if x.shape[3] != v:
+        raise CrossclrError(f"{source}: skeleton has {x.shape[3]} joints but the model's layout "
+                            f"{info.layout.name!r} has {v}; use a model trained on this skeleton layout")
+    if x.shape[1:] != (c, t, v, m):
+        raise CrossclrError(f"{source}: skeleton batch has shape {tuple(x.shape)}, expected (N, {c}, {t}, "
+                            f"{v}, {m}) (N, C, T, V, M) as the model's metadata fixes it")
+    if not np.isfinite(x).all():
+        raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def open_model(path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
+               inter_op_threads: int = 0) -> ModelSession:
+    """A ModelSession (see its docstring)."""
+    return ModelSession(path, providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
