@@ -39,7 +39,6 @@ from tqdm import tqdm
 from .cache import CacheWriter
 from .errors import CrossclrError
 from .layouts import Layout, get_layout
-from .official import valid_length
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +257,7 @@ def _splits(npz: np.lib.npyio.NpzFile, path: Path, n: int) -> list[str]:
 def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, preprocess: str | None = None,
                   frames: int = 50, benchmark: str = "custom", progress: bool = True) -> dict[str, int]:
     """Write the samples of an ``.npz`` into the cache ``out``; returns samples per split."""
-    from .preprocess import PREPROCESS_MODES, normalize_sequence
+    from .preprocess import PREPROCESS_MODES, normalize_sequence, valid_length
 
     if isinstance(layout, Layout):
         lay = layout

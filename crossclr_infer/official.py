@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .cache import CacheWriter
 from .errors import CrossclrError
 from .layouts import Layout, get_layout
+from .preprocess import valid_length
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,6 @@ def find_official_split(folder: Path, split: str, layout: Layout) -> OfficialSpl
         if len(lengths) != n:
             raise CrossclrError(f"{nf}: {len(lengths)} frame counts for {n} samples in {data_path.name}")
     return OfficialSplit(split, data_path, kind, data, names, labels, lengths)
-
-
-def valid_length(x: np.ndarray) -> int:
-    """Frames whose first body is not all zero (x: (C, T, V, M))."""
-    nonzero = np.abs(x[..., 0]).sum(axis=(0, 2)) != 0  # (T,)
-    return int(nonzero.sum())
 
 
 def official_class_names(num_class: int) -> list[str]:
