@@ -292,7 +292,10 @@ def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, pr
                                             f"--preprocess as-is needs all samples to have {frames}")
                     y = x
                 else:
-                    y = normalize_sequence(x, lay, mode=mode, frames=frames)
+                    try:
+                        y = normalize_sequence(x, lay, mode=mode, frames=frames)
+                    except CrossclrError as e:
+                        raise CrossclrError(f"{src.path}: sample {src.names[i]!r}: {e}") from None
                 length = int(known[i]) if known is not None else valid_length(x)
                 w.add(src.splits[i], y, int(src.labels[i]), src.names[i], length)
         return w.counts

@@ -1,4 +1,97 @@
-"""Click commands (registered by cli.py)."""
+"""Click commands of the cache layer: ``prepare arrays``, ``prepare official``, ``info``, ``synth``."""
 
-COMMANDS: list = []
-PREPARE_COMMANDS: list = []
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..cache import open_cache
+
+_PREPROCESS_CHOICES = ["official", "none", "energy", "as-is"]
+_out_option = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                           help="Cache file to write (appears only when complete).")
+
+
+def _summary(out: Path, counts: dict[str, int]) -> str:
+    return f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
+
+
+@click.command("arrays")
+@click.argument("npz", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--layout", required=True,
+              help="Built-in layout name (ntu-rgb+d, kinect-v1) or a layout .toml file.")
+@_out_option
+@click.option("--preprocess", type=click.Choice(_PREPROCESS_CHOICES), default=None,
+              help="Preprocessing of each sample (default: as-is for fixed-size data, official for "
+                   "sequences).")
+@click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Frames per sample after preprocessing.")
+@click.option("--benchmark", default="custom", show_default=True, help="Benchmark name stored in the cache.")
+def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, frames: int,
+                   benchmark: str) -> None:
+    """Import generic skeleton arrays from an .npz (fixed-size or variable-length; keys: data, label, name,
+    split, class_names; see crossclr_infer.arrays)."""
+    from ..arrays import import_arrays
+
+    counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames, benchmark=benchmark)
+    click.echo(_summary(out, counts))
+
+
+@click.command("official")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@_out_option
+@click.option("--layout", default="ntu-rgb+d", show_default=True, help="Layout of the arrays.")
+@click.option("--benchmark", default=None,
+              help="Benchmark name stored in the cache (default: the folder name).")
+def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None) -> None:
+    """Import the official code's processed files ({train,val}_position.npy or _data.npy + _label.pkl)."""
+    from ..official import import_official
+
+    counts = import_official(folder, out, layout=layout, benchmark=benchmark)
+    click.echo(_summary(out, counts))
+
+
+@click.command("info")
+@click.argument("cache", type=click.Path(dir_okay=False, path_type=Path))
+def info(cache: Path) -> None:
+    """Describe a cache: layout, classes, splits with counts, frames and preprocessing."""
+    with open_cache(cache) as c:
+        lay = c.layout
+        splits = {s: c.split(s) for s in c.splits}
+        click.echo(f"file:        {c.path}  (crossclr-cache v{c.format_version}"
+                   + (f", written by crossclr {c.crossclr_version})" if c.crossclr_version else ")"))
+        shoulders = "none" if lay.shoulders is None else ", ".join(lay.joint_names[s] for s in lay.shoulders)
+        click.echo(f"layout:      {lay.name} ({lay.num_joints} joints, center {lay.joint_names[lay.center]}, "
+                   f"shoulders {shoulders})")
+        click.echo(f"benchmark:   {c.benchmark}")
+        click.echo(f"samples:     (C, T, V, M) = {c.sample_shape} float32; frames {c.frames}, "
+                   f"bodies {c.num_person}")
+        click.echo(f"preprocess:  {json.dumps(c.preprocess, sort_keys=True)}")
+        click.echo("splits:      " + ", ".join(f"{s} {len(sp)}" for s, sp in splits.items()))
+        counts = {s: sp.class_counts(c.num_class) for s, sp in splits.items()}
+        click.echo(f"classes:     {c.num_class}")
+        width = max(len(s) for s in c.splits)
+        for k, name in enumerate(c.class_names):
+            per = "  ".join(f"{s:>{width}} {int(counts[s][k]):6d}" for s in c.splits)
+            click.echo(f"  {k:4d}  {per}  {name}")
+
+
+@click.command("synth")
+@_out_option
+@click.option("--classes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=2), default=60, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True)
+def synth(out: Path, classes: int, per_class: int, seed: int, frames: int) -> None:
+    """Generate a synthetic NTU-layout cache of procedurally animated actions (train/val by xsub subjects)."""
+    from ..synth import generate_synthetic
+
+    generate_synthetic(out, classes=classes, per_class=per_class, seed=seed, frames=frames)
+    with open_cache(out) as c:
+        click.echo(_summary(out, {s: len(c.split(s)) for s in c.splits}))
+
+
+COMMANDS: list = [info, synth]
+PREPARE_COMMANDS: list = [prepare_arrays, prepare_official]
