@@ -195,3 +195,85 @@ def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None 
                                       "class_names", "preprocess", "version")}
     meta.update(train_config=cfg, encoder_config=cfg.model, layout_obj=layout)
     return encoders, meta
+
+
+# ---------------------------------------------------------------------------------------------------------
+# official checkpoints
+
+
+def _read_official(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CrossclrError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrossclrError(f"{path}: not a readable torch state dict ({reason[:200]}); expected an official "
+                            "CrosSCLR/SkeletonCLR .pt file") from None
+    if isinstance(obj, dict) and "format" in obj:
+        raise CrossclrError(f"{path}: already a {obj['format']!r} checkpoint of this project; expected an "
+                            "official one")
+    for key in ("state_dict", "model"):  # tolerate a wrapped state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CrossclrError(f"{path}: expected a state dict of tensors (official CrosSCLR/SkeletonCLR), got "
+                            f"{type(obj).__name__}")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "ntu-rgb+d", frames: int = 50,
+                          num_person: int = 2, single_view: str = "joint") -> Path:
+    """Convert an official checkpoint: pretraining ones to ``crossclr-pretrain-v1``, linear-evaluation ones
+    (``encoder_q*.fc`` = heads) to ``crossclr-linear-v1``. Written atomically to ``out``.
+
+    Both are loaded strictly into this project's modules before writing (``build_imported``).
+    """
+    from crossclr_infer.layouts import get_layout, layout_to_toml
+    from training.config import TrainConfig, config_to_dict
+    from training.crossclr import SSLConfig
+    from training.official_import import build_imported, import_official
+    from training.stgcn import EncoderConfig
+
+    path, out = Path(path), Path(out)
+    lay = get_layout(layout)
+    state = _read_official(path)
+    ours, meta = import_official(state, layout=lay, single_view=single_view, source=str(path))
+    built = build_imported(ours, meta, lay, num_person=num_person)
+    enc_cfg = EncoderConfig.from_dict(dict(meta["encoder_config"]))
+    preprocess = {"mode": "official", "frames": int(frames)}
+    if meta["kind"] == "pretrain":
+        views = list(meta["views"])
+        base = TrainConfig()
+        cfg = TrainConfig(model=enc_cfg, ssl=SSLConfig(queue_size=int(meta["queue_size"])),
+                          streams=tuple(views),
+                          cross_epoch=base.cross_epoch if len(views) > 1 else base.epochs)
+        model = built["model"]
+        ckpt = make_checkpoint(model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                               optimizer_state=None, scheduler_state=None, epoch=cfg.epochs, rng=[],
+                               config=config_to_dict(cfg), streams=views, layout_toml=layout_to_toml(lay),
+                               num_person=num_person, frames=frames, class_names=[], preprocess=preprocess)
+        ckpt["imported_from"] = str(path)
+        ckpt["import_notes"] = list(meta.get("notes", []))
+        atomic_torch_save(ckpt, out)
+        log.info("%s: imported pretraining checkpoint (%s) -> %s", path, ", ".join(views), out)
+        return out
+
+    from training.evaluate import save_linear
+
+    num_class = int(meta["num_class"])
+    class_names = [f"class {i + 1}" for i in range(num_class)]
+    if lay.name == "ntu-rgb+d" and num_class in (60, 120):
+        from crossclr_infer.ntu import NTU_ACTION_NAMES
+
+        class_names = list(NTU_ACTION_NAMES[:num_class])
+    streams = list(meta["views"])
+    save_linear(out, built["encoders"], built["heads"], fusion="joint",
+                fusion_weights={v: 1.0 / len(streams) for v in streams}, class_names=class_names, layout=lay,
+                meta={"config": {"model": enc_cfg.to_dict()}, "frames": frames, "num_person": num_person,
+                      "in_channels": int(meta["in_channels"]), "preprocess": preprocess,
+                      "source_checkpoint": str(path)},
+                metrics={})
+    log.info("%s: imported linear-evaluation checkpoint (%s, %d classes) -> %s", path, ", ".join(streams),
+             num_class, out)
+    return out

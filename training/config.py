@@ -190,7 +190,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in names:
-            raise CrossclrError(f"{source}: unknown key {prefix}{key!r}; expected one of: {', '.join(names)}")
+            raise CrossclrError(f"{source}: unknown key '{prefix}{key}'; expected one of: {', '.join(names)}")
         try:
             kwargs[key] = _convert(value, hints[key], prefix + key, source)
         except _Mismatch:
