@@ -120,9 +120,10 @@ def load_npy(path: Path) -> np.ndarray:
         raise CrossclrError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:160]})") from None
 
 
-def _preprocess_params(info: ModelInfo) -> tuple[str, int]:
-    mode = info.preprocess.get("mode", "official") if isinstance(info.preprocess, dict) else "official"
-    return str(mode), int(info.frames)
+def _preprocess_params(info: ModelInfo) -> tuple[str, int, int]:
+    """(mode, frames, max_bodies) of the model's preprocessing."""
+    pre = info.preprocess if isinstance(info.preprocess, dict) else {}
+    return str(pre.get("mode", "official")), int(info.frames), int(pre.get("max_bodies", info.num_person))
 
 
 def preprocess_ctvm(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
@@ -147,8 +148,8 @@ def preprocess_ctvm(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
     raw = RawSkeleton(num_frames=t, bodies_per_frame=present.sum(axis=1).astype(np.int64),
                       body_ids=np.nonzero(present)[1].astype(np.int64),
                       xyz=bodies[present])  # (B_total, V, 3), frame by frame, bodies in order
-    mode, frames = _preprocess_params(info)
-    out = preprocess_raw(raw, info.layout, mode, frames)
+    mode, frames, max_bodies = _preprocess_params(info)
+    out = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
     return _fit_persons(out, info, source)
 
 
@@ -177,8 +178,8 @@ def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
     if info.num_channels != 3:
         raise CrossclrError(f"{path}: the model takes {info.num_channels} channels, a .skeleton file gives 3 "
                             f"(x, y, z)")
-    mode, frames = _preprocess_params(info)
-    x = preprocess_raw(raw, info.layout, mode, frames)
+    mode, frames, max_bodies = _preprocess_params(info)
+    x = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
     _check_finite(x, str(path))
     return _fit_persons(x, info, str(path))
 
