@@ -1,3 +1,57 @@
 """Click commands for export (registered by cli.py). Torch is imported inside the commands."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=str),
+              help="A linear checkpoint, e.g. runs/NAME/linear/linear.pt (crossclr linear).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=str), help="Output folder, e.g. "
+                                                                                  "models/NAME.")
+@click.option("--streams", default=None, help="Comma-separated streams to export (default: all in the "
+                                              "checkpoint).")
+@click.option("--ensemble/--no-ensemble", default=True, show_default=True,
+              help="Also write ensemble.onnx (all streams fused in one graph).")
+@click.option("--data", default=None, type=click.Path(path_type=str),
+              help="A cache whose samples are the real inputs of the ONNX-vs-torch parity check.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write static QDQ int8 models (NAME.int8.onnx) and report the accuracy change.")
+@click.option("--calibration", default=None, type=click.Path(path_type=str),
+              help="Cache to calibrate int8 on and measure its accuracy change (default: --data).")
+@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset.")
+@click.option("--dynamo", is_flag=True, help="Use torch's dynamo exporter (default: the TorchScript "
+                                             "exporter).")
+@click.option("--tolerance", default=1e-4, show_default=True, type=float,
+              help="Largest allowed |onnxruntime − torch| on logits.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, data: str | None,
+               quantize: str | None, calibration: str | None, opset: int, dynamo: bool, tolerance: float,
+               overwrite: bool) -> None:
+    """Export encoders + linear heads to ONNX: one model per stream and a fused ensemble.
+
+    Every model is checked by onnx.checker and compared with torch on random (and, with --data, real) inputs;
+    a failed comparison writes nothing.
+    """
+    from .onnx_export import export_checkpoint
+
+    st = [s.strip() for s in streams.split(",") if s.strip()] if streams else None
+    res = export_checkpoint(checkpoint, out, streams=st, ensemble=ensemble, opset=opset, dynamo=dynamo,
+                            data=data,
+                            quantize=quantize, calibration=calibration, tolerance=tolerance,
+                            overwrite=overwrite)
+    click.echo(f"exported to {res.out_dir}")
+    for name, fname in res.files.items():
+        p = res.parity.get(name)
+        line = f"  {fname:<24s}"
+        if p is not None:
+            line += f" max |ORT - torch| on logits {p['max_abs_diff_logits']:.2e}"
+        q = res.quantization.get(name.removesuffix(".int8")) if name.endswith(".int8") else None
+        if q is not None:
+            line += (f" top-1 {q['top1_int8']:.2f}% vs fp32 {q['top1_fp32']:.2f}% "
+                     f"({q['top1_change_pt']:+.2f} pt, {q['eval_samples']} samples)")
+        click.echo(line)
+
+
+COMMANDS: list = [export_cmd]
