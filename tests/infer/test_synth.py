@@ -1,0 +1,146 @@
+"""Synthetic NTU-25 actions: names and splits, determinism, the one preprocessing, learnability."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossclr_infer import synth
+from crossclr_infer.cache import open_cache
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import get_layout
+from crossclr_infer.ntu import parse_ntu_name, split_of
+from crossclr_infer.preprocess import normalize_sequence
+
+NTU = get_layout("ntu-rgb+d")
+NAME = re.compile(r"S\d{3}C00[1-3]P0[0-4]\dR00[12]A\d{3}")
+NTU60_XSUB_TRAIN = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}  # DESIGN §2.1
+
+
+def test_tiny_cache_names_splits_and_shapes(tiny_cache: Path) -> None:
+    with open_cache(tiny_cache) as c:
+        assert c.layout == NTU and c.splits == ["train", "val"]
+        assert c.class_names == ["waving", "clapping", "kicking", "squatting"]
+        assert c.sample_shape == (3, 50, 25, 2) and c.benchmark == "ntu60-xsub"
+        assert c.preprocess["mode"] == "official" and c.preprocess["frames"] == 50
+        names = []
+        for split in c.splits:
+            s = c.split(split)
+            for name, label in zip(s.names, s.labels, strict=True):
+                assert NAME.fullmatch(name), name
+                n = parse_ntu_name(name)
+                assert n.action == label + 1 and 1 <= n.setup <= 17
+                assert split_of(name, "ntu60-xsub") == split
+                assert (n.performer in NTU60_XSUB_TRAIN) == (split == "train")
+            names += s.names
+            data = s.read_all()
+            assert np.isfinite(data).all()
+        assert len(set(names)) == len(names) == 48
+        # 60 % of each class's 12 samples in train
+        np.testing.assert_array_equal(c.split("train").class_counts(4), [7, 7, 7, 7])
+
+
+def test_cache_holds_the_official_preprocessing_of_the_raw_sequences(tiny_cache: Path) -> None:
+    seqs, meta = synth.synthesize_raw(4, 12, seed=0)
+    with open_cache(tiny_cache) as c:
+        by_name = {}
+        for split in c.splits:
+            s = c.split(split)
+            by_name.update({n: (s, i) for i, n in enumerate(s.names)})
+        for i in (0, 13, 47):
+            s, k = by_name[synth.sample_name(meta, i)]
+            expected = normalize_sequence(seqs[i], NTU, mode="official", frames=50)
+            np.testing.assert_array_equal(s[k][0], expected)
+            assert s.lengths[k] == seqs[i].shape[1]
+            x = s[k][0]
+            # property of the official preprocessing: the center joint (index 20) sits at the origin
+            np.testing.assert_allclose(x[:, :, NTU.center, 0], 0.0, atol=1e-6)
+
+
+def test_raw_sequences_vary_and_bodies_are_rigid() -> None:
+    seqs, meta = synth.synthesize_raw(10, 20, seed=3)
+    lengths = np.array([s.shape[1] for s in seqs])
+    assert lengths.min() >= synth.RAW_LENGTH[0] and lengths.max() <= synth.RAW_LENGTH[1]
+    assert len(set(lengths.tolist())) > 20
+    two = np.array([np.abs(s[..., 1]).sum() > 0 for s in seqs])
+    assert 0.1 < two.mean() < 0.5  # some samples have a second body, most do not
+    # camera coordinates: bodies stand 2..4.5 m in front of the camera
+    depth = np.array([s[2, :, NTU.center, 0].mean() for s in seqs])
+    assert depth.min() > 1.8 and depth.max() < 4.8
+    # bone lengths: nearly constant within a sample (sensor noise only), different across performers
+    arm = [np.linalg.norm(s[:, :, 5, 0] - s[:, :, 4, 0], axis=0) for s in seqs]  # elbow - shoulder (left)
+    within = np.median([a.std() for a in arm])
+    by_performer = {}
+    for a, p in zip(arm, meta.performer, strict=True):
+        by_performer.setdefault(int(p), []).append(np.median(a))
+    across = np.std([np.mean(v) for v in by_performer.values()])
+    assert within < 0.08 and across > 0.01
+
+
+def test_deterministic_by_seed(tmp_path: Path) -> None:
+    a = synth.synthesize_raw(3, 4, seed=5)[0]
+    b = synth.synthesize_raw(3, 4, seed=5)[0]
+    c = synth.synthesize_raw(3, 4, seed=6)[0]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    p1 = synth.generate_synthetic(tmp_path / "a.h5", classes=3, per_class=4, seed=5, frames=20)
+    p2 = synth.generate_synthetic(tmp_path / "b.h5", classes=3, per_class=4, seed=5, frames=20)
+    with open_cache(p1) as c1, open_cache(p2) as c2:
+        assert c1.frames == 20
+        for s in c1.splits:
+            np.testing.assert_array_equal(c1.split(s).read_all(), c2.split(s).read_all())
+            assert c1.split(s).names == c2.split(s).names
+
+
+def test_classes_beyond_the_basic_motions_combine_two() -> None:
+    names = synth.class_names(14)
+    assert names[:12] == [m.name for m in synth.MOTIONS]
+    assert names[12] == "waving + clapping" and names[13] == "waving + kicking"
+    assert len(set(synth.class_names(synth.MAX_CLASSES))) == synth.MAX_CLASSES
+    with pytest.raises(CrossclrError, match="expected 1..78"):
+        synth.class_motions(synth.MAX_CLASSES + 1)
+
+
+def _ridge_accuracy(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, k: int) -> float:
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    a, b = (xtr - mu) / sd, (xva - mu) / sd
+    w = np.linalg.solve(a @ a.T + 10.0 * np.eye(len(a)), np.eye(k)[ytr])  # kernel form, (N, K)
+    return float(((b @ a.T @ w).argmax(1) == yva).mean())
+
+
+def test_learnable_but_not_trivial_for_a_linear_model() -> None:
+    k = 6
+    seqs, meta = synth.synthesize_raw(k, 30, seed=1)
+    x = np.stack([normalize_sequence(s, NTU, mode="official", frames=20) for s in seqs])
+    x = x.reshape(len(seqs), -1)  # (N, C, T, V, M) -> (N, C·T·V·M)
+    train = np.array([p in NTU60_XSUB_TRAIN for p in meta.performer])
+    acc = _ridge_accuracy(x[train], meta.label[train], x[~train], meta.label[~train], k)
+    assert 2.0 / k < acc < 0.97  # far above chance, below perfect (benchmarks/synth_baseline.py measures it)
+
+
+def test_synth_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import crossclr
+
+    out = tmp_path / "demo.h5"
+    result = CliRunner().invoke(crossclr, ["synth", "--out", str(out), "--classes", "3", "--per-class", "5",
+                                           "--seed", "1", "--frames", "30"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}: train 9, val 6" in result.output
+    with open_cache(out) as c:
+        assert c.num_class == 3 and c.frames == 30
+
+
+def test_synth_bad_classes_exit_nonzero_without_file(tmp_path: Path, capsys) -> None:
+    import cli
+
+    out = tmp_path / "demo.h5"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["synth", "--out", str(out), "--classes", "500"])
+    assert e.value.code != 0
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
