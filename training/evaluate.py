@@ -158,7 +158,9 @@ def encode_source(
     for enc in encoders.values():
         enc.eval()
     chunks: dict[str, list[Tensor]] = {v: [] for v in encoders}
-    for idx in tqdm(list(batch_slices(n, batch_size)), desc=desc, leave=False, disable=n <= batch_size):
+    for idx in tqdm(
+        list(batch_slices(n, batch_size)), desc=desc, leave=False, disable=None if n > batch_size else True
+    ):
         x = torch.as_tensor(np.asarray(read(idx), dtype=np.float32), device=device)  # (B, C, T, V, M)
         for v, f in encode_batch(encoders, x, layout).items():
             chunks[v].append(f.float().cpu())

@@ -144,7 +144,9 @@ def finetune(
     subset = np.asarray(subset, np.int64)
     y_all = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=dict(fusion_weights))
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc="finetune", leave=False, disable=cfg.epochs < 5):
+    for epoch in tqdm(
+        range(1, cfg.epochs + 1), desc="finetune", leave=False, disable=None if cfg.epochs >= 5 else True
+    ):
         for m in (*encoders.values(), *heads.values()):
             m.train()
         lr = opt.param_groups[0]["lr"]

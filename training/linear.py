@@ -210,7 +210,9 @@ def train_linear(
     n = len(train)
     if n == 0:
         raise CrossclrError("linear evaluation: the training split is empty")
-    bar = tqdm(range(1, cfg.epochs + 1), desc="linear", leave=False, disable=cfg.epochs < 5)
+    bar = tqdm(
+        range(1, cfg.epochs + 1), desc="linear", leave=False, disable=None if cfg.epochs >= 5 else True
+    )
     for epoch in bar:
         for h in heads.values():
             h.train()

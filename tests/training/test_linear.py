@@ -474,3 +474,46 @@ def test_foreign_checkpoint_and_bad_flags_are_one_line_errors(setup, capsys):
     ):
         code, _, err = run_cli(args, capsys)
         assert code != 0 and len(err.strip().splitlines()) == 1, err
+
+
+# ------------------------------------------------------------------------------------ pretrained vs random
+@pytest.mark.slow
+def test_pretrained_encoder_beats_a_random_one_on_synthetic_data(tmp_path):
+    """Linear and kNN on a briefly pretrained encoder (TRAIN's trainer, tiny preset, ~10 s) vs the same
+    protocol on a randomly initialized encoder of the same architecture."""
+    from crossclr_infer.synth import generate_synthetic
+    from training.config import load_config
+    from training.crossclr import CrosSCLR
+    from training.knn import run_knn
+    from training.linear import LinearConfig, run_linear
+    from training.trainer import train
+
+    cache = generate_synthetic(tmp_path / "s.h5", classes=4, per_class=24, seed=0)
+    cfg = load_config(
+        "tiny",
+        {
+            "epochs": 8,
+            "cross_epoch": 8,
+            "lr_steps": [8],
+            "streams": ["joint"],
+            "save_every": 8,
+            "batch_size": 16,
+            "tensorboard": False,
+            "device": "cpu",
+        },
+    )
+    train(cfg, cache, tmp_path / "run", progress=False)
+    pre = tmp_path / "run" / "pretrain.pt"
+    ckpt = torch.load(pre, weights_only=True)
+    torch.manual_seed(123)
+    ckpt["model"] = CrosSCLR(NTU, cfg.model, cfg.ssl, ("joint",)).state_dict()
+    rnd = tmp_path / "random.pt"
+    torch.save(ckpt, rnd)
+    lin_cfg = LinearConfig(epochs=30, lr=0.3, batch_size=16)
+    acc = {}
+    for name, ck in (("pretrained", pre), ("random", rnd)):
+        lin = run_linear(cache, ck, tmp_path / name, streams=None, cfg=lin_cfg, device="cpu")
+        knn = run_knn(cache, ck, streams=None, ks=(10,), device="cpu")
+        acc[name] = (lin["last"]["fused"]["top1"], knn["results"]["joint"]["10"]["top1"])
+    assert acc["pretrained"][0] > acc["random"][0] + 10, acc
+    assert acc["pretrained"][1] > acc["random"][1], acc
