@@ -36,9 +36,9 @@ NUM_SETUPS = 17
 TRAIN_FRACTION = 0.6
 # variation, tuned so that a linear classifier on raw coordinates stays far from 100%
 # (benchmarks/synth_baseline.py)
-POSTURE_SD = 0.2  # radians, per-sample random posture of arms, legs, spine
+POSTURE_SD = 0.22  # radians, per-sample random posture of arms, legs, spine
 AMPLITUDE = (0.3, 1.2)  # motion amplitude factor
-NOISE_M = (0.01, 0.05)  # sensor noise standard deviation, metres
+NOISE_M = (0.01, 0.06)  # sensor noise standard deviation, metres
 
 # Rest pose in the body frame (metres; x = the body's right, y up, z forward), by NTU joint name.
 # This is anatomy, not topology: the joint tree comes from the layout.
