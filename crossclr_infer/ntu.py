@@ -592,8 +592,8 @@ def prepare_ntu(raw_dir: str | Path, benchmark: str, out: str | Path, *, preproc
         if pool is not None:
             pool.terminate()
             pool.join()
-    summary = PrepareSummary(out, benchmark, len(files), written, {k: v for k, v in skipped.items() if v},
-                             errors)
+    summary = PrepareSummary(out, benchmark, len(files), written,
+                             {k: sorted(v) for k, v in skipped.items() if v}, errors)
     for line in summary.lines():
         log.info(line)
     return summary
