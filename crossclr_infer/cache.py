@@ -286,9 +286,21 @@ class CacheSplit:
         self.sample_shape = sample_shape  # (C, T, V, M)
         self._names: list[str] | None = None
         self._lengths: np.ndarray | None = None
+        self._data: tuple[int, h5py.Dataset] | None = None  # (pid, dataset) cached for per-sample reads
 
     def _ds(self, key: str) -> h5py.Dataset:
         return self._handle.get()[self.name][key]
+
+    def _data_ds(self) -> h5py.Dataset:
+        pid = os.getpid()
+        if self._data is None or self._data[0] != pid or not self._data[1].id.valid:
+            self._data = (pid, self._ds("data"))
+        return self._data[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_data"] = None
+        return state
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -305,7 +317,7 @@ class CacheSplit:
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         i = self._index(i)
         out = np.empty(self.sample_shape, np.float32)
-        self._ds("data").read_direct(out, source_sel=np.s_[i])
+        self._data_ds().read_direct(out, source_sel=np.s_[i])
         return out, int(self.labels[i])
 
     @property
@@ -325,7 +337,7 @@ class CacheSplit:
         """Samples at ``indices`` as (B, C, T, V, M) float32, one chunk read per sample."""
         idx = [self._index(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
         out = np.empty((len(idx), *self.sample_shape), np.float32)
-        ds = self._ds("data")
+        ds = self._data_ds()
         for b, i in enumerate(idx):
             ds.read_direct(out, source_sel=np.s_[i], dest_sel=np.s_[b])
         return out

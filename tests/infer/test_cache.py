@@ -94,6 +94,16 @@ def test_read_uses_per_sample_order_and_negative_index(tmp_path: Path) -> None:
             c.split("test")
 
 
+def test_split_reopens_after_the_cache_was_closed(tmp_path: Path) -> None:
+    xs = _samples(6)
+    c = open_cache(_write(tmp_path / "c.h5", xs))
+    s = c.split("train")
+    first = s[0][0]
+    c.close()
+    np.testing.assert_array_equal(s[0][0], first)
+    c.close()
+
+
 def _read_in_child(split, q) -> None:  # pragma: no cover - runs in a forked process
     q.put((split.read([0, 1]), list(split.labels)))
 
