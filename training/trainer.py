@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import inspect
 import json
 import logging
 import math
@@ -85,6 +86,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this call initialised the process group (and destroys it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -118,14 +120,16 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
+    owns = False
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+        owns = True
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank), device
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, owns_group=owns), device
 
 
 def seed_everything(seed: int) -> None:
@@ -169,6 +173,30 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 def build_scheduler(optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig) -> torch.optim.lr_scheduler.MultiStepLR:
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_steps), gamma=cfg.lr_gamma)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP without per-step buffer broadcasts (the queue is kept identical by the key all-gather; BN
+    statistics are averaged across ranks at the end of every epoch by ``average_bn_stats``)."""
+    ddp = nn.parallel.DistributedDataParallel
+    kwargs: dict[str, Any] = {"device_ids": [device.index] if device.type == "cuda" else None}
+    if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters:
+        kwargs["forward_sync_buffers"] = False
+    else:  # torch < 2.13
+        kwargs["broadcast_buffers"] = False
+    return ddp(model, **kwargs)
+
+
+@torch.no_grad()
+def average_bn_stats(model: nn.Module, info: DistInfo) -> None:
+    """Average BatchNorm running statistics over ranks so every rank (and the checkpoint) holds the same."""
+    if not info.distributed:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(info.world_size)
 
 
 def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -354,8 +382,7 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
 
     net: nn.Module = model
     if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        net = wrap_ddp(model, device)
 
     loader, sampler = make_loader(data.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
                                   num_workers=cfg.num_workers, device=device, rank=info.rank,
@@ -441,6 +468,7 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
                     if bar is not None:
                         bar.set_postfix(loss=f"{vals['loss']:.3f}", refresh=False)
                         bar.update(1)
+            average_bn_stats(model, info)
             _sync(device)
             elapsed = time.perf_counter() - t_epoch
             if bar is not None:
@@ -463,6 +491,8 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
     finally:
         metrics.close()
         cache.close()
+        if info.owns_group:
+            dist.destroy_process_group()
     epochs_done = start_epoch + len(records)
     return TrainResult(model=model, epochs_done=epochs_done, checkpoint=last_saved, epoch_records=records)
 
