@@ -284,7 +284,8 @@ def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, pr
         known = src.lengths()
         with CacheWriter(out, layout=lay, class_names=src.class_names, benchmark=benchmark, frames=frames,
                          num_person=src.bodies, num_channels=src.channels, preprocess=params) as w:
-            bar = tqdm(src.samples(), total=len(src), desc="import", unit="sample", disable=not progress)
+            bar = tqdm(src.samples(), total=len(src), desc="import", unit="sample", leave=False,
+                       disable=None if progress else True)  # None: only on a terminal
             for i, x in enumerate(bar):
                 if mode == AS_IS:
                     if x.shape[1] != frames:

@@ -199,7 +199,8 @@ def import_official(folder: str | Path, out: str | Path, *, layout: str = "ntu-r
     with CacheWriter(out, layout=lay, class_names=names, benchmark=benchmark or folder.name, frames=frames,
                      num_person=num_person, preprocess=preprocess) as w:
         for s in splits:
-            bar = tqdm(range(len(s.labels)), desc=f"import {s.split}", disable=not progress, unit="sample")
+            bar = tqdm(range(len(s.labels)), desc=f"import {s.split}", unit="sample", leave=False,
+                       disable=None if progress else True)  # None: only on a terminal
             for i in bar:
                 x = np.asarray(s.data[i], np.float32)  # (C, T, V, M), one sample from the memory map
                 length = int(s.lengths[i]) if s.lengths is not None else valid_length(x)
