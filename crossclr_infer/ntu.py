@@ -149,6 +149,9 @@ def parse_skeleton_lines(data: bytes, source: str = "<bytes>", *,
         return value
 
     num_frames = count(0, "the number of frames")
+    if num_frames > n_lines - 1:  # every frame needs at least its body-count line
+        raise _fail(source, 1, f"the number of frames (at most {n_lines - 1} in a file of {n_lines} lines)",
+                    f"{num_frames} (truncated file?)")
     pos = 1
     bodies_per_frame = np.zeros(num_frames, dtype=np.int64)
     body_ids: list[int] = []
@@ -219,10 +222,10 @@ def _parse_prefix_numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                           per_row: int) -> np.ndarray | None:
     """Convert the byte ranges [start, end] (each ``per_row`` space-separated numbers ending with the
     separator at ``end``) in one numpy call; None when any token is not exactly one finite number."""
-    lengths = ends - starts + 1  # (n,) bytes of each row, separator included
-    offsets = np.cumsum(lengths) - lengths  # (n,) position of each row in the compact buffer
-    index = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
-    compact = buf[index].tobytes()  # only the bytes we convert, ~1/4 of the file
+    inside = np.zeros(buf.size + 1, dtype=np.int8)  # +1 where a range starts, -1 after it ends
+    inside[starts] = 1
+    inside[ends + 1] = -1
+    compact = buf[np.cumsum(inside[:-1], dtype=np.int8).view(bool)].tobytes()  # ~1/4 of the file
     if compact.translate(None, _NUMBER_CHARS):
         return None  # letters or other characters: the line reader names the problem
     with warnings.catch_warnings():
@@ -246,7 +249,7 @@ def _parse_fast(data: bytes, num_joints: int) -> RawSkeleton | None:
     buf = np.frombuffer(data + b"\n" * 32, dtype=np.uint8)  # padded: short gathers may run past the end
     head = buf[:size]
     nl = np.flatnonzero(head == 10)  # (L,) end of each line
-    cr = np.flatnonzero(head == 13)
+    cr = np.flatnonzero(head == 13) if b"\r" in data else nl[:0]
     if cr.size and not np.all(head[cr + 1] == 10):
         return None  # a lone CR
     if np.count_nonzero(head < 32) != nl.size + cr.size:

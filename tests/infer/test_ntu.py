@@ -235,6 +235,9 @@ def test_errors_name_file_line_and_expectation(tmp_path: Path, two_body_blocks: 
     extra = tmp_path / "extra.skeleton"
     extra.write_text(good.read_text() + "5\n")
     assert "expected the end of the file after 2 frames" in _error(extra)
+    # a frame count the file cannot hold is refused before anything is allocated
+    (tmp_path / "huge.skeleton").write_text("594037937\n0\n")
+    assert "line 1: expected the number of frames (at most 1" in _error(tmp_path / "huge.skeleton")
     # negative and non-integer counts
     (tmp_path / "neg.skeleton").write_text("-1\n")
     assert "one integer >= 0" in _error(tmp_path / "neg.skeleton")
