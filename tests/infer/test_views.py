@@ -1,0 +1,59 @@
+"""Numpy views (DESIGN §2.3) against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossclr_infer.layouts import get_layout
+from crossclr_infer.views import VIEWS, accel, bone, compute_view, motion
+
+NTU = get_layout("ntu-rgb+d")
+
+
+def _quadratic_in_time(t: int = 5) -> np.ndarray:
+    """(N=2, C=3, T, V=25, M=2) with x[..., t, v, m] = t² + 10·v + 100·m + 1000·c + 5000·n."""
+    n, c, tt, v, m = np.meshgrid(np.arange(2), np.arange(3), np.arange(t), np.arange(25), np.arange(2),
+                                 indexing="ij")
+    return (tt ** 2 + 10 * v + 100 * m + 1000 * c + 5000 * n).astype(np.float32)
+
+
+def test_motion_hand_computed() -> None:
+    x = _quadratic_in_time()
+    m = motion(x)
+    assert m.shape == x.shape and m.dtype == x.dtype
+    # (t + 1)² − t² = 2t + 1 for t < T − 1, and the last frame is 0
+    np.testing.assert_array_equal(m[0, 0, :, 3, 1], [1, 3, 5, 7, 0])
+    assert not m[..., -1, :, :].any()
+
+
+def test_accel_hand_computed() -> None:
+    x = _quadratic_in_time()
+    a = accel(x)
+    np.testing.assert_array_equal(a[1, 2, :, 7, 0], [2, 2, 2, 0, 0])
+
+
+def test_bone_hand_computed() -> None:
+    x = _quadratic_in_time()
+    b = bone(x, NTU)
+    # joint values differ by 10 per joint index: bone(v) = 10·(v − parent(v)), 1-based pairs from DESIGN §2.3
+    assert b[0, 0, 0, 2 - 1, 0] == 10 * (2 - 21)  # (2, 21)
+    assert b[0, 0, 0, 22 - 1, 0] == 10 * (22 - 23)  # (22, 23)
+    assert b[0, 0, 0, 23 - 1, 0] == 10 * (23 - 8)  # (23, 8)
+    assert b[0, 0, 0, 13 - 1, 0] == 10 * (13 - 1)  # (13, 1)
+    assert not b[..., 20, :].any()  # (21, 21): the center's bone is zero
+    # only the joint axis mixes: time, bodies and channels stay put
+    np.testing.assert_array_equal(b[1, 2, 4, 5], b[0, 0, 0, 5])
+
+
+def test_compute_view_dispatch_and_errors() -> None:
+    x = _quadratic_in_time()[0]  # (C, T, V, M) without a batch axis
+    assert VIEWS == ("joint", "motion", "bone", "accel")
+    assert compute_view(x, "joint", NTU) is x
+    np.testing.assert_array_equal(compute_view(x, "motion", NTU), motion(x))
+    np.testing.assert_array_equal(compute_view(x, "bone", NTU), bone(x, NTU))
+    np.testing.assert_array_equal(compute_view(x, "accel", NTU), accel(x))
+    with pytest.raises(ValueError, match="unknown view 'speed'"):
+        compute_view(x, "speed", NTU)
+    with pytest.raises(ValueError, match="array has 20 joints, layout 'ntu-rgb\\+d' has 25"):
+        bone(x[:, :, :20], NTU)
