@@ -15,12 +15,13 @@ Generation is vectorized over samples and frames and deterministic in ``seed``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .cache import CacheWriter
 from .errors import CrossclrError
@@ -34,6 +35,7 @@ RAW_LENGTH = (40, 150)  # raw frames per sample (before resizing to `frames`)
 NUM_PERFORMERS = 40
 NUM_SETUPS = 17
 TRAIN_FRACTION = 0.6
+CHUNK = 256  # samples rendered at once (bounds memory)
 # variation, tuned so that a linear classifier on raw coordinates stays far from 100%
 # (benchmarks/synth_baseline.py)
 POSTURE_SD = 0.22  # radians, per-sample random posture of arms, legs, spine
@@ -331,28 +333,40 @@ def xsub_train_subjects() -> list[int]:
             if split_of(f"S001C001P{p:03d}R001A001", "ntu60-xsub") == "train"]
 
 
-def synthesize_raw(classes: int, per_class: int, seed: int = 0,
-                   train_subjects: list[int] | None = None) -> tuple[list[np.ndarray], _Meta]:
-    """Raw sequences in camera coordinates, each (3, T_i, V, 2) float32 (second body zero when absent)."""
+@dataclass(frozen=True)
+class _Plan:
+    """Everything drawn once for the whole data set: sample metadata and the performers' proportions."""
+
+    classes: int
+    seed: int
+    meta: _Meta
+    height: np.ndarray  # (NUM_PERFORMERS + 1,) per performer
+    arm: np.ndarray
+    leg: np.ndarray
+
+
+def _plan(classes: int, per_class: int, seed: int, train_subjects: list[int] | None) -> _Plan:
     if per_class < 1:
         raise CrossclrError(f"synthetic data: per_class must be >= 1, got {per_class}")
+    class_motions(classes)  # validates the class count
+    rng = np.random.default_rng([seed, 0])
+    subjects = xsub_train_subjects() if train_subjects is None else train_subjects
+    meta = _draw_meta(rng, classes, per_class, subjects)
+    # performers: proportions fixed per subject; samples vary a little around them
+    return _Plan(classes, seed, meta, rng.uniform(0.85, 1.12, NUM_PERFORMERS + 1),
+                 rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1), rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1))
+
+
+def _render(plan: _Plan, idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Raw sequences of the samples ``idx`` (3, T_i, V, 2) float32, in camera coordinates."""
     layout = BUILTIN_LAYOUTS[LAYOUT_NAME]
     names = list(layout.joint_names)
     tree = _tree(layout)
-    rng = np.random.default_rng(seed)
-    if train_subjects is None:
-        train_subjects = xsub_train_subjects()
-    meta = _draw_meta(rng, classes, per_class, train_subjects)
-    n = len(meta.label)
-    v = len(names)
-
-    # performers: proportions fixed per subject; samples vary a little around them
-    perf_height = rng.uniform(0.85, 1.12, NUM_PERFORMERS + 1)
-    perf_arm = rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1)
-    perf_leg = rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1)
-    scale = perf_height[meta.performer, None] * rng.uniform(0.98, 1.02, (n, 1)) * np.ones((n, v))
-    scale = np.where(tree.groups["arm"], scale * perf_arm[meta.performer, None], scale)
-    scale = np.where(tree.groups["leg"], scale * perf_leg[meta.performer, None], scale)
+    label, camera, performer = plan.meta.label[idx], plan.meta.camera[idx], plan.meta.performer[idx]
+    n, v = len(idx), len(names)
+    scale = plan.height[performer, None] * rng.uniform(0.98, 1.02, (n, 1)) * np.ones((n, v))
+    scale = np.where(tree.groups["arm"], scale * plan.arm[performer, None], scale)
+    scale = np.where(tree.groups["leg"], scale * plan.leg[performer, None], scale)
 
     lengths = rng.integers(RAW_LENGTH[0], RAW_LENGTH[1] + 1, n)
     t_max = int(lengths.max())
@@ -366,12 +380,12 @@ def synthesize_raw(classes: int, per_class: int, seed: int = 0,
     mirror = rng.random(n) < 0.5
     swap = [names.index(_mirror_name(nm)) for nm in names]
     body = np.zeros((n, t_max, v, 3))
-    for c, motions in enumerate(class_motions(classes)):
-        sel = np.flatnonzero(meta.label == c)
+    for c in np.unique(label):
+        sel = np.flatnonzero(label == c)
         pose = Pose(len(sel), t_max)
         u_idle = 2 * np.pi * progress[sel] * cycles_periodic[sel]
         _idle(pose, rng, u_idle)
-        for m in motions:
+        for m in class_motions(plan.classes)[c]:
             motion = MOTIONS[m]
             if motion.periodic:
                 u = 2 * np.pi * cycles_periodic[sel] * progress[sel] + phase[sel]
@@ -400,11 +414,9 @@ def synthesize_raw(classes: int, per_class: int, seed: int = 0,
         other[two] = pos
 
     # camera: the body faces the camera (-z) with a camera-dependent yaw, at some distance and height
-    cam_yaw = np.array([0.0, -np.pi / 4, 0.0, np.pi / 4])[meta.camera] + rng.normal(0, 0.25, n)
-    rot = _rot("y", np.pi + cam_yaw)  # (n, 3, 3)
+    cam_yaw = np.array([0.0, -np.pi / 4, 0.0, np.pi / 4])[camera] + rng.normal(0, 0.25, n)
+    rot = _rot("x", rng.normal(0.0, 0.08, n)) @ _rot("y", np.pi + cam_yaw)  # (n, 3, 3) pitch · yaw
     shift = np.stack([rng.uniform(-0.6, 0.6, n), rng.uniform(-1.1, -0.6, n), rng.uniform(2.3, 4.2, n)], -1)
-    pitch = _rot("x", rng.normal(0.0, 0.08, n))
-    rot = pitch @ rot
     noise = rng.uniform(*NOISE_M, (n, 1, 1, 1))
 
     seqs = []
@@ -416,8 +428,30 @@ def synthesize_raw(classes: int, per_class: int, seed: int = 0,
         seqs.append(cam)
     both = np.stack(seqs, axis=-1).astype(np.float32)  # (n, t, V, 3, M)
     # (n, t, V, 3, M) -> per sample (3, T_i, V, M)
-    out = [np.ascontiguousarray(both[i, : lengths[i]].transpose(2, 0, 1, 3)) for i in range(n)]
-    return out, meta
+    return [np.ascontiguousarray(both[i, : lengths[i]].transpose(2, 0, 1, 3)) for i in range(n)]
+
+
+def iter_raw(classes: int, per_class: int, seed: int = 0, *, chunk: int = CHUNK,
+             train_subjects: list[int] | None = None) -> tuple[_Meta, Iterator[np.ndarray]]:
+    """Sample metadata and a generator of raw sequences (3, T_i, V, 2), rendered ``chunk`` at a time.
+
+    Memory stays bounded by the chunk; the result depends only on ``seed`` (and ``chunk``).
+    """
+    plan = _plan(classes, per_class, seed, train_subjects)
+
+    def gen() -> Iterator[np.ndarray]:
+        n = len(plan.meta.label)
+        for k, lo in enumerate(range(0, n, chunk)):
+            yield from _render(plan, np.arange(lo, min(lo + chunk, n)), np.random.default_rng([seed, 1 + k]))
+
+    return plan.meta, gen()
+
+
+def synthesize_raw(classes: int, per_class: int, seed: int = 0,
+                   train_subjects: list[int] | None = None) -> tuple[list[np.ndarray], _Meta]:
+    """All raw sequences in camera coordinates, each (3, T_i, V, 2) float32 (second body zero when absent)."""
+    meta, seqs = iter_raw(classes, per_class, seed, train_subjects=train_subjects)
+    return list(seqs), meta
 
 
 def sample_name(meta: _Meta, i: int) -> str:
@@ -434,11 +468,12 @@ def generate_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 6
     out = Path(out)
     layout = BUILTIN_LAYOUTS[LAYOUT_NAME]
     benchmark = "ntu60-xsub" if classes <= 60 else "ntu120-xsub"
-    seqs, meta = synthesize_raw(classes, per_class, seed)
+    meta, seqs = iter_raw(classes, per_class, seed)
     preprocess = {"mode": "official", "frames": frames, "source": "synthetic", "seed": seed}
     with CacheWriter(out, layout=layout, class_names=class_names(classes), benchmark=benchmark, frames=frames,
                      num_person=2, preprocess=preprocess) as w:
-        for i, raw in enumerate(seqs):
+        bar = tqdm(seqs, total=len(meta.label), desc="synth", unit="sample", leave=False, disable=None)
+        for i, raw in enumerate(bar):
             name = sample_name(meta, i)
             split = split_of(name, benchmark)
             assert split is not None, name

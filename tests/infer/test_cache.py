@@ -269,3 +269,32 @@ def test_info_prints_layout_classes_and_splits(tmp_path: Path) -> None:
     for name in CLASSES:
         line = next(ln for ln in out.splitlines() if ln.rstrip().endswith(name))
         assert line.split()[1:5] == ["train", "2", "val", "1"]
+
+
+def test_keyboard_interrupt_removes_temp(tmp_path: Path) -> None:
+    out = tmp_path / "c.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with CacheWriter(out, layout=NTU, class_names=CLASSES, benchmark="b", frames=6, num_person=2,
+                         preprocess={}) as w:
+            w.add("train", _samples(1)[0], 0, "a", 6)
+            raise KeyboardInterrupt
+    assert _leftovers(tmp_path) == []
+
+
+def test_process_killed_midway_leaves_nothing_at_the_output_path(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed.h5"
+    code = ("import os, signal, numpy as np\n"
+            "from crossclr_infer.cache import CacheWriter\n"
+            "from crossclr_infer.layouts import get_layout\n"
+            f"with CacheWriter({str(out)!r}, layout=get_layout('ntu-rgb+d'), class_names=['a'],\n"
+            "                 benchmark='b', frames=6, num_person=2, preprocess={}, block=2) as w:\n"
+            "    for i in range(5):\n"
+            "        w.add('train', np.zeros((3, 6, 25, 2), np.float32), 0, str(i), 6)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode != 0
+    assert not out.exists()  # only a hidden temp file (".killed.h5.*.tmp") may remain after SIGKILL
+    assert all(p.name.startswith(".killed.h5.") and p.name.endswith(".tmp") for p in tmp_path.iterdir())
