@@ -423,7 +423,7 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
     out = out or path.with_name("curves.png")
     png = plot_metrics(rows, out, title=path.parent.name or "training")
     per_epoch = summarize_metrics(rows)
-    keys = sorted({k for r in per_epoch for k in r if k.startswith("loss")})
+    keys = sorted({k for r in per_epoch for k in r if k.startswith("loss") or k == "mining_precision"})
     shown = (
         per_epoch
         if len(per_epoch) <= max_rows

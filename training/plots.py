@@ -161,43 +161,68 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def summarize_metrics(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per epoch: last step, mean loss, mean of every loss_<view>, last lr (rows without 'epoch' skipped)."""
+    """One row per epoch: the trainer's own epoch record (``"kind": "epoch"``) when there is one, else the
+    mean of that epoch's step rows: last step, loss, every loss_<view>, mining_precision, last lr."""
     by_epoch: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         if "epoch" in r:
             by_epoch.setdefault(r["epoch"], []).append(r)
     out = []
     for ep, rs in sorted(by_epoch.items(), key=lambda kv: float(kv[0])):
-        keys = sorted({k for r in rs for k in r if k == "loss" or k.startswith("loss_")})
+        epoch_rows = [r for r in rs if r.get("kind") == "epoch"]
+        rs = epoch_rows[-1:] if epoch_rows else rs
+        keys = sorted(
+            {k for r in rs for k in r if k in ("loss", "mining_precision") or k.startswith("loss_")}
+        )
         row: dict[str, Any] = {"epoch": ep, "step": max(int(r.get("step", 0)) for r in rs)}
         for k in keys:
-            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float))]
+            vals = [float(r[k]) for r in rs if _is_number(r.get(k))]
             if vals:
                 row[k] = float(np.mean(vals))
-        lrs = [r["lr"] for r in rs if isinstance(r.get("lr"), (int, float))]
+        lrs = [r["lr"] for r in rs if _is_number(r.get("lr"))]
         if lrs:
             row["lr"] = float(lrs[-1])
         out.append(row)
     return out
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def plot_metrics(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "pretraining") -> Path:
-    """Loss (total and per view) and learning rate against the step (or epoch when no step)."""
+    """Loss (total and per view), learning rate and, when logged, mining precision against the step.
+
+    Step records are drawn as lines; the trainer's epoch records (``"kind": "epoch"``) as markers."""
     plt = _pyplot()
+    steps = [r for r in rows if r.get("kind") != "epoch"]
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
     xkey = "step" if all("step" in r for r in rows) else "epoch"
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    has_mining = any(_is_number(r.get("mining_precision")) for r in rows)
+    fig, axes = plt.subplots(1, 3 if has_mining else 2, figsize=(16 if has_mining else 11, 4))
     keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith("loss_")})
-    for k in keys:
-        pts = [(r[xkey], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and xkey in r]
-        if pts:
-            a1.plot(*zip(*pts, strict=True), label=k, lw=1.2 if k == "loss" else 0.8)
-    a1.set_xlabel(xkey)
-    a1.set_ylabel("loss")
-    a1.legend(fontsize=8)
-    a1.set_title(title)
-    pts = [(r[xkey], r["lr"]) for r in rows if isinstance(r.get("lr"), (int, float)) and xkey in r]
-    if pts:
-        a2.plot(*zip(*pts, strict=True))
-    a2.set_xlabel(xkey)
-    a2.set_ylabel("learning rate")
+
+    def series(rs: Sequence[dict[str, Any]], k: str) -> list[tuple[Any, float]]:
+        return [(r[xkey], r[k]) for r in rs if _is_number(r.get(k)) and xkey in r]
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, k in enumerate(keys):
+        c = colors[i % len(colors)]
+        if pts := series(steps, k):
+            axes[0].plot(*zip(*pts, strict=True), label=k, lw=1.2 if k == "loss" else 0.8, color=c)
+        if pts := series(epochs, k):
+            axes[0].plot(*zip(*pts, strict=True), "o", ms=3, color=c, label=None if series(steps, k) else k)
+    axes[0].set_xlabel(xkey)
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(title)
+    if pts := series(steps or rows, "lr"):
+        axes[1].plot(*zip(*pts, strict=True))
+    axes[1].set_xlabel(xkey)
+    axes[1].set_ylabel("learning rate")
+    if has_mining:
+        if pts := series(epochs or steps, "mining_precision"):
+            axes[2].plot(*zip(*pts, strict=True), "o-" if epochs else "-", ms=3)
+        axes[2].set_xlabel(xkey)
+        axes[2].set_ylabel("mining precision (same class)")
     return _save(fig, out)

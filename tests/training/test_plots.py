@@ -135,3 +135,23 @@ def test_tsne_embedding_separates_separable_clusters():
     cent = np.stack([pts[y == c].mean(0) for c in range(3)])
     nearest = np.argmin(((pts[:, None] - cent[None]) ** 2).sum(-1), axis=1)
     assert (nearest == y).mean() == 1.0
+
+
+def test_summarize_prefers_the_trainers_epoch_records(tmp_path):
+    from training.plots import plot_metrics, read_metrics, summarize_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"kind": "step", "epoch": 1, "step": 1, "loss": 4.0, "lr": 0.1, "mining_precision": None},
+                {"kind": "step", "epoch": 1, "step": 2, "loss": 2.0, "lr": 0.1, "mining_precision": 0.5},
+                {"kind": "epoch", "epoch": 1, "step": 2, "loss": 2.5, "lr": 0.1, "mining_precision": 0.4},
+            ]
+        )
+    )
+    rows = read_metrics(p)
+    (row,) = summarize_metrics(rows)
+    assert row["loss"] == 2.5 and row["mining_precision"] == 0.4 and row["step"] == 2
+    _png_size(plot_metrics(rows, tmp_path / "c.png"))
