@@ -1,0 +1,50 @@
+"""The command line as a whole: fast start without torch, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_import_runtime_and_cli_do_not_import_torch() -> None:
+    code = ("import sys, crossclr_infer, cli; "
+            "import crossclr_infer.layouts, crossclr_infer.graph, crossclr_infer.views; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_runtime_module_is_torch_free() -> None:
+    code = ("import sys, pkgutil, importlib, crossclr_infer\n"
+            "for m in pkgutil.walk_packages(crossclr_infer.__path__, 'crossclr_infer.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_help_lists_commands() -> None:
+    from click.testing import CliRunner
+
+    from cli import crossclr
+
+    result = CliRunner().invoke(crossclr, ["--help"])
+    assert result.exit_code == 0
+    assert "prepare" in result.output
+
+
+def test_user_error_is_one_line_without_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cli", "info", "/nonexistent/file.h5"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("layout", ["no-such-layout"])
+def test_unknown_layout_error(layout: str) -> None:
+    from crossclr_infer.layouts import get_layout
+
+    with pytest.raises(ValueError, match="unknown layout"):
+        get_layout(layout)
