@@ -49,7 +49,7 @@ class TrainConfig:
     layout: str = ""  # skeleton layout the graph is built for (name or TOML path); "" = the cache's own
     split: str = "train"  # cache split to pretrain on
     epochs: int = 300  # total epochs
-    cross_epoch: int = 150  # first 0-based epoch of cross-view mining (>= epochs: single-view only)
+    cross_epoch: int = 150  # first 0-based cross-view epoch (>= epochs, or one stream: single-view only)
     batch_size: int = 128  # samples per step per process (DDP: per rank)
     lr: float = 0.1  # base learning rate of SGD
     momentum: float = 0.9  # SGD momentum
@@ -87,9 +87,6 @@ class TrainConfig:
                 raise bad(key, f"= {getattr(self, key)}; expected an integer >= 1")
         if self.cross_epoch < 0:
             raise bad("cross_epoch", f"= {self.cross_epoch}; expected an integer >= 0")
-        if self.cross_epoch < self.epochs and len(self.streams) < 2:
-            raise bad("cross_epoch", f"= {self.cross_epoch} < epochs = {self.epochs} but cross-view mining "
-                      "needs two or more streams; set cross_epoch >= epochs for single-view SkeletonCLR")
         if self.num_workers < 0:
             raise bad("num_workers", f"= {self.num_workers}; expected an integer >= 0")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.lr_gamma <= 0:
