@@ -34,7 +34,7 @@ def _worker(args: argparse.Namespace) -> None:
         over["cross_epoch"] = 1
     cfg = load_config(args.preset, over)
     out = Path(args.out)
-    train(cfg, args.data, out, progress=False, resume=False)
+    train(cfg, args.data, out, progress=False, resume=False, stop_after_steps=args.warmup + args.steps)
     steps = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r["kind"] == "step"][args.warmup:args.warmup + args.steps]
     times = [args.batch / r["samples_per_s"] for r in steps]
@@ -68,8 +68,8 @@ def main() -> None:
     p.add_argument("--mallopt", action="store_true")
     p.add_argument("--batch", type=int, default=32, help="batch of the official 3-view model (default 32)")
     p.add_argument("--tiny-batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=12, help="measured steps per case (official preset)")
-    p.add_argument("--tiny-steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=8, help="measured steps per case (official preset)")
+    p.add_argument("--tiny-steps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--only", choices=("official", "tiny"), default=None)

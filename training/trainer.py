@@ -315,11 +315,13 @@ def _check_resume_config(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> 
 
 
 def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
-          progress: bool = True, stop_after_epochs: int | None = None) -> TrainResult:
+          progress: bool = True, stop_after_epochs: int | None = None,
+          stop_after_steps: int | None = None) -> TrainResult:
     """Pretrain with ``cfg`` on ``data_path`` (an HDF5 cache), writing ``out/pretrain.pt`` and metrics.
 
     ``resume``: continue from ``out/pretrain.pt`` (exactly, on CPU in deterministic mode).
     ``stop_after_epochs``: stop (after saving) once this many epochs are done, as if the run were killed.
+    ``stop_after_steps``: stop mid-epoch after this many steps in total, without saving (benchmarks).
     """
     out = Path(out)
     info, device = setup_distributed(cfg.device)
@@ -468,6 +470,12 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
                     if bar is not None:
                         bar.set_postfix(loss=f"{vals['loss']:.3f}", refresh=False)
                         bar.update(1)
+                if stop_after_steps is not None and global_step >= stop_after_steps:
+                    break
+            if stop_after_steps is not None and global_step >= stop_after_steps:
+                if bar is not None:
+                    bar.close()
+                break
             average_bn_stats(model, info)
             _sync(device)
             elapsed = time.perf_counter() - t_epoch
