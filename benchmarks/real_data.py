@@ -1,0 +1,460 @@
+"""Real-data accuracy: pretrain and evaluate on MSR Action3D, UTKinect-Action3D and SBU Kinect Interaction.
+
+One command (CPU, fixed seeds)::
+
+    python benchmarks/real_data.py --data ../shared/data --out runs/real_data
+
+converts each data set (``benchmarks/real_datasets.py``), builds its cache with ``crossclr prepare arrays``
+(the project's layout-driven ``official`` preprocessing: center joint, shoulder rotation, resize to
+``frames``), then for each data set trains and evaluates, all under the same protocol:
+
+============================  =========================================================================
+row                           how it is obtained
+============================  =========================================================================
+random init (joint / 3s)      the untrained encoders of the 3s-SkeletonCLR run (same seed); their
+                              BatchNorm statistics are measured on the training split (no labels, no
+                              gradient), otherwise eval-mode BN with its initial statistics shrinks the
+                              features to near-constant vectors and the baseline is meaningless
+SkeletonCLR (joint)           the joint stream of the 3s-SkeletonCLR run (before ``cross_epoch`` the
+                              streams train independently: this is single-view SkeletonCLR on joints)
+3s-SkeletonCLR                joint + motion + bone encoders, no cross-view stage
+CrosSCLR (joint), 3s-CrosSCLR the 3s-SkeletonCLR run continued with cross-view mining from half of the
+                              epochs (the first half is shared, as in the paper)
+flow graph A* / adaptive      single-view SkeletonCLR on joints with the ``flow`` / ``adaptive`` graph
+4s-CrosSCLR (+accel)          joint + motion + bone + accel, cross-view mining from half of the epochs
+supervised (joint)            the same encoder trained end to end with all labels (``finetune`` from the
+                              random init, the pretraining augmentation, same epochs): the upper bound
+============================  =========================================================================
+
+Linear evaluation (``training.linear.run_linear``): frozen encoders, linear heads trained on cached
+features; several streams: heads trained jointly on the mean of their logits (official 3-stream
+protocol). kNN (``training.knn.run_knn``): cosine, t = 0.1, k = ``knn_k`` (the official 200 exceeds
+these training sets; fused streams: concatenated normalised features). The table shows the **last**
+linear epoch (the best epoch is in the JSON and the table too, but choosing it looks at the test set).
+
+Hyperparameters for small data (``SmallData``), chosen once before the final run, identical for every
+method and data set:
+
+- encoder: the official ST-GCN architecture (10 blocks, spatial K = 3, temporal kernel 9, dropout 0.5)
+  at half the official width (base channels 8, hidden 128: 0.25 M parameters, 2.2x faster than 16 / 256
+  on this CPU), sized for the CPU budget and for training sets of 100-284 samples;
+- ``frames`` 30 (median sequence lengths: 39 / 29 / 23 frames for MSR / UTKinect / SBU);
+- batch 16; ``steps`` = 200 optimizer steps per run, i.e. epochs = ceil(200 / steps per epoch)
+  (MSR 12, UTKinect 34, SBU fold 1 15): the same number of updates on every data set;
+- queue = the largest power of two <= training samples - batch, so a sample's own older key has left
+  the queue before it comes back (MSR 256, UTKinect 64, SBU 128); key-encoder momentum 0.99 (0.999
+  hardly moves in 200 steps); temperature 0.07 and top-1 mining (official);
+- SGD lr 0.1, momentum 0.9, weight decay 1e-4, lr x 0.1 at 80 % of the epochs;
+- linear heads: 100 epochs, batch 16, lr 0.1, x 0.1 at epoch 80 (the official 3.0 at batch 128,
+  scaled linearly to 0.375, made the single-stream training loss oscillate up to 5x its starting value
+  on these 128-d features; 0.1 was chosen on the training loss alone, never on test accuracy);
+- supervised: lr 0.1, batch 16, the same steps and augmentation as pretraining.
+
+CPU budget: about 15-20 minutes on one core (``--threads 1``, the default: with 2 threads on the shared
+2-core development machine a training step was 4-5 times slower). ``--steps``, ``--datasets`` and
+``--sbu-folds`` trade time for coverage (``--sbu-folds all`` runs the 5 folds and reports their mean).
+The table gives the wall-clock time of every run. Results: ``OUT/results.json``, ``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import real_datasets as rd  # noqa: E402
+
+log = logging.getLogger("real_data")
+
+JMB = ("joint", "motion", "bone")
+JMBA = ("joint", "motion", "bone", "accel")
+
+
+@dataclass(frozen=True)
+class SmallData:
+    """The one set of hyperparameters used for every method and data set (see the module docstring)."""
+
+    base_channels: int = 8  # the official ST-GCN at half its (quarter) width: 0.25 M parameters
+    hidden_dim: int = 128
+    frames: int = 30
+    steps: int = 200  # optimizer steps per pretraining / supervised run
+    batch_size: int = 16
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    ssl_momentum: float = 0.99
+    temperature: float = 0.07
+    topk: int = 1
+    linear_epochs: int = 100
+    linear_lr: float = 0.1
+    linear_batch: int = 16
+    knn_k: int = 10
+    knn_t: float = 0.1
+    supervised_lr: float = 0.1
+    seed: int = 0
+
+    def queue_size(self, num_train: int) -> int:
+        """Largest power of two <= num_train - batch_size (at least batch_size)."""
+        room = max(num_train - self.batch_size, self.batch_size)
+        return 2 ** int(math.floor(math.log2(room)))
+
+    def epochs(self, num_train: int) -> int:
+        """Epochs giving at least ``steps`` optimizer steps (incomplete last batches are dropped)."""
+        per_epoch = max(num_train // self.batch_size, 1)
+        return max(math.ceil(self.steps / per_epoch), 2)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a pretraining (or the random init, or the supervised encoder)."""
+
+    key: str
+    kind: str  # "random" | "ssl" | "supervised"
+    streams: tuple[str, ...]
+    graph: str = "spatial"
+    cross: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a run's checkpoint evaluated on some of its streams."""
+
+    label: str
+    run: str
+    streams: tuple[str, ...]
+
+
+RUNS: tuple[Run, ...] = (
+    Run("random", "random", JMB),
+    Run("skeletonclr-3s", "ssl", JMB),
+    Run("crossclr-3s", "ssl", JMB, cross=True),  # continues skeletonclr-3s from half of the epochs
+    Run("skeletonclr-flow", "ssl", ("joint",), graph="flow"),
+    Run("skeletonclr-adaptive", "ssl", ("joint",), graph="adaptive"),
+    Run("crossclr-4s", "ssl", JMBA, cross=True),
+    Run("supervised", "supervised", ("joint",)),
+)
+
+ROWS: tuple[Row, ...] = (
+    Row("random init (joint)", "random", ("joint",)),
+    Row("random init (3s)", "random", JMB),
+    Row("SkeletonCLR (joint)", "skeletonclr-3s", ("joint",)),
+    Row("3s-SkeletonCLR", "skeletonclr-3s", JMB),
+    Row("CrosSCLR (joint)", "crossclr-3s", ("joint",)),
+    Row("3s-CrosSCLR", "crossclr-3s", JMB),
+    Row("SkeletonCLR joint, flow graph A*", "skeletonclr-flow", ("joint",)),
+    Row("SkeletonCLR joint, adaptive graph", "skeletonclr-adaptive", ("joint",)),
+    Row("4s-CrosSCLR (+accel)", "crossclr-4s", JMBA),
+    Row("supervised (joint, upper bound)", "supervised", ("joint",)),
+)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def prepare(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData) -> Path:
+    """npz (real_datasets.write_arrays_npz) -> cache through the ``crossclr prepare arrays`` command."""
+    npz = rd.write_arrays_npz(ds, split, work / f"{ds.name}-{split.name}.npz")
+    cache = work / f"{ds.name}-{split.name}.h5"
+    if cache.exists():
+        cache.unlink()
+    cmd = ["crossclr", "prepare", "arrays", str(npz), "--out", str(cache), "--layout", rd.layout_argument(ds),
+           "--frames", str(hp.frames), "--preprocess", "official", "--benchmark", f"{ds.name}-{split.name}"]
+    log.info("%s", " ".join(cmd))
+    exe = Path(sys.executable).with_name("crossclr")
+    proc = subprocess.run([str(exe) if exe.exists() else "crossclr", *cmd[1:]], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"crossclr prepare arrays failed for {npz}: {proc.stderr.strip()}")
+    npz.unlink()
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+def train_config(run: Run, hp: SmallData, num_train: int) -> Any:
+    from training.config import TrainConfig
+    from training.crossclr import SSLConfig
+    from training.stgcn import EncoderConfig
+
+    epochs = hp.epochs(num_train)
+    return TrainConfig(
+        model=EncoderConfig(graph=run.graph, base_channels=hp.base_channels, hidden_dim=hp.hidden_dim),
+        ssl=SSLConfig(queue_size=hp.queue_size(num_train), momentum=hp.ssl_momentum,
+                      temperature=hp.temperature, topk=hp.topk),
+        streams=run.streams, epochs=epochs, cross_epoch=epochs // 2 if run.cross else epochs,
+        batch_size=hp.batch_size, lr=hp.lr, weight_decay=hp.weight_decay,
+        lr_steps=(round(0.8 * epochs),), seed=hp.seed, device="cpu", num_workers=0, preload=True,
+        save_every=epochs, tensorboard=False, log_every=10)
+
+
+def calibrate_bn(encoders: Any, x: Any, layout: Any, batch: int = 64) -> None:
+    """Set the BatchNorm statistics of ``encoders`` ({view: STGCN}) to their exact average over ``x``
+    (N, C, T, V, M) (no gradient; dropout off, so the statistics are the ones eval mode will see)."""
+    import torch
+    from torch import nn
+
+    from training.views import compute_view
+
+    with torch.no_grad():
+        for view, enc in encoders.items():
+            bns = [m for m in enc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            enc.eval()
+            saved = [m.momentum for m in bns]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over all batches
+                m.train()
+            inputs = compute_view(x, view, layout)
+            for chunk in inputs.split(batch):
+                enc.forward_features(chunk)
+            for m, mom in zip(bns, saved, strict=True):
+                m.momentum = mom
+            enc.eval()
+
+
+def random_init(cache: Path, out: Path, hp: SmallData, num_train: int) -> Path:
+    """A pretrain checkpoint holding the encoders exactly as the 3s-SkeletonCLR run initialises them,
+    with BatchNorm statistics measured on the training split (see the module docstring)."""
+    import torch
+
+    from training.checkpoint import atomic_torch_save, make_checkpoint
+    from training.config import config_to_dict
+    from training.data import open_train_data
+    from training.trainer import build_model, get_layout_text, seed_everything
+
+    cfg = train_config(Run("random", "ssl", JMB), hp, num_train)
+    data = open_train_data(cache, batch_size=cfg.batch_size, preload=False)
+    try:
+        seed_everything(cfg.seed)
+        model = build_model(cfg, data)
+        x = torch.as_tensor(data.cache.split("train").read_all())  # (N, C, T, V, M)
+        calibrate_bn(model.encoders_q, x, data.layout)
+        ckpt = make_checkpoint(
+            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer_state=None,
+            scheduler_state=None, epoch=0, rng=[], config=config_to_dict(cfg), streams=list(cfg.streams),
+            layout_toml=get_layout_text(data), num_person=data.cache.num_person, frames=data.cache.frames,
+            class_names=list(data.cache.class_names), preprocess=dict(data.cache.preprocess))
+    finally:
+        data.cache.close()
+    out.mkdir(parents=True, exist_ok=True)
+    return atomic_torch_save(ckpt, out / "pretrain.pt")
+
+
+def pretrain(run: Run, cache: Path, out: Path, hp: SmallData, num_train: int, *, resume: bool = False,
+             stop_after: int | None = None) -> Path:
+    from training.trainer import train
+
+    result = train(train_config(run, hp, num_train), cache, out, resume=resume, progress=False,
+                   stop_after_epochs=stop_after)
+    if result.checkpoint is None:
+        raise SystemExit(f"{run.key}: training wrote no checkpoint in {out}")
+    return result.checkpoint
+
+
+def supervised(cache: Path, random_ckpt: Path, out: Path, hp: SmallData, num_train: int) -> dict[str, Any]:
+    from training.finetune import FinetuneConfig, run_finetune
+
+    epochs = hp.epochs(num_train)
+    cfg = FinetuneConfig(label_fraction=1.0, epochs=epochs, lr=hp.supervised_lr,
+                         weight_decay=hp.weight_decay, batch_size=hp.batch_size, augment=True, seed=hp.seed,
+                         eval_every=epochs)
+    return run_finetune(cache, random_ckpt, out, streams=["joint"], cfg=cfg)
+
+
+def evaluate(cache: Path, ckpt: Path, streams: tuple[str, ...], out: Path, hp: SmallData) -> dict[str, Any]:
+    from training.knn import run_knn
+    from training.linear import LinearConfig, run_linear
+
+    cfg = LinearConfig(epochs=hp.linear_epochs, lr=hp.linear_lr, batch_size=hp.linear_batch, fusion="joint",
+                       seed=hp.seed)
+    lin = run_linear(cache, ckpt, out, streams=list(streams), cfg=cfg)
+    knn = run_knn(cache, ckpt, streams=list(streams), ks=(hp.knn_k,), t=hp.knn_t)
+    key = "fused" if len(streams) > 1 else streams[0]
+    return {"linear_last": lin["last"][key]["top1"], "linear_best": lin["best"][key]["top1"],
+            "linear_best_epoch": lin["best"][key]["epoch"], "linear_train_loss": lin["history"][-1]["loss"],
+            "knn": knn["results"][key][str(hp.knn_k)]["top1"]}
+
+
+def run_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData) -> list[dict[str, Any]]:
+    """Every run and row on one split of one data set; returns one record per row."""
+    t0 = time.perf_counter()
+    cache = prepare(ds, split, work, hp)
+    prep_s = time.perf_counter() - t0
+    n_train = len(split.train)
+    runs = {r.key: r for r in RUNS}
+    base = work / f"{ds.name}-{split.name}"
+    if base.exists():
+        shutil.rmtree(base)
+    ckpts: dict[str, Path] = {}
+    times: dict[str, float] = {}
+
+    def timed(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        log.info("%s %s: %s", ds.name, split.name, key)
+        t = time.perf_counter()
+        value = fn(*args, **kwargs)
+        times[key] = times.get(key, 0.0) + time.perf_counter() - t
+        return value
+
+    ckpts["random"] = timed("random", random_init, cache, base / "random", hp, n_train)
+    # 3s-SkeletonCLR to half of the epochs, then two continuations: single-view (SkeletonCLR) and cross-view
+    half = hp.epochs(n_train) // 2
+    sk, cr = runs["skeletonclr-3s"], runs["crossclr-3s"]
+    first = timed("shared", pretrain, sk, cache, base / sk.key, hp, n_train, stop_after=half)
+    (base / cr.key).mkdir(parents=True)
+    shutil.copy2(first, base / cr.key / first.name)
+    ckpts[sk.key] = timed(sk.key, pretrain, sk, cache, base / sk.key, hp, n_train, resume=True)
+    ckpts[cr.key] = timed(cr.key, pretrain, cr, cache, base / cr.key, hp, n_train, resume=True)
+    shared = times.pop("shared")
+    times[sk.key] += shared
+    times[cr.key] += shared
+    for key in ("skeletonclr-flow", "skeletonclr-adaptive", "crossclr-4s"):
+        ckpts[key] = timed(key, pretrain, runs[key], cache, base / key, hp, n_train)
+    sup = timed("supervised", supervised, cache, ckpts["random"], base / "supervised", hp, n_train)
+    records = []
+    for row in ROWS:
+        rec: dict[str, Any] = {"dataset": ds.name, "split": split.name, "row": row.label, "run": row.run,
+                               "streams": list(row.streams), "num_train": n_train,
+                               "num_test": len(split.test), "epochs": hp.epochs(n_train),
+                               "queue_size": hp.queue_size(n_train), "train_s": times[row.run],
+                               "prepare_s": prep_s}
+        if row.run == "supervised":
+            from training.knn import run_knn
+
+            t0 = time.perf_counter()
+            knn = run_knn(cache, Path(sup["output"]), streams=["joint"], ks=(hp.knn_k,), t=hp.knn_t)
+            rec.update(linear_last=sup["last"]["joint"]["top1"], linear_best=sup["best"]["joint"]["top1"],
+                       linear_best_epoch=sup["best"]["joint"].get("epoch"),
+                       linear_train_loss=sup["history"][-1]["loss"],
+                       knn=knn["results"]["joint"][str(hp.knn_k)]["top1"], eval_s=time.perf_counter() - t0)
+        else:
+            t0 = time.perf_counter()
+            out = base / row.run / ("linear-" + "-".join(row.streams))
+            rec.update(evaluate(cache, ckpts[row.run], row.streams, out, hp))
+            rec["eval_s"] = time.perf_counter() - t0
+        log.info("%s", rec)
+        records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (data set, row): mean over splits (SBU folds), times summed."""
+    out = []
+    keys = list(dict.fromkeys((r["dataset"], r["row"]) for r in records))
+    for ds_name, row in keys:
+        group = [r for r in records if r["dataset"] == ds_name and r["row"] == row]
+        out.append({"dataset": ds_name, "row": row, "splits": [r["split"] for r in group],
+                    "linear_last": _mean([r["linear_last"] for r in group]),
+                    "linear_best": _mean([r["linear_best"] for r in group]),
+                    "knn": _mean([r["knn"] for r in group]),
+                    "train_s": sum(r["train_s"] for r in group), "eval_s": sum(r["eval_s"] for r in group),
+                    "run": group[0]["run"]})
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], hp: SmallData) -> str:
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    lines = [f"| data set | method | linear top-1 (last) | linear top-1 (best) | kNN top-1 (k={hp.knn_k}) "
+             "| train time (s) | eval time (s) |", "|---|---|---:|---:|---:|---:|---:|"]
+    seen: set[tuple[str, str]] = set()
+    for s in summary:
+        run_key = (s["dataset"], s["run"])
+        train = "(same run)" if run_key in seen else f"{s['train_s']:.0f}"
+        seen.add(run_key)
+        splits = "" if len(s["splits"]) == 1 else f" (mean of {len(s['splits'])} folds)"
+        lines.append(f"| {s['dataset']}{splits} | {s['row']} | {pct(s['linear_last'])} | "
+                     f"{pct(s['linear_best'])} | {pct(s['knn'])} | {train} | {s['eval_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=ROOT / ".." / "shared" / "data",
+                   help="folder holding msr_action3d/, utkinect/, sbu_kinect/ (read only, never copied)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "real_data", help="work and result folder")
+    p.add_argument("--datasets", default="msr,utkinect,sbu", help="comma-separated, of msr,utkinect,sbu")
+    p.add_argument("--steps", type=int, default=SmallData.steps,
+                   help="optimizer steps per pretraining / supervised run (sets the epochs)")
+    p.add_argument("--frames", type=int, default=SmallData.frames, help="frames per preprocessed sample")
+    p.add_argument("--sbu-folds", default="1", help="SBU folds to run: a comma list of 1..5, or 'all'")
+    p.add_argument("--utkinect-protocol", default="cross-subject", choices=["cross-subject", "loso"])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=SmallData.seed)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("real_data").setLevel(logging.INFO)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    hp = replace(SmallData(), steps=args.steps, frames=args.frames, seed=args.seed)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(rd.DATASETS))
+    if unknown:
+        p.error(f"unknown data sets {unknown}; expected some of {rd.DATASETS}")
+    folds = list(range(1, 6)) if args.sbu_folds == "all" else [int(f) for f in args.sbu_folds.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+               f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+    cmd = "python benchmarks/real_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    t_all = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    data_info: dict[str, Any] = {}
+    md = ""
+    for name in names:
+        ds = rd.load_dataset(name, args.data)
+        data_info[ds.name] = {"samples": len(ds.samples), "skipped_samples": ds.skipped,
+                              "dropped_untracked_frames": ds.dropped_frames}
+        splits = rd.standard_splits(ds, utkinect_protocol=args.utkinect_protocol)
+        if ds.name == "sbu-kinect":
+            splits = [splits[f - 1] for f in folds]
+        for split in splits:
+            records.extend(run_split(ds, split, args.out, hp))
+            md = write_results(args.out, records, hp, data_info, machine, cmd, time.perf_counter() - t_all)
+    print(md)
+    return 0
+
+
+def write_results(out: Path, records: list[dict[str, Any]], hp: SmallData, data_info: dict[str, Any],
+                  machine: str, cmd: str, total_s: float) -> str:
+    """results.json and results.md from the records so far (rewritten after every split)."""
+    summary = summarise(records)
+    result = {"command": cmd, "machine": machine, "total_s": total_s, "hyperparameters": asdict(hp),
+              "data": data_info, "summary": summary, "records": records}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    per_split = {(r["dataset"], r["split"]): r for r in records}
+    splits = "; ".join(f"{d} {sp}: {r['num_train']} train / {r['num_test']} test, {r['epochs']} epochs, "
+                       f"queue {r['queue_size']}" for (d, sp), r in per_split.items())
+    md = (f"{markdown(summary, hp)}\n\nSplits: {splits}.\nMachine: {machine}. Total {total_s / 60:.1f} min. "
+          f"Command: `{cmd}`.\nHyperparameters: {json.dumps(asdict(hp))}.\n")
+    (out / "results.md").write_text(md)
+    return md
+
+
+if __name__ == "__main__":
+    sys.exit(main())
