@@ -201,9 +201,10 @@ def train_config(run: Run, hp: SmallData, num_train: int) -> Any:
         save_every=epochs, tensorboard=False, log_every=10)
 
 
-def calibrate_bn(encoders: Any, x: Any, layout: Any, batch: int = 64) -> None:
+def calibrate_bn(encoders: Any, x: Any, layout: Any, batch: int = 512) -> None:
     """Set the BatchNorm statistics of ``encoders`` ({view: STGCN}) to their exact average over ``x``
-    (N, C, T, V, M) (no gradient; dropout off, so the statistics are the ones eval mode will see)."""
+    (N, C, T, V, M) (no gradient; dropout off, so the statistics are the ones eval mode will see; in
+    chunks of ``batch`` samples the average of the chunk statistics, exact when N <= batch)."""
     import torch
     from torch import nn
 

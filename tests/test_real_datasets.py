@@ -256,3 +256,43 @@ def test_write_arrays_npz_reads_back_through_arrays_reader(sbu: rd.RealDataset, 
                 np.testing.assert_array_equal(x, sbu.samples[order[k]].data)
     finally:
         src.close()
+
+
+# ---------------------------------------------------------------------------------------------- real_data.py
+
+
+def test_small_data_rules_on_the_real_splits(msr: rd.RealDataset, utk: rd.RealDataset,
+                                             sbu: rd.RealDataset) -> None:
+    from benchmarks.real_data import SmallData
+
+    hp = SmallData()
+    sizes = [len(rd.standard_splits(ds)[0].train) for ds in (msr, utk, sbu)]
+    assert sizes == [284, 100, 227]
+    assert [hp.queue_size(n) for n in sizes] == [256, 64, 128]  # as the real_data docstring says
+    assert [hp.epochs(n) for n in sizes] == [12, 34, 15]
+    for n in sizes:
+        assert hp.queue_size(n) <= n - hp.batch_size  # own older key has left the queue
+        assert hp.epochs(n) * (n // hp.batch_size) >= hp.steps
+
+
+def test_calibrate_bn_sets_statistics_of_the_data() -> None:
+    torch = pytest.importorskip("torch")
+    from benchmarks.real_data import calibrate_bn
+    from crossclr_infer.layouts import get_layout
+    from training.stgcn import STGCN, EncoderConfig
+
+    torch.manual_seed(0)
+    layout = get_layout("kinect-v1")
+    enc = STGCN(layout, EncoderConfig(base_channels=4, hidden_dim=8, stage_blocks=(1, 1, 1)), num_person=2)
+    x = torch.randn(20, 3, 12, 20, 2) * 0.3 + torch.linspace(-1, 1, 20)[None, None, None, :, None]
+    calibrate_bn({"joint": enc}, x, layout)
+    # input BN: channel v·C + c over samples, bodies and frames (numpy reference)
+    flat = x.numpy().transpose(0, 4, 3, 1, 2).reshape(40, 60, 12)  # (N, C, T, V, M) -> (N·M, V·C, T)
+    np.testing.assert_allclose(enc.data_bn.running_mean.numpy(), flat.mean(axis=(0, 2)), atol=1e-5)
+    np.testing.assert_allclose(enc.data_bn.running_var.numpy(), flat.transpose(1, 0, 2).reshape(60, -1).var(
+        axis=1, ddof=1), rtol=1e-4)
+    assert enc.data_bn.momentum == 0.1 and not enc.training  # restored, eval mode
+    # in eval mode the calibrated input BN standardises the data
+    with torch.no_grad():
+        z = enc.data_bn(torch.as_tensor(flat))
+    assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 0.05
