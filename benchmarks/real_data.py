@@ -198,7 +198,7 @@ def train_config(run: Run, hp: SmallData, num_train: int) -> Any:
         streams=run.streams, epochs=epochs, cross_epoch=epochs // 2 if run.cross else epochs,
         batch_size=hp.batch_size, lr=hp.lr, weight_decay=hp.weight_decay,
         lr_steps=(round(0.8 * epochs),), seed=hp.seed, device="cpu", num_workers=0, preload=True,
-        save_every=epochs, tensorboard=False, log_every=10)
+        save_every=epochs, tensorboard=False, log_every=1)
 
 
 def calibrate_bn(encoders: Any, x: Any, layout: Any, batch: int = 512) -> None:
