@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CrossclrError
+from .fileio import atomic_output
 from .layouts import Layout, layout_from_toml_text, layout_to_toml
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class CacheWriter:
         self.compression = compression
         self._file: h5py.File | None = None
         self._tmp: Path | None = None
+        self._output: AbstractContextManager[Path] | None = None
         self._splits: dict[str, _SplitBuffer] = {}
 
     # -- context manager -------------------------------------------------------------------------------
@@ -144,26 +146,26 @@ class CacheWriter:
         folder = self.path.parent
         if not folder.is_dir():
             raise CrossclrError(f"{self.path}: output folder {folder} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._output = atomic_output(self.path, mkdir=False)
+        self._tmp = self._output.__enter__()
         try:
             self._file = h5py.File(self._tmp, "w")
         except OSError as e:
-            self._tmp.unlink(missing_ok=True)
-            raise CrossclrError(f"{self.path}: cannot create the cache file ({e})") from None
+            err = CrossclrError(f"{self.path}: cannot create the cache file ({e})")
+            self._abort(err)
+            raise err from None
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is None:
+        if exc is None:
             try:
                 self._finish()
-            except BaseException:
-                self._abort()
+            except BaseException as e:
+                self._abort(e)
                 raise
         else:
-            self._abort()
+            self._abort(exc)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -194,7 +196,7 @@ class CacheWriter:
 
     # -- internals -------------------------------------------------------------------------------------
     def _finish(self) -> None:
-        assert self._file is not None and self._tmp is not None
+        assert self._file is not None and self._output is not None
         if not self._splits:
             raise CrossclrError(f"{self.path}: no samples to write")
         for buf in self._splits.values():
@@ -215,23 +217,20 @@ class CacheWriter:
         attrs["crossclr_version"] = __version__
         self._file.close()
         self._file = None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(self._tmp, self.path)
+        output, self._output, self._tmp = self._output, None, None
+        output.__exit__(None, None, None)  # fsync, usual permissions, rename into place
         log.info("wrote %s: %s", self.path, ", ".join(f"{s} {n}" for s, n in self.counts.items()))
-        self._tmp = None
 
-    def _abort(self) -> None:
+    def _abort(self, exc: BaseException) -> None:
         if self._file is not None:
             try:
                 self._file.close()
             except Exception:  # noqa: BLE001 - the original exception matters, not this one
                 pass
             self._file = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        if self._output is not None:
+            output, self._output, self._tmp = self._output, None, None
+            output.__exit__(type(exc), exc, exc.__traceback__)  # deletes the temp file
 
 
 # ---------------------------------------------------------------------------------------------------------

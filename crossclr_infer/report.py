@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import CrossclrError
+from .fileio import atomic_output
 from .metrics import confusion_matrix, fuse_logits, per_class_accuracy, ranked_classes, topk_correct
 from .session import ModelInfo, ModelSession, iter_batches
 
@@ -146,21 +145,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temp name in the same folder, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
@@ -363,13 +347,10 @@ def save_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
         path = out_dir / f"confusion_{name}.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=out_dir)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=120)
-            os.replace(tmp, path)
+            with atomic_output(path, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=120)
         finally:
-            Path(tmp).unlink(missing_ok=True)
             plt.close(fig)
         written.append(path)
     return written

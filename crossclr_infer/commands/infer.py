@@ -71,8 +71,9 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
                  no_progress: bool) -> None:
     """Accuracy of exported models on a cache split: per stream and fused top-1/top-5, per-class accuracy,
     confusion matrices, samples/s. Prints a markdown summary."""
+    from ..fileio import write_json_atomic
     from ..metrics import parse_weights
-    from ..report import Shard, evaluate, load_models, save_plots, summary_markdown, write_json_atomic
+    from ..report import Shard, evaluate, load_models, save_plots, summary_markdown
 
     if batch_size < 1:
         raise CrossclrError(f"--batch-size must be >= 1, got {batch_size}")
@@ -93,7 +94,8 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="The merged report JSON.")
 def merge_reports_cmd(reports: tuple[str, ...], out: str) -> None:
     """Combine the reports of `evaluate --shard 0/N … N-1/N` into the report of the whole split."""
-    from ..report import merge_reports, read_report, summary_markdown, write_json_atomic
+    from ..fileio import write_json_atomic
+    from ..report import merge_reports, read_report, summary_markdown
 
     merged = merge_reports([read_report(p) for p in reports], list(reports))
     write_json_atomic(out, merged)
