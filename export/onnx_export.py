@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from torch import nn
 
 from crossclr_infer import __version__
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import atomic_output_dir
 from crossclr_infer.layouts import Layout, layout_from_toml_text
 from crossclr_infer.session import INPUT_NAME, ONNX_FORMAT
 from training.views import compute_view
@@ -274,9 +273,7 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
     else:
         log.warning("no --data cache given: parity checked on random inputs only")
     example = torch.from_numpy(random_skeletons(rng, em.input_shape(2)))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_output_dir(out_dir) as tmp:  # the folder appears complete or not at all
         models: dict[str, tuple[nn.Module, str, list[str]]] = {v: (nets[v], "stream", [v]) for v in streams}
         if ensemble:
             models["ensemble"] = (EnsembleNet(nets, em.fusion_weights).eval(), "ensemble", streams)
@@ -309,22 +306,7 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
                    "quantization": quant, "opset": opset, "exporter": "dynamo" if dynamo else "torchscript",
                    "version": __version__}
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out_dir, files, parity, quant)
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temp folder to ``out_dir`` (an old ``out_dir`` is removed only afterwards)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> ExportResult:

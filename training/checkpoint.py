@@ -11,9 +11,7 @@ Keys: ``format``, ``model`` (CrosSCLR state_dict, queues included), ``optimizer`
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 
 from crossclr_infer import __version__
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import atomic_output
 from crossclr_infer.layouts import layout_from_toml_text
 
 log = logging.getLogger(__name__)
@@ -75,17 +74,8 @@ def restore_rng(state: dict[str, Any], augment_generator: torch.Generator | None
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

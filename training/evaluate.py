@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import atomic_output, write_json_atomic
 from crossclr_infer.layouts import Layout, layout_from_toml_text, layout_to_toml
 
 log = logging.getLogger(__name__)
@@ -376,7 +375,10 @@ def save_linear(
         "source_checkpoint": str(meta.get("source_checkpoint", "")),
         **_plain(dict(extra or {})),
     }
-    return atomic_save(ckpt, Path(path))
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
 
 
 def _plain(obj: Any) -> Any:
@@ -384,35 +386,9 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(obj: Any, path: str | Path) -> Path:
-    return atomic_write_text(json.dumps(_plain(obj), indent=2) + "\n", path)
+    """``obj`` as plain JSON (tensors/numpy scalars converted), written atomically."""
+    return write_json_atomic(path, _plain(obj), indent=2)
 
 
 # ---------------------------------------------------------------------------------------------- tables
