@@ -1,16 +1,28 @@
-"""Classification metrics and stream fusion on logits (numpy).
+"""Classification metrics and stream fusion on logits (numpy): the one implementation, used by the ONNX
+reports and (on tensors converted to numpy) by training's linear, kNN and fine-tuning protocols.
 
 Ranking convention: the classes of a sample are ordered by descending score, ties broken by the lower class
 index (a stable sort), so top-k results are deterministic.
+
+Fusion is always ``Σ_v w_v · logits_v``. ``fusion="joint"`` (official: heads trained on the mean of their
+logits) uses ``w_v = 1 / S``; ``fusion="separate"`` uses the user's weights, defaulting to
+``DEFAULT_FUSION_WEIGHTS`` (joint 0.6, motion 0.4, bone 0.6, accel 0.4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .errors import CrossclrError
+
+log = logging.getLogger(__name__)
+
+FUSED = "fused"  # the key of fused logits / results beside the stream names
+FUSIONS = ("joint", "separate")
+DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"joint": 0.6, "motion": 0.4, "bone": 0.6, "accel": 0.4}
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -36,6 +48,15 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     """Fraction of samples whose label is among the k best-scored classes (0.0 for no samples)."""
     return topk_correct(logits, labels, k) / len(labels) if len(labels) else 0.0
+
+
+def topk_percent(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent for several k: {"top1": ..., "top5": ...} (k capped at the class count;
+    NaN for no samples)."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(labels) == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    return {f"top{k}": 100.0 * topk_correct(logits, labels, k) / len(labels) for k in ks}
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_class: int) -> np.ndarray:
@@ -76,6 +97,23 @@ def parse_weights(text: str) -> dict[str, float]:
     if not out:
         raise CrossclrError("--weights: no weights given; expected e.g. joint=0.6,motion=0.4,bone=0.6")
     return out
+
+
+def fusion_weights_for(
+    fusion: str, streams: Sequence[str], weights: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Weights w_v so that fused logits = Σ_v w_v · logits_v for the given fusion mode."""
+    if fusion not in FUSIONS:
+        raise CrossclrError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(streams))
+    if unknown:
+        raise CrossclrError(f"--weights names {unknown}, which are not among the streams {list(streams)}")
+    if fusion == "joint":
+        if weights:
+            log.warning("--fusion joint fuses by the mean of the logits; --weights is ignored")
+        return {v: 1.0 / len(streams) for v in streams}
+    return {v: float(weights.get(v, DEFAULT_FUSION_WEIGHTS.get(v, 1.0))) for v in streams}
 
 
 def fuse_logits(logits: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:

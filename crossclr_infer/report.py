@@ -21,13 +21,12 @@ from tqdm import tqdm
 
 from .errors import CrossclrError
 from .fileio import atomic_output
-from .metrics import confusion_matrix, fuse_logits, per_class_accuracy, ranked_classes, topk_correct
+from .metrics import FUSED, confusion_matrix, fuse_logits, per_class_accuracy, ranked_classes, topk_correct
 from .session import ModelInfo, ModelSession, iter_batches
 
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "crossclr-eval-report-v1"
-FUSED = "fused"
 TOPK = 5
 
 

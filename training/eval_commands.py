@@ -141,7 +141,7 @@ def linear_cmd(
     eval_only: bool,
 ) -> None:
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
-    from training.evaluate import parse_weights
+    from crossclr_infer.metrics import parse_weights
     from training.linear import LinearConfig, evaluate_linear, run_linear
 
     views = _parse_streams(streams)
@@ -174,7 +174,7 @@ def linear_cmd(
         out,
         streams=views,
         cfg=cfg,
-        weights=parse_weights(weights),
+        weights=parse_weights(weights) if weights else None,
         device=device,
         train_split=train_split,
         eval_split=eval_split,
@@ -292,7 +292,7 @@ def finetune_cmd(
     plots: bool,
 ) -> None:
     """Semi-supervised / full fine-tuning of encoders + heads on a stratified labelled subset."""
-    from training.evaluate import parse_weights
+    from crossclr_infer.metrics import parse_weights
     from training.finetune import FinetuneConfig, check_fraction, run_finetune
 
     check_fraction(label_fraction)
@@ -313,7 +313,7 @@ def finetune_cmd(
         out,
         streams=_parse_streams(streams),
         cfg=cfg,
-        weights=parse_weights(weights),
+        weights=parse_weights(weights) if weights else None,
         device=device,
         train_split=train_split,
         eval_split=eval_split,

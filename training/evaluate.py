@@ -2,9 +2,8 @@
 
 Frozen encoders are run once over a cache split (``encode_split``); the protocols then work on those
 features. ``save_linear`` / ``load_linear`` read and write ``linear.pt`` (format ``crossclr-linear-v1``),
-the file ``crossclr export`` consumes. Fusion of per-stream logits is always ``Σ_v w_v · logits_v``:
-``fusion="joint"`` (official: heads trained on the mean of their logits) stores ``w_v = 1 / S``;
-``fusion="separate"`` stores the user's weights (default joint 0.6, motion 0.4, bone 0.6, accel 0.4).
+the file ``crossclr export`` consumes. Scores, confusion matrices, fusion weights and fused logits come from
+``crossclr_infer.metrics`` (numpy; tensors go through ``to_numpy``).
 """
 
 from __future__ import annotations
@@ -28,82 +27,11 @@ log = logging.getLogger(__name__)
 
 LINEAR_FORMAT = "crossclr-linear-v1"
 PRETRAIN_FORMAT = "crossclr-pretrain-v1"
-FUSIONS = ("joint", "separate")
-DEFAULT_FUSION_WEIGHTS: dict[str, float] = {"joint": 0.6, "motion": 0.4, "bone": 0.6, "accel": 0.4}
-FUSED = "fused"
 
 
-# ----------------------------------------------------------------------------------------------- metrics
-def topk_accuracy(
-    scores: Tensor | np.ndarray, labels: Tensor | np.ndarray, ks: Sequence[int] = (1, 5)
-) -> dict[str, float]:
-    """Top-k accuracy in percent: a sample counts when its label is among its k highest scores.
-
-    ``scores`` (N, C), ``labels`` (N,); k is capped at C. Returns {"top1": ..., "top5": ...}.
-    """
-    s = torch.as_tensor(scores, dtype=torch.float32)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    if s.shape[0] == 0:
-        return {f"top{k}": float("nan") for k in ks}
-    order = s.argsort(dim=1, descending=True)  # (N, C)
-    out = {}
-    for k in ks:
-        hit = (order[:, : min(k, s.shape[1])] == y[:, None]).any(dim=1)
-        out[f"top{k}"] = 100.0 * hit.float().mean().item()
-    return out
-
-
-def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) int64 counts: row = true class, column = predicted class."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(pred, np.int64)), 1)
-    return cm
-
-
-# ------------------------------------------------------------------------------------------------ fusion
-def parse_weights(text: str | None) -> dict[str, float]:
-    """'joint=0.6,motion=0.4' -> {"joint": 0.6, "motion": 0.4} (CrossclrError on a malformed item)."""
-    out: dict[str, float] = {}
-    if not text:
-        return out
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise CrossclrError(
-                f"--weights: cannot read {item!r}; expected VIEW=NUMBER[,VIEW=NUMBER...], "
-                "e.g. joint=0.6,motion=0.4,bone=0.6"
-            ) from None
-    return out
-
-
-def fusion_weights_for(
-    fusion: str, streams: Sequence[str], weights: Mapping[str, float] | None = None
-) -> dict[str, float]:
-    """Weights w_v so that fused logits = Σ_v w_v · logits_v for the given fusion mode."""
-    if fusion not in FUSIONS:
-        raise CrossclrError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
-    weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(streams))
-    if unknown:
-        raise CrossclrError(f"--weights names {unknown}, which are not among the streams {list(streams)}")
-    if fusion == "joint":
-        if weights:
-            log.warning("--fusion joint fuses by the mean of the logits; --weights is ignored")
-        return {v: 1.0 / len(streams) for v in streams}
-    return {v: float(weights.get(v, DEFAULT_FUSION_WEIGHTS.get(v, 1.0))) for v in streams}
-
-
-def fuse_logits(logits: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """Σ_v w_v · logits_v over the streams in ``weights``."""
-    views = list(weights)
-    out = weights[views[0]] * logits[views[0]]
-    for v in views[1:]:
-        out = out + weights[v] * logits[v]
-    return out
+def to_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    """A tensor (any device) or array as a numpy array, for scoring with ``crossclr_infer.metrics``."""
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
 # ---------------------------------------------------------------------------------------------- encoding

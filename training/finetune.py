@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-from training.evaluate import FUSED, FUSIONS, confusion_matrix, fusion_weights_for, topk_accuracy
+from crossclr_infer.metrics import FUSED, FUSIONS, confusion_matrix, fusion_weights_for
 from training.evaluate import stream_inputs as _stream_inputs
-from training.linear import LinearResult, head_loss, init_heads
+from training.linear import LinearResult, head_loss, init_heads, score, with_fused
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ def predict(
     device: torch.device | str = "cpu",
 ) -> dict[str, Tensor]:
     """Eval-mode logits per stream and fused for n samples read by ``read``: {key: (n, classes)} on CPU."""
-    from training.evaluate import fuse_logits
-
     for m in (*encoders.values(), *heads.values()):
         m.eval()
     out: dict[str, list[Tensor]] = {v: [] for v in encoders}
@@ -108,9 +106,7 @@ def predict(
         inputs = _stream_inputs(x, list(encoders), layout)
         for v, enc in encoders.items():
             out[v].append(heads[v](enc.forward_features(inputs[v])).float().cpu())
-    logits = {v: torch.cat(c) for v, c in out.items()}
-    logits[FUSED] = fuse_logits(logits, weights)
-    return logits
+    return with_fused({v: torch.cat(c) for v, c in out.items()}, weights)
 
 
 def finetune(
@@ -175,9 +171,7 @@ def finetune(
             logits = predict(
                 encoders, heads, read_eval, len(eval_labels), layout, result.fusion_weights, device=device
             )
-            y_eval = torch.as_tensor(np.asarray(eval_labels), dtype=torch.long)
-            for key, z in logits.items():
-                acc = topk_accuracy(z, y_eval)
+            for key, acc in score(logits, np.asarray(eval_labels)).items():
                 row[f"{key}_top1"], row[f"{key}_top5"] = acc["top1"], acc["top5"]
                 if key not in result.best or acc["top1"] > result.best[key]["top1"]:
                     result.best[key] = {**acc, "epoch": epoch}
@@ -276,7 +270,7 @@ def run_finetune(
     if plots and result.eval_logits:
         from training.plots import plot_confusion
 
-        cm = confusion_matrix(result.eval_logits[FUSED].argmax(1).numpy(), y_ev, num_class)
+        cm = confusion_matrix(y_ev, result.eval_logits[FUSED].argmax(1).numpy(), num_class)
         report["plots"] = [
             str(
                 plot_confusion(

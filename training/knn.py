@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crossclr_infer.errors import CrossclrError
-from training.evaluate import FUSED, confusion_matrix, encode_split, topk_accuracy
+from crossclr_infer.metrics import FUSED, confusion_matrix, topk_percent
+from training.evaluate import encode_split, to_numpy
 
 DEFAULT_KS = (1, 10, 20, 200)
 
@@ -91,7 +92,7 @@ def knn_evaluate(
         results[key] = {}
         for k in sorted(ks):
             s = knn_scores(train[key], train_labels, evals[key], num_classes, k=k, t=t)
-            results[key][k] = topk_accuracy(s, eval_labels)
+            results[key][k] = topk_percent(to_numpy(s), to_numpy(eval_labels))
             last_scores[key] = s
     return results, last_scores
 
@@ -140,7 +141,7 @@ def run_knn(
         from training.plots import plot_confusion
 
         key = FUSED if FUSED in scores else next(iter(scores))
-        cm = confusion_matrix(scores[key].argmax(1).numpy(), ev_y.numpy(), num_class)
+        cm = confusion_matrix(ev_y.numpy(), scores[key].argmax(1).numpy(), num_class)
         report["plots"] = [
             str(
                 plot_confusion(

@@ -26,16 +26,15 @@ from tqdm import tqdm
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-from training.evaluate import (
+from crossclr_infer.metrics import (
     FUSED,
     FUSIONS,
     confusion_matrix,
-    encode_batch,
-    encode_split,
     fuse_logits,
     fusion_weights_for,
-    topk_accuracy,
+    topk_percent,
 )
+from training.evaluate import encode_batch, encode_split, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +177,19 @@ def predict_logits(
         feats = source.features(idx)
         for v, h in heads.items():
             out[v].append(h(feats[v]).float().cpu())
-    logits = {v: torch.cat(c) for v, c in out.items()}
-    logits[FUSED] = fuse_logits(logits, fusion_weights)
+    return with_fused({v: torch.cat(c) for v, c in out.items()}, fusion_weights)
+
+
+def with_fused(logits: dict[str, Tensor], weights: Mapping[str, float]) -> dict[str, Tensor]:
+    """Add ``logits[FUSED]`` = Σ_v w_v · logits_v (``crossclr_infer.metrics.fuse_logits``) to CPU logits."""
+    logits[FUSED] = torch.from_numpy(fuse_logits({v: to_numpy(z) for v, z in logits.items()}, weights))
     return logits
 
 
-def score(logits: Mapping[str, Tensor], labels: Tensor) -> dict[str, dict[str, float]]:
-    return {k: topk_accuracy(z, labels) for k, z in logits.items()}
+def score(logits: Mapping[str, Tensor], labels: Tensor | np.ndarray) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 in percent per key ({view|"fused": {"top1", "top5"}})."""
+    y = to_numpy(labels)
+    return {k: topk_percent(to_numpy(z), y) for k, z in logits.items()}
 
 
 def train_linear(
@@ -323,7 +328,7 @@ def run_linear(
         from training.plots import plot_confusion, plot_linear_curves
 
         fused = result.eval_logits[FUSED]
-        cm = confusion_matrix(fused.argmax(1).numpy(), val_src.labels.numpy(), num_class)
+        cm = confusion_matrix(val_src.labels.numpy(), fused.argmax(1).numpy(), num_class)
         report["plots"] = [
             str(
                 plot_confusion(
@@ -378,7 +383,7 @@ def evaluate_linear(
     if plots_dir is not None:
         from training.plots import plot_confusion
 
-        cm = confusion_matrix(logits[FUSED].argmax(1).numpy(), src.labels.numpy(), len(class_names))
+        cm = confusion_matrix(src.labels.numpy(), logits[FUSED].argmax(1).numpy(), len(class_names))
         report["plots"] = [
             str(
                 plot_confusion(

@@ -154,19 +154,20 @@ def _split_tensors(cache: Path, split: str):
 
 
 # --------------------------------------------------------------------------------------------- metrics
-def test_topk_accuracy_matches_numpy():
-    from training.evaluate import topk_accuracy
+def test_topk_percent_on_tensor_scores_matches_numpy():
+    from crossclr_infer.metrics import topk_percent
+    from training.evaluate import to_numpy
 
     rng = np.random.default_rng(1)
     s, y = rng.normal(size=(50, 7)), rng.integers(0, 7, 50)
     ref = {k: 100 * np.mean([y[i] in np.argsort(-s[i])[:k] for i in range(50)]) for k in (1, 5)}
-    got = topk_accuracy(torch.from_numpy(s), torch.from_numpy(y))
+    got = topk_percent(to_numpy(torch.from_numpy(s)), to_numpy(torch.from_numpy(y)))
     assert got["top1"] == pytest.approx(ref[1]) and got["top5"] == pytest.approx(ref[5])
 
 
 def test_fusion_weights_and_parse():
     from crossclr_infer.errors import CrossclrError
-    from training.evaluate import fuse_logits, fusion_weights_for, parse_weights
+    from crossclr_infer.metrics import fuse_logits, fusion_weights_for, parse_weights
 
     assert fusion_weights_for("joint", ["joint", "bone"]) == {"joint": 0.5, "bone": 0.5}
     assert fusion_weights_for("separate", list(STREAMS3) + ["accel"]) == {
@@ -177,11 +178,11 @@ def test_fusion_weights_and_parse():
     }
     w = fusion_weights_for("separate", ["joint", "accel"], parse_weights("accel=0.25"))
     assert w == {"joint": 0.6, "accel": 0.25}
-    z = {"joint": torch.ones(2, 3), "accel": 2 * torch.ones(2, 3)}
-    assert torch.allclose(fuse_logits(z, w), torch.full((2, 3), 0.6 + 0.5))
+    z = {"joint": np.ones((2, 3)), "accel": 2 * np.ones((2, 3))}
+    np.testing.assert_allclose(fuse_logits(z, w), np.full((2, 3), 0.6 + 0.5), rtol=1e-6)
     with pytest.raises(CrossclrError, match="not among the streams"):
         fusion_weights_for("separate", ["joint"], {"bone": 1.0})
-    with pytest.raises(CrossclrError, match="VIEW=NUMBER"):
+    with pytest.raises(CrossclrError, match="STREAM=NUMBER"):
         parse_weights("joint:0.6")
 
 
@@ -259,7 +260,8 @@ def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, ca
 # ----------------------------------------------------------------------------------- cached == re-encoded
 @pytest.mark.parametrize("fusion", ["joint", "separate"])
 def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
-    from training.evaluate import encode_source, fusion_weights_for, load_any_encoders
+    from crossclr_infer.metrics import fusion_weights_for
+    from training.evaluate import encode_source, load_any_encoders
     from training.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "bone"])
@@ -333,7 +335,8 @@ def test_lr_drops_tenfold_at_the_scaled_milestone(setup):
 
 
 def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
-    from training.evaluate import encode_split, fuse_logits, load_linear, topk_accuracy
+    from crossclr_infer.metrics import fuse_logits, topk_percent
+    from training.evaluate import encode_split, load_linear
 
     out = setup["dir"] / "lin2"
     code, _, err = run_cli(
@@ -371,8 +374,8 @@ def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
         feats = encode_split(encoders, c.split("val"), c.layout)
         y = torch.as_tensor(c.split("val").labels)
     with torch.no_grad():
-        fused = fuse_logits({v: heads[v](feats[v]) for v in heads}, meta["fusion_weights"])
-    ref = topk_accuracy(fused, y)
+        fused = fuse_logits({v: heads[v](feats[v]).numpy() for v in heads}, meta["fusion_weights"])
+    ref = topk_percent(fused, y.numpy())
     assert ref == pytest.approx(meta["metrics"]["last"]["fused"])
     code, _, err = run_cli(
         [

@@ -46,9 +46,10 @@ def _metrics(path, epochs=3, steps=4):
 
 
 def test_confusion_matrix_counts():
-    from training.evaluate import confusion_matrix
+    from crossclr_infer.metrics import confusion_matrix
 
-    cm = confusion_matrix(np.array([0, 1, 1, 2, 2, 2]), np.array([0, 1, 2, 2, 2, 0]), 3)
+    labels, predictions = np.array([0, 1, 2, 2, 2, 0]), np.array([0, 1, 1, 2, 2, 2])
+    cm = confusion_matrix(labels, predictions, 3)
     np.testing.assert_array_equal(cm, [[1, 0, 1], [0, 1, 0], [0, 1, 2]])
 
 
