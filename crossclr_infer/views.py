@@ -6,11 +6,38 @@ inside ONNX; tests hold both to these definitions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
 
+from .errors import CrossclrError
 from .layouts import Layout
 
 VIEWS = ("joint", "motion", "bone", "accel")
+
+A = TypeVar("A")  # np.ndarray here, torch.Tensor in training.views
+
+
+def check_view(view: str) -> str:
+    """``view`` when it is one of VIEWS, else CrossclrError listing them."""
+    if view not in VIEWS:
+        raise CrossclrError(f"unknown view {view!r}: use one of {VIEWS}")
+    return view
+
+
+def apply_view(x: A, view: str, layout: Layout, *, motion: Callable[[A], A], bone: Callable[[A, Layout], A],
+               accel: Callable[[A], A]) -> A:
+    """The dispatch shared by the numpy and torch views: joint is ``x`` itself, the others call the given
+    implementation."""
+    check_view(view)
+    if view == "motion":
+        return motion(x)
+    if view == "bone":
+        return bone(x, layout)
+    if view == "accel":
+        return accel(x)
+    return x
 
 
 def motion(x: np.ndarray) -> np.ndarray:
@@ -37,12 +64,4 @@ def bone(x: np.ndarray, layout: Layout) -> np.ndarray:
 
 def compute_view(x: np.ndarray, view: str, layout: Layout) -> np.ndarray:
     """One named view of a (..., C, T, V, M) array."""
-    if view == "joint":
-        return x
-    if view == "motion":
-        return motion(x)
-    if view == "bone":
-        return bone(x, layout)
-    if view == "accel":
-        return accel(x)
-    raise ValueError(f"unknown view {view!r}: use one of {VIEWS}")
+    return apply_view(x, view, layout, motion=motion, bone=bone, accel=accel)

@@ -10,7 +10,7 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-from crossclr_infer.views import VIEWS
+from crossclr_infer.views import apply_view, check_view
 
 
 def motion(x: torch.Tensor) -> torch.Tensor:
@@ -36,15 +36,7 @@ def bone(x: torch.Tensor, layout: Layout) -> torch.Tensor:
 
 def compute_view(x: torch.Tensor, view: str, layout: Layout) -> torch.Tensor:
     """One named view of a (..., C, T, V, M) tensor."""
-    if view == "joint":
-        return x
-    if view == "motion":
-        return motion(x)
-    if view == "bone":
-        return bone(x, layout)
-    if view == "accel":
-        return accel(x)
-    raise CrossclrError(f"unknown view {view!r}: use one of {VIEWS}")
+    return apply_view(x, view, layout, motion=motion, bone=bone, accel=accel)
 
 
 class ViewTransform(torch.nn.Module):
@@ -52,9 +44,7 @@ class ViewTransform(torch.nn.Module):
 
     def __init__(self, view: str, layout: Layout) -> None:
         super().__init__()
-        if view not in VIEWS:
-            raise CrossclrError(f"unknown view {view!r}: use one of {VIEWS}")
-        self.view = view
+        self.view = check_view(view)
         self.layout = layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
