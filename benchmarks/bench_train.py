@@ -25,8 +25,10 @@ OFFICIAL_REFERENCE = 8.3  # samples/s of the official code, 3 views, batch 32, f
 
 def _worker(args: argparse.Namespace) -> None:
     from training.config import load_config
+    from training.stgcn import set_fast_ops
     from training.trainer import train
 
+    set_fast_ops(not args.reference_ops)
     over = {"epochs": 1, "cross_epoch": 0 if args.stage == "cross" else 1, "batch_size": args.batch,
             "bf16": args.bf16, "mallopt": args.mallopt, "device": "cpu", "num_workers": args.workers,
             "tensorboard": False, "save_every": 1000, "preload": False, "track_mining": False}
@@ -44,13 +46,14 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _measure(preset: str, stage: str, bf16: bool, mallopt: bool, data: Path, batch: int, steps: int,
-             warmup: int, workers: int, tmp: Path) -> dict:
+             warmup: int, workers: int, tmp: Path, fast: bool = True) -> dict:
     out = Path(tempfile.mkdtemp(dir=tmp))
     cmd = [sys.executable, __file__, "--worker", "--preset", preset, "--stage", stage, "--data", str(data),
            "--out", str(out / "run"), "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
            "--workers", str(workers)]
     cmd += ["--bf16"] if bf16 else []
     cmd += ["--mallopt"] if mallopt else []
+    cmd += [] if fast else ["--reference-ops"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
     if r.returncode != 0:
         raise SystemExit(f"worker failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
@@ -66,6 +69,7 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--mallopt", action="store_true")
+    p.add_argument("--reference-ops", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=32, help="batch of the official 3-view model (default 32)")
     p.add_argument("--tiny-batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=8, help="measured steps per case (official preset)")
@@ -91,15 +95,19 @@ def main() -> None:
             o = ("crossclr-ntu60-xsub", args.batch, args.steps)
             plan += [(*o, s, b, True) for s in ("single", "cross") for b in (False, True)]
             plan += [(*o, "single", b, False) for b in (False, True)]
+            plan += [(*o, "single", False, False, False)]  # the official operations, fp32, no mallopt
         if args.only in (None, "tiny"):
             t = ("tiny", args.tiny_batch, args.tiny_steps)
             plan += [(*t, s, b, m) for s in ("single", "cross") for b in (False, True) for m in (True, False)
                      if m or s == "single"]
-        for preset, batch, steps, stage, bf16, mallopt in plan:
-            r = _measure(preset, stage, bf16, mallopt, data, batch, steps, args.warmup, args.workers, tmp)
-            rows[(preset, stage, bf16, mallopt)] = r
+        for preset, batch, steps, stage, bf16, mallopt, *ops in plan:
+            fast = not ops or ops[0]
+            r = _measure(preset, stage, bf16, mallopt, data, batch, steps, args.warmup, args.workers, tmp,
+                         fast)
+            rows[(preset, stage, bf16, mallopt) if fast else (preset, "reference")] = r
             print(f"{preset:22s} batch {batch:3d} {stage:6s} {'bf16' if bf16 else 'fp32'} "
-                  f"mallopt {'on ' if mallopt else 'off'}  {r['samples_per_s']:8.2f} samples/s  "
+                  f"mallopt {'on ' if mallopt else 'off'} {'fast ops' if fast else 'official ops'}  "
+                  f"{r['samples_per_s']:8.2f} samples/s  "
                   f"data wait {100 * r['wait_share']:5.1f}%  ({r['steps']} steps)", flush=True)
 
         print("\nratios (same run)")
@@ -115,6 +123,13 @@ def main() -> None:
                     if on and off:
                         print(f"  {preset:22s} {stage:6s} mallopt on / off ({'bf16' if prec else 'fp32'})  "
                               f"{on['samples_per_s'] / off['samples_per_s']:5.2f}x")
+                ref = rows.get((preset, "reference"))
+                for prec in (False, True):
+                    r = rows.get((preset, stage, prec, True))
+                    if r and ref:
+                        print(f"  {preset:22s} {stage:6s} {'bf16' if prec else 'fp32'} vs official ops "
+                              f"(fp32, no mallopt, single stage, same run)  "
+                              f"{r['samples_per_s'] / ref['samples_per_s']:5.2f}x")
                 if preset != "tiny":
                     for prec in (False, True):
                         r = rows.get((preset, stage, prec, True))

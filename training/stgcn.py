@@ -89,6 +89,17 @@ class EncoderConfig:
         return list(zip(outs, strides, strict=True))
 
 
+_FAST_OPS = True
+
+
+def set_fast_ops(enabled: bool) -> None:
+    """Switch the CPU fast paths (graph sum before the conv when C_in < C_out, rand-mask dropout) on or off.
+    Off runs the official operations one for one; the results are equal either way (tested), and
+    ``benchmarks/bench_train.py`` uses the switch to measure the official step as its baseline."""
+    global _FAST_OPS
+    _FAST_OPS = enabled
+
+
 class GraphConv(nn.Module):
     """1×1 conv to K·C channels, then ``einsum('nkctv,kvw->nctw')`` with the (K, V, V) adjacency.
 
@@ -109,7 +120,9 @@ class GraphConv(nn.Module):
             self.phi = nn.Conv2d(in_channels, embed_channels * num_subsets, kernel_size=1)
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        n, _, t, v = x.shape
+        n, c_in, t, v = x.shape
+        if _FAST_OPS and not self.adaptive and c_in < self.out_channels:
+            return self._aggregate_first(x, a)
         y = self.conv(x).view(n, self.k, self.out_channels, t, v)  # (N, K·C, T, V) -> (N, K, C, T, V)
         if not self.adaptive:
             return torch.einsum("nkctv,kvw->nctw", y, a)
@@ -120,6 +133,44 @@ class GraphConv(nn.Module):
         c = torch.softmax(scores, dim=-2)  # normalized over the joint that sends (v), like A·D⁻¹
         adj = (a + self.B).unsqueeze(0) + c  # (N, K, V, V)
         return torch.einsum("nkctv,nkvw->nctw", y, adj)
+
+
+    def _aggregate_first(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The same linear map with the graph sum before the 1×1 conv: cheaper when C_in < C_out (the graph
+        product then runs on K·C_in instead of K·C_out channels). Weights keep the official layout:
+        out = Σ_k W_k (x A_k) + Σ_k b_k (1ᵀA_k)."""
+        n, c_in, t, v = x.shape
+        k, c_out = self.k, self.out_channels
+        # (N, Cin, T, V) @ (V, K·W) -> (N, Cin, T, K·W)
+        xa = torch.matmul(x, a.permute(1, 0, 2).reshape(v, k * v))
+        # (N, Cin, T, K, W) -> (N, K, Cin, T, W) -> (N, K·Cin, T, W)
+        xa = xa.view(n, c_in, t, k, v).permute(0, 3, 1, 2, 4).reshape(n, k * c_in, t, v)
+        w = self.conv.weight.view(k, c_out, c_in).permute(1, 0, 2).reshape(c_out, k * c_in)
+        y = torch.matmul(w, xa.view(n, k * c_in, t * v)).view(n, c_out, t, v)  # the 1×1 conv: (N, Cout, T, W)
+        if self.conv.bias is not None:
+            bias = torch.einsum("kc,kw->cw", self.conv.bias.view(k, c_out), a.sum(dim=1))  # (Cout, W)
+            y = y + bias[:, None, :]
+        return y
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, same distribution as ``nn.Dropout``; on CPU the mask comes from ``rand`` because
+    ``bernoulli_`` measured 3–5× slower there (8 % of a CPU training step)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or not _FAST_OPS:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class STGCNBlock(nn.Module):
@@ -137,7 +188,7 @@ class STGCNBlock(nn.Module):
             nn.ReLU(),
             nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1), (pad, 0)),
             nn.BatchNorm2d(out_channels),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
         self.residual_kind = 0 if not residual else (1 if in_channels == out_channels and stride == 1 else 2)
         if self.residual_kind == 2:

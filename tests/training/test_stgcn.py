@@ -204,3 +204,41 @@ def test_onnx_export_matches_torch(graph: str) -> None:
     x3 = torch.randn(3, 3, 12, 25, 2)
     (out,) = sess.run(None, {"skeleton": x3.numpy()})
     np.testing.assert_allclose(out, m(x3).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph", ["spatial", "flow"])
+def test_fast_ops_equal_official_ops_forward_and_backward(graph: str) -> None:
+    from training import stgcn
+
+    torch.manual_seed(0)
+    layout = get_layout("ntu-rgb+d")
+    enc = STGCN(layout, EncoderConfig(graph=graph, dropout=0.0)).double().train()
+    x = torch.randn(3, 3, 20, 25, 2, dtype=torch.float64)
+    results = []
+    for fast in (False, True):
+        stgcn.set_fast_ops(fast)
+        try:
+            enc.zero_grad()
+            f = enc.forward_features(x)
+            f.square().sum().backward()
+            grads = [p.grad.clone() for p in enc.parameters() if p.grad is not None]
+            results.append((f.detach().clone(), grads))
+        finally:
+            stgcn.set_fast_ops(True)
+    (f0, g0), (f1, g1) = results
+    torch.testing.assert_close(f1, f0, rtol=1e-10, atol=1e-12)
+    assert len(g0) == len(g1) > 30  # every encoder weight got a gradient on both paths
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_fast_dropout_keeps_rate_and_scale() -> None:
+    from training.stgcn import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(0.3).train()
+    y = d(torch.ones(200_000))
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.005
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert torch.equal(d.eval()(torch.ones(10)), torch.ones(10))
