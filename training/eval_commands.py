@@ -13,20 +13,40 @@ from typing import Any
 import click
 
 from crossclr_infer.errors import CrossclrError
-
-_VIEWS = ("joint", "motion", "bone", "accel")
+from crossclr_infer.views import VIEWS
 
 
 def _parse_streams(value: str | None) -> list[str] | None:
     if not value:
         return None
     streams = [s.strip() for s in value.split(",") if s.strip()]
-    bad = [s for s in streams if s not in _VIEWS]
+    bad = [s for s in streams if s not in VIEWS]
     if bad:
-        raise CrossclrError(f"--streams: unknown stream {bad[0]!r}; use a comma list of {', '.join(_VIEWS)}")
+        raise CrossclrError(f"--streams: unknown stream {bad[0]!r}; use a comma list of {', '.join(VIEWS)}")
     if len(set(streams)) != len(streams):
         raise CrossclrError("--streams: a stream is named twice")
     return streams
+
+
+def _int_list(value: str, flag: str, what: str) -> list[int]:
+    """'80,90' -> [80, 90]; CrossclrError '<flag>: '<value>': expected comma-separated <what>'."""
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise CrossclrError(f"{flag}: {value!r}: expected comma-separated {what}") from None
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    """--weights text -> {stream: weight} (crossclr_infer.metrics.parse_weights), None when not given."""
+    from crossclr_infer.metrics import parse_weights
+
+    return parse_weights(text) if text else None
+
+
+def _apply(f: Callable, opts: list[Callable]) -> Callable:
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
 
 def _common(f: Callable) -> Callable:
@@ -59,9 +79,28 @@ def _common(f: Callable) -> Callable:
             help="Also write the results as JSON to this file.",
         ),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return _apply(f, opts)
+
+
+def _head_training(
+    *, lr: float, fusion_help: str | None, weights_help: str
+) -> Callable[[Callable], Callable]:
+    """--fusion, --weights, --epochs, --lr (default ``lr``), --batch-size, --seed of linear and finetune."""
+    opts = [
+        click.option(
+            "--fusion",
+            type=click.Choice(["joint", "separate"]),
+            default="joint",
+            show_default=True,
+            help=fusion_help,
+        ),
+        click.option("--weights", default=None, help=weights_help),
+        click.option("--epochs", type=int, default=100, show_default=True),
+        click.option("--lr", type=float, default=lr, show_default=True),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    return lambda f: _apply(f, opts)
 
 
 def _emit(report: dict[str, Any], table: str, json_out: Path | None) -> None:
@@ -71,6 +110,11 @@ def _emit(report: dict[str, Any], table: str, json_out: Path | None) -> None:
     if json_out is not None:
         write_json(report, json_out)
         click.echo(f"results: {json_out}")
+
+
+def _emit_accuracy(report: dict[str, Any], footer: str, json_out: Path | None) -> None:
+    """The best/last accuracy table of linear / finetune, a footer line, and the JSON file."""
+    _emit(report, _acc_table(report) + "\n" + footer, json_out)
 
 
 def _acc_table(report: dict[str, Any]) -> str:
@@ -99,25 +143,15 @@ def _acc_table(report: dict[str, Any]) -> str:
     default=None,
     help="Output folder for linear.pt (required unless --eval-only).",
 )
-@click.option(
-    "--fusion",
-    type=click.Choice(["joint", "separate"]),
-    default="joint",
-    show_default=True,
-    help="joint: heads trained on the mean of their logits (official); separate: each alone, fused "
+@_head_training(
+    lr=3.0,
+    fusion_help="joint: heads trained on the mean of their logits (official); separate: each alone, fused "
     "with --weights.",
+    weights_help="Fusion weights for --fusion separate, e.g. joint=0.6,motion=0.4,bone=0.6 (accel default "
+    "0.4).",
 )
-@click.option("--epochs", type=int, default=100, show_default=True)
-@click.option("--lr", type=float, default=3.0, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--milestones", default=None, help="Comma list of lr-drop epochs (default: 0.8 · epochs).")
-@click.option(
-    "--weights",
-    default=None,
-    help="Fusion weights for --fusion separate, e.g. joint=0.6,motion=0.4,bone=0.6 (accel default 0.4).",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", is_flag=True, help="Write confusion.png and linear_curves.png (viz extra).")
 @click.option("--eval-only", is_flag=True, help="Score an existing linear.pt (--checkpoint) on --eval-split.")
 def linear_cmd(
@@ -141,7 +175,6 @@ def linear_cmd(
     eval_only: bool,
 ) -> None:
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
-    from crossclr_infer.metrics import parse_weights
     from training.linear import LinearConfig, evaluate_linear, run_linear
 
     views = _parse_streams(streams)
@@ -153,12 +186,7 @@ def linear_cmd(
         return
     if out is None:
         raise CrossclrError("--out is required (the folder for linear.pt), unless --eval-only")
-    ms = None
-    if milestones:
-        try:
-            ms = tuple(int(m) for m in milestones.split(","))
-        except ValueError:
-            raise CrossclrError(f"--milestones: {milestones!r}: expected comma-separated epochs") from None
+    ms = tuple(_int_list(milestones, "--milestones", "epochs")) if milestones else None
     cfg = LinearConfig(
         epochs=epochs,
         lr=lr,
@@ -174,18 +202,14 @@ def linear_cmd(
         out,
         streams=views,
         cfg=cfg,
-        weights=parse_weights(weights) if weights else None,
+        weights=_weights(weights),
         device=device,
         train_split=train_split,
         eval_split=eval_split,
         plots=plots,
     )
-    _emit(
-        report,
-        _acc_table(report) + f"\nfusion {report['fusion']} {report['fusion_weights']}; "
-        f"checkpoint: {report['output']}",
-        json_out,
-    )
+    footer = f"fusion {report['fusion']} {report['fusion_weights']}; checkpoint: {report['output']}"
+    _emit_accuracy(report, footer, json_out)
 
 
 @click.command("knn")
@@ -214,10 +238,7 @@ def knn_cmd(
     from training.evaluate import format_table
     from training.knn import run_knn
 
-    try:
-        k_list = sorted({int(k) for k in ks.split(",")})
-    except ValueError:
-        raise CrossclrError(f"-k: {ks!r}: expected comma-separated integers") from None
+    k_list = sorted(set(_int_list(ks, "-k", "integers")))
     if not k_list or k_list[0] < 1:
         raise CrossclrError("-k: k must be ≥ 1")
     report = run_knn(
@@ -255,12 +276,8 @@ def knn_cmd(
     show_default=True,
     help="Stratified fraction of labelled training samples, in (0, 1] (0.01, 0.1, 1.0).",
 )
-@click.option("--fusion", type=click.Choice(["joint", "separate"]), default="joint", show_default=True)
-@click.option("--weights", default=None, help="Fusion weights for --fusion separate.")
-@click.option("--epochs", type=int, default=100, show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True)
+@_head_training(lr=0.1, fusion_help=None, weights_help="Fusion weights for --fusion separate.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option(
     "--augment/--no-augment",
     default=False,
@@ -268,7 +285,6 @@ def knn_cmd(
     help="Temporal crop + shear on the labelled samples.",
 )
 @click.option("--eval-every", type=int, default=5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", is_flag=True, help="Write finetune_confusion.png (viz extra).")
 def finetune_cmd(
     data: Path,
@@ -292,7 +308,6 @@ def finetune_cmd(
     plots: bool,
 ) -> None:
     """Semi-supervised / full fine-tuning of encoders + heads on a stratified labelled subset."""
-    from crossclr_infer.metrics import parse_weights
     from training.finetune import FinetuneConfig, check_fraction, run_finetune
 
     check_fraction(label_fraction)
@@ -313,16 +328,16 @@ def finetune_cmd(
         out,
         streams=_parse_streams(streams),
         cfg=cfg,
-        weights=parse_weights(weights) if weights else None,
+        weights=_weights(weights),
         device=device,
         train_split=train_split,
         eval_split=eval_split,
         plots=plots,
     )
-    _emit(
+    _emit_accuracy(
         report,
-        _acc_table(report) + f"\n{report['num_labelled']} of {report['num_train']} training samples "
-        f"labelled ({label_fraction:g}); checkpoint: {report['output']}",
+        f"{report['num_labelled']} of {report['num_train']} training samples labelled ({label_fraction:g}); "
+        f"checkpoint: {report['output']}",
         json_out,
     )
 

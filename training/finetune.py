@@ -24,7 +24,16 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.metrics import FUSED, FUSIONS, confusion_matrix, fusion_weights_for
 from training.evaluate import stream_inputs as _stream_inputs
-from training.linear import LinearResult, head_loss, init_heads, score, with_fused
+from training.linear import (
+    LinearResult,
+    cache_info,
+    head_loss,
+    init_heads,
+    resolve_milestones,
+    save_result,
+    sgd_with_steps,
+    with_fused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +85,7 @@ class FinetuneConfig:
             raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
 
     def resolved_milestones(self) -> tuple[int, ...]:
-        if self.milestones is not None:
-            return tuple(self.milestones)
-        return (max(1, round(0.8 * self.epochs)),) if self.epochs > 1 else ()
+        return resolve_milestones(self.milestones, self.epochs)
 
 
 Reader = Callable[[np.ndarray], np.ndarray]
@@ -131,10 +138,7 @@ def finetune(
     hidden = int(encoders[streams[0]].cfg.hidden_dim)
     heads = dict(heads) if heads is not None else init_heads(streams, hidden, num_classes, cfg.seed, device)
     params = [p for m in (*encoders.values(), *heads.values()) for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
-    )
+    opt, sched = sgd_with_steps(params, cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment else None
     subset = np.asarray(subset, np.int64)
@@ -171,12 +175,7 @@ def finetune(
             logits = predict(
                 encoders, heads, read_eval, len(eval_labels), layout, result.fusion_weights, device=device
             )
-            for key, acc in score(logits, np.asarray(eval_labels)).items():
-                row[f"{key}_top1"], row[f"{key}_top5"] = acc["top1"], acc["top5"]
-                if key not in result.best or acc["top1"] > result.best[key]["top1"]:
-                    result.best[key] = {**acc, "epoch": epoch}
-                result.last[key] = dict(acc)
-            result.eval_logits = logits
+            result.record(row, logits, np.asarray(eval_labels), epoch)
         result.history.append(row)
         log.info("finetune epoch %d: %s", epoch, row)
     for m in (*encoders.values(), *heads.values()):
@@ -199,7 +198,7 @@ def run_finetune(
 ) -> dict[str, Any]:
     """``crossclr finetune``: writes OUT/finetune.pt (linear format) and finetune_metrics.json."""
     from crossclr_infer.cache import open_cache
-    from training.evaluate import check_compatible, default_device, load_any_encoders, save_linear, write_json
+    from training.evaluate import check_compatible, default_device, load_any_encoders, write_json
 
     dev = default_device(device)
     out = Path(out)
@@ -229,28 +228,18 @@ def run_finetune(
             dev,
         )
         class_names, num_class = list(cache.class_names), cache.num_class
-        cache_info = {
-            "frames": cache.frames,
-            "num_person": cache.num_person,
-            "preprocess": dict(cache.preprocess),
-        }
+        info = cache_info(cache)
         y_ev = np.asarray(ev.labels)
     cfg_dict = {**asdict(cfg), "milestones": list(cfg.resolved_milestones())}
-    save_meta = {
-        **cache_info,
-        **{k: meta[k] for k in ("config", "in_channels") if k in meta},
-        "source_checkpoint": str(checkpoint),
-    }
-    ckpt_path = save_linear(
+    ckpt_path = save_result(
         out / "finetune.pt",
         encoders,
-        result.heads,
-        fusion=cfg.fusion,
-        fusion_weights=fweights,
+        result,
+        checkpoint=checkpoint,
+        meta=meta,
+        info=info,
         class_names=class_names,
         layout=layout,
-        meta=save_meta,
-        metrics={"best": result.best, "last": result.last},
         extra={"finetune_config": cfg_dict, "data": str(data), "label_indices": subset.tolist()},
     )
     report = {

@@ -62,9 +62,26 @@ class LinearConfig:
             raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
 
     def resolved_milestones(self) -> tuple[int, ...]:
-        if self.milestones is not None:
-            return tuple(self.milestones)
-        return (max(1, round(0.8 * self.epochs)),) if self.epochs > 1 else ()
+        return resolve_milestones(self.milestones, self.epochs)
+
+
+def resolve_milestones(milestones: Sequence[int] | None, epochs: int) -> tuple[int, ...]:
+    """The lr-drop epochs: the given ones, else (round(0.8 · epochs),) (none for a single epoch)."""
+    if milestones is not None:
+        return tuple(milestones)
+    return (max(1, round(0.8 * epochs)),) if epochs > 1 else ()
+
+
+def sgd_with_steps(
+    params: Sequence[nn.Parameter], cfg: Any
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    """SGD (cfg.lr, cfg.momentum, cfg.weight_decay) and its lr × cfg.gamma drops at cfg's milestones
+    (``LinearConfig`` or ``FinetuneConfig``)."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
+    )
+    return opt, sched
 
 
 class FeatureSource(Protocol):
@@ -126,6 +143,16 @@ class LinearResult:
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> top1, top5, epoch
     last: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> top1, top5
     eval_logits: dict[str, Tensor] = field(default_factory=dict)  # last epoch, per stream and fused
+
+    def record(self, row: dict[str, float], logits: Mapping[str, Tensor], labels: Tensor | np.ndarray,
+               epoch: int) -> None:
+        """Score ``logits`` (per stream and fused): into ``row`` ({key}_top1/_top5), ``best``, ``last``."""
+        for key, acc in score(logits, labels).items():
+            row[f"{key}_top1"], row[f"{key}_top5"] = acc["top1"], acc["top5"]
+            if key not in self.best or acc["top1"] > self.best[key]["top1"]:
+                self.best[key] = {**acc, "epoch": epoch}
+            self.last[key] = dict(acc)
+        self.eval_logits = dict(logits)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -205,11 +232,7 @@ def train_linear(
     device = torch.device(device)
     weights = dict(fusion_weights) if fusion_weights else fusion_weights_for(cfg.fusion, streams)
     heads = init_heads(streams, train.in_features, num_classes, cfg.seed, device)
-    params = [p for h in heads.values() for p in h.parameters()]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
-    )
+    opt, sched = sgd_with_steps([p for h in heads.values() for p in h.parameters()], cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=weights)
     n = len(train)
@@ -235,13 +258,7 @@ def train_linear(
         sched.step()
         row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": total / count}
         if val is not None and len(val):
-            logits = predict_logits(heads, val, weights)
-            for key, acc in score(logits, val.labels).items():
-                row[f"{key}_top1"], row[f"{key}_top5"] = acc["top1"], acc["top5"]
-                if key not in result.best or acc["top1"] > result.best[key]["top1"]:
-                    result.best[key] = {**acc, "epoch": epoch}
-                result.last[key] = dict(acc)
-            result.eval_logits = logits
+            result.record(row, predict_logits(heads, val, weights), val.labels, epoch)
             bar.set_postfix(loss=f"{row['loss']:.3f}", top1=f"{row[f'{FUSED}_top1']:.1f}")
         result.history.append(row)
         log.info("linear epoch %d: %s", epoch, row)
@@ -249,6 +266,51 @@ def train_linear(
 
 
 # ------------------------------------------------------------------------------------------ orchestrators
+def cache_info(cache: Any) -> dict[str, Any]:
+    """What a checkpoint records about the cache its heads were trained on."""
+    return {
+        "frames": cache.frames,
+        "num_person": cache.num_person,
+        "preprocess": dict(cache.preprocess),
+        "benchmark": cache.benchmark,
+    }
+
+
+def save_result(
+    path: Path,
+    encoders: Mapping[str, nn.Module],
+    result: LinearResult,
+    *,
+    checkpoint: str | Path,
+    meta: Mapping[str, Any],
+    info: Mapping[str, Any],
+    class_names: Sequence[str],
+    layout: Layout,
+    extra: Mapping[str, Any],
+) -> Path:
+    """Write encoders + trained heads in the linear checkpoint format (``save_linear``): the source
+    checkpoint's encoder config, the cache ``info``, best/last metrics and ``extra`` fields."""
+    from training.evaluate import save_linear
+
+    save_meta = {
+        **info,
+        **{k: meta[k] for k in ("config", "in_channels") if k in meta},
+        "source_checkpoint": str(checkpoint),
+    }
+    return save_linear(
+        path,
+        encoders,
+        result.heads,
+        fusion=result.fusion,
+        fusion_weights=result.fusion_weights,
+        class_names=class_names,
+        layout=layout,
+        meta=save_meta,
+        metrics={"best": result.best, "last": result.last},
+        extra=extra,
+    )
+
+
 def run_linear(
     data: str | Path,
     checkpoint: str | Path,
@@ -265,7 +327,7 @@ def run_linear(
 ) -> dict[str, Any]:
     """``crossclr linear``: load encoders, encode both splits once, train heads, write linear.pt."""
     from crossclr_infer.cache import open_cache
-    from training.evaluate import check_compatible, default_device, load_any_encoders, save_linear, write_json
+    from training.evaluate import check_compatible, default_device, load_any_encoders, write_json
 
     dev = default_device(device)
     out = Path(out)
@@ -285,29 +347,17 @@ def run_linear(
         val_src = CachedFeatures(ev_feats, torch.as_tensor(np.asarray(ev.labels), dtype=torch.long), dev)
         class_names = list(cache.class_names)
         num_class = cache.num_class
-        cache_info = {
-            "frames": cache.frames,
-            "num_person": cache.num_person,
-            "preprocess": dict(cache.preprocess),
-            "benchmark": cache.benchmark,
-        }
+        info = cache_info(cache)
     result = train_linear(train_src, val_src, num_class, streams, cfg, fweights, dev)
-    metrics = {"best": result.best, "last": result.last}
-    save_meta = {
-        **cache_info,
-        **{k: meta[k] for k in ("config", "in_channels") if k in meta},
-        "source_checkpoint": str(checkpoint),
-    }
-    ckpt_path = save_linear(
+    ckpt_path = save_result(
         out / "linear.pt",
         encoders,
-        result.heads,
-        fusion=cfg.fusion,
-        fusion_weights=fweights,
+        result,
+        checkpoint=checkpoint,
+        meta=meta,
+        info=info,
         class_names=class_names,
         layout=layout,
-        meta=save_meta,
-        metrics=metrics,
         extra={"linear_config": _cfg_dict(cfg), "data": str(data)},
     )
     report = {
