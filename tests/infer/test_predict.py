@@ -15,6 +15,7 @@ from crossclr_infer.predict import collect_files, detect_axes, load_inputs, pred
 from crossclr_infer.preprocess import normalize_sequence, preprocess_raw
 from crossclr_infer.session import ModelSession
 from tests.conftest import shared_path
+from tests.helpers import cli_error
 from tests.infer.test_session import build_model, reference_logits
 
 pytest.importorskip("onnxruntime")
@@ -194,17 +195,6 @@ def test_skeleton_file_for_a_model_of_another_layout(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _run_err(argv: list[str], capsys) -> str:
-    import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_cli_predict_json_and_text(model, tmp_path, capsys) -> None:
     import cli
 
@@ -224,15 +214,15 @@ def test_cli_predict_json_and_text(model, tmp_path, capsys) -> None:
 def test_cli_predict_bad_inputs_one_line(model, tmp_path, capsys) -> None:
     _, _, path = model
     (tmp_path / "empty").mkdir()
-    assert "folder holds no" in _run_err(["predict", str(tmp_path / "empty"), "--model", str(path)], capsys)
+    assert "folder holds no" in cli_error(["predict", str(tmp_path / "empty"), "--model", str(path)], capsys)
     x = raw_sequence()
     x[1, 2, 3, 0] = np.nan
     np.save(tmp_path / "nan.npy", x)
-    assert "NaN" in _run_err(["predict", str(tmp_path / "nan.npy"), "--model", str(path)], capsys)
+    assert "NaN" in cli_error(["predict", str(tmp_path / "nan.npy"), "--model", str(path)], capsys)
     np.save(tmp_path / "kin.npy", np.ones((30, 20, 3), np.float32))
-    assert "20 joints" in _run_err(["predict", str(tmp_path / "kin.npy"), "--model", str(path)], capsys)
+    assert "20 joints" in cli_error(["predict", str(tmp_path / "kin.npy"), "--model", str(path)], capsys)
     np.save(tmp_path / "shape.npy", np.ones((30, 25), np.float32))
-    assert "dimensions" in _run_err(["predict", str(tmp_path / "shape.npy"), "--model", str(path)], capsys)
-    assert "--top-k" in _run_err(["predict", str(tmp_path / "shape.npy"), "--model", str(path), "--top-k",
+    assert "dimensions" in cli_error(["predict", str(tmp_path / "shape.npy"), "--model", str(path)], capsys)
+    assert "--top-k" in cli_error(["predict", str(tmp_path / "shape.npy"), "--model", str(path), "--top-k",
                                   "0"],
                                  capsys)

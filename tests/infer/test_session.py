@@ -19,6 +19,7 @@ from crossclr_infer import session as session_mod
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import BUILTIN_LAYOUTS, Layout, layout_to_toml
 from crossclr_infer.session import ModelSession, parse_metadata, resolve_providers
+from tests.helpers import cli_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -267,29 +268,18 @@ def test_float64_is_cast_and_batched_runs_match(model) -> None:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _cli_error(argv: list[str], capsys) -> str:
-    import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_cli_missing_and_corrupt_model_one_line(tmp_path, capsys) -> None:
     x = tmp_path / "x.npy"
     np.save(x, np.ones((10, 25, 3), np.float32))
-    assert "model file not found" in _cli_error(["predict", str(x), "--model", str(tmp_path / "m.onnx")],
+    assert "model file not found" in cli_error(["predict", str(x), "--model", str(tmp_path / "m.onnx")],
                                                 capsys)
     bad = tmp_path / "bad.onnx"
     bad.write_text("not a model")
-    assert "not a loadable ONNX model" in _cli_error(["predict", str(x), "--model", str(bad)], capsys)
+    assert "not a loadable ONNX model" in cli_error(["predict", str(x), "--model", str(bad)], capsys)
     plain = tmp_path / "plain.onnx"
     build_model(plain, drop_props=["crossclr_format"])
-    assert "no crossclr metadata" in _cli_error(["predict", str(x), "--model", str(plain)], capsys)
+    assert "no crossclr metadata" in cli_error(["predict", str(x), "--model", str(plain)], capsys)
     good = tmp_path / "good.onnx"
     build_model(good)
-    assert "not available" in _cli_error(["predict", str(x), "--model", str(good), "--providers", "coreml"],
+    assert "not available" in cli_error(["predict", str(x), "--model", str(good), "--providers", "coreml"],
                                          capsys)

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 
-from tests.training.test_linear import run_cli, write_cache, write_pretrain  # noqa: E402
+from tests.helpers import protocol_args, run_cli, write_cache, write_pretrain  # noqa: E402
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
@@ -60,17 +60,15 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("fraction", ["0", "1.01", "-1"])
 def test_cli_fraction_out_of_range_is_a_one_line_error(setup, capsys, fraction):
     code, _, err = run_cli(
-        [
+        protocol_args(
             "finetune",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
+            setup["cache"],
+            setup["ckpt"],
             "--out",
             str(setup["dir"] / "bad"),
             "--label-fraction",
             fraction,
-        ],
+        ),
         capsys,
     )
     assert code != 0 and len(err.strip().splitlines()) == 1 and "label-fraction" in err, err
@@ -83,12 +81,10 @@ def test_cli_finetune_trains_encoders_and_writes_a_linear_format_checkpoint(setu
 
     out = setup["dir"] / "ft"
     code, stdout, err = run_cli(
-        [
+        protocol_args(
             "finetune",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
+            setup["cache"],
+            setup["ckpt"],
             "--out",
             str(out),
             "--label-fraction",
@@ -102,7 +98,7 @@ def test_cli_finetune_trains_encoders_and_writes_a_linear_format_checkpoint(setu
             "--augment",
             "--json",
             str(out / "r.json"),
-        ],
+        ),
         capsys,
     )
     assert code == 0, err

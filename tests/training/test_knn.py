@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 
-from tests.training.test_linear import run_cli, write_cache, write_pretrain  # noqa: E402
+from tests.helpers import protocol_args, run_cli, write_cache, write_pretrain  # noqa: E402
 
 
 def knn_reference(
@@ -85,26 +85,14 @@ def test_cli_knn_table_and_json(tmp_path, capsys):
     cache = write_cache(tmp_path / "c.h5")
     ck = write_pretrain(tmp_path / "p.pt", cache, streams=["joint", "motion"])
     code, out, err = run_cli(
-        [
-            "knn",
-            "--data",
-            str(cache),
-            "--checkpoint",
-            str(ck),
-            "-k",
-            "1,5",
-            "--json",
-            str(tmp_path / "k.json"),
-        ],
+        protocol_args("knn", cache, ck, "-k", "1,5", "--json", str(tmp_path / "k.json")),
         capsys,
     )
     assert code == 0, err
     assert "top1@1" in out and "fused" in out
     rep = json.loads((tmp_path / "k.json").read_text())
     assert set(rep["results"]) == {"joint", "motion", "fused"} and set(rep["results"]["joint"]) == {"1", "5"}
-    code, _, err = run_cli(
-        ["knn", "--data", str(cache), "--checkpoint", str(ck), "--streams", "accel"], capsys
-    )
+    code, _, err = run_cli(protocol_args("knn", cache, ck, "--streams", "accel"), capsys)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "accel" in err
-    code, _, err = run_cli(["knn", "--data", str(cache), "--checkpoint", str(ck), "-k", "0"], capsys)
+    code, _, err = run_cli(protocol_args("knn", cache, ck, "-k", "0"), capsys)
     assert code != 0 and len(err.strip().splitlines()) == 1

@@ -1,14 +1,13 @@
 """Linear evaluation: frozen encoders stay untouched, cached == re-encoded heads, fusion, linear.pt, errors.
 
-Module-level helpers (tiny encoder config, hand-made caches, pretrain checkpoints) are shared with
-test_knn.py, test_finetune.py and test_plots.py.
+The tiny encoder config, hand-made caches and pretrain checkpoints come from tests/helpers.py (shared with
+test_knn.py, test_finetune.py and test_plots.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,127 +16,8 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 
-from crossclr_infer.cache import CacheWriter, open_cache  # noqa: E402
-from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml  # noqa: E402
-
-NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
-STREAMS3 = ("joint", "motion", "bone")
-
-
-def tiny_encoder_config():
-    from training.stgcn import EncoderConfig
-
-    return EncoderConfig(
-        base_channels=8, hidden_dim=32, feature_dim=16, stage_blocks=(1, 1, 1), temporal_kernel=3
-    )
-
-
-def write_cache(
-    path: Path,
-    *,
-    classes: int = 4,
-    train: int = 8,
-    val: int = 4,
-    frames: int = 16,
-    seed: int = 0,
-    class_names: Sequence[str] | None = None,
-    noise: float = 0.3,
-) -> Path:
-    """A small NTU-layout cache whose classes differ by a mean pose and a temporal frequency."""
-    rng = np.random.default_rng(seed)
-    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(classes)]
-    pose = rng.normal(size=(classes, 3, 1, NTU.num_joints, 1)).astype(np.float32)
-    t = np.linspace(0, 2 * np.pi, frames, dtype=np.float32)[None, :, None, None]
-    with CacheWriter(
-        path,
-        layout=NTU,
-        class_names=names,
-        benchmark="test",
-        frames=frames,
-        num_person=2,
-        preprocess={"mode": "none", "frames": frames},
-    ) as w:
-        for split, n in (("train", train), ("val", val)):
-            for i in range(n):
-                for c in range(classes):
-                    x = (
-                        pose[c]
-                        + 0.5 * np.sin(t * (c + 1))
-                        + noise * rng.normal(size=(3, frames, NTU.num_joints, 2))
-                    )
-                    w.add(split, x.astype(np.float32), c, f"{split}-{c}-{i}", frames)
-    return path
-
-
-def make_model(streams: Sequence[str] = STREAMS3, seed: int = 0):
-    from training.crossclr import CrosSCLR, SSLConfig
-
-    torch.manual_seed(seed)
-    return CrosSCLR(NTU, tiny_encoder_config(), SSLConfig(queue_size=64), tuple(streams))
-
-
-def write_pretrain(
-    path: Path,
-    cache: Path,
-    model=None,
-    streams: Sequence[str] = STREAMS3,
-    *,
-    perturb_bn: bool = True,
-    seed: int = 0,
-) -> Path:
-    """A crossclr-pretrain-v1 checkpoint of a (random unless given) CrosSCLR model.
-
-    With ``perturb_bn`` the BN running statistics get non-default values, so any update is visible."""
-    from training.checkpoint import atomic_torch_save, make_checkpoint
-    from training.config import TrainConfig, config_to_dict
-    from training.crossclr import SSLConfig
-
-    model = model if model is not None else make_model(streams, seed)
-    if perturb_bn:
-        g = torch.Generator().manual_seed(seed + 100)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                    m.num_batches_tracked.fill_(7)
-    cfg = TrainConfig(
-        model=tiny_encoder_config(),
-        ssl=SSLConfig(queue_size=64),
-        streams=tuple(streams),
-        epochs=1,
-        cross_epoch=1,
-    )
-    with open_cache(cache) as c:
-        ckpt = make_checkpoint(
-            model_state=model.state_dict(),
-            optimizer_state=None,
-            scheduler_state=None,
-            epoch=1,
-            rng=[],
-            config=config_to_dict(cfg),
-            streams=list(streams),
-            layout_toml=layout_to_toml(c.layout),
-            num_person=c.num_person,
-            frames=c.frames,
-            class_names=c.class_names,
-            preprocess=c.preprocess,
-        )
-    atomic_torch_save(ckpt, path)
-    return path
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    import cli
-
-    capsys.readouterr()
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from crossclr_infer.cache import open_cache  # noqa: E402
+from tests.helpers import NTU, STREAMS3, protocol_args, run_cli, write_cache, write_pretrain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +103,10 @@ def test_linear_training_leaves_encoder_weights_and_bn_stats_unchanged(setup):
 def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, capsys):
     out = setup["dir"] / "lin"
     code, stdout, err = run_cli(
-        [
+        protocol_args(
             "linear",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
+            setup["cache"],
+            setup["ckpt"],
             "--out",
             str(out),
             "--epochs",
@@ -239,7 +117,7 @@ def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, ca
             str(out / "r.json"),
             "--device",
             "cpu",
-        ],
+        ),
         capsys,
     )
     assert code == 0, err
@@ -340,12 +218,10 @@ def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
 
     out = setup["dir"] / "lin2"
     code, _, err = run_cli(
-        [
+        protocol_args(
             "linear",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
+            setup["cache"],
+            setup["ckpt"],
             "--out",
             str(out),
             "--epochs",
@@ -358,7 +234,7 @@ def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
             "joint=0.5,motion=0.2,bone=0.3",
             "--streams",
             "joint,motion,bone",
-        ],
+        ),
         capsys,
     )
     assert code == 0, err
@@ -398,19 +274,17 @@ def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
 def test_checkpoint_without_the_requested_stream_is_a_one_line_error(setup, capsys):
     ck = write_pretrain(setup["dir"] / "joint_only.pt", setup["cache"], streams=["joint"])
     code, _, err = run_cli(
-        [
+        protocol_args(
             "linear",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(ck),
+            setup["cache"],
+            ck,
             "--out",
             str(setup["dir"] / "bad"),
             "--streams",
             "joint,bone",
             "--epochs",
             "1",
-        ],
+        ),
         capsys,
     )
     assert code != 0 and len(err.strip().splitlines()) == 1 and "bone" in err, err
@@ -420,19 +294,9 @@ def test_checkpoint_without_the_requested_stream_is_a_one_line_error(setup, caps
 def test_cache_with_other_classes_than_the_heads_is_a_one_line_error(setup, capsys):
     out = setup["dir"] / "lin3"
     code, _, err = run_cli(
-        [
-            "linear",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--streams",
-            "joint",
-        ],
+        protocol_args(
+            "linear", setup["cache"], setup["ckpt"], "--out", str(out), "--epochs", "1", "--streams", "joint"
+        ),
         capsys,
     )
     assert code == 0, err
@@ -449,31 +313,19 @@ def test_foreign_checkpoint_and_bad_flags_are_one_line_errors(setup, capsys):
     junk = setup["dir"] / "junk.pt"
     torch.save({"state_dict": {}}, junk)
     for args in (
-        ["linear", "--data", str(setup["cache"]), "--checkpoint", str(junk), "--out", "o"],
-        [
+        protocol_args("linear", setup["cache"], junk, "--out", "o"),
+        protocol_args("linear", setup["cache"], setup["ckpt"], "--out", "o", "--streams", "elbow"),
+        protocol_args(
             "linear",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
-            "--out",
-            "o",
-            "--streams",
-            "elbow",
-        ],
-        [
-            "linear",
-            "--data",
-            str(setup["cache"]),
-            "--checkpoint",
-            str(setup["ckpt"]),
+            setup["cache"],
+            setup["ckpt"],
             "--out",
             "o",
             "--fusion",
             "separate",
             "--weights",
             "joint",
-        ],
+        ),
     ):
         code, _, err = run_cli(args, capsys)
         assert code != 0 and len(err.strip().splitlines()) == 1, err

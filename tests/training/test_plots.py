@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from tests.training.test_linear import run_cli, write_cache, write_pretrain  # noqa: E402
+from tests.helpers import protocol_args, run_cli, write_cache, write_pretrain  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,26 +101,13 @@ def test_cli_tsne_and_linear_plots(tmp_path, capsys):
     _png_size(tmp_path / "t" / "tsne_motion.png")
     assert not (tmp_path / "t" / "tsne_joint.png").exists()
     code, _, err = run_cli(
-        [
-            "linear",
-            "--data",
-            str(cache),
-            "--checkpoint",
-            str(ck),
-            "--out",
-            str(tmp_path / "l"),
-            "--epochs",
-            "2",
-            "--plots",
-        ],
+        protocol_args("linear", cache, ck, "--out", str(tmp_path / "l"), "--epochs", "2", "--plots"),
         capsys,
     )
     assert code == 0, err
     for name in ("confusion.png", "linear_curves.png"):
         _png_size(tmp_path / "l" / name)
-    code, _, err = run_cli(
-        ["knn", "--data", str(cache), "--checkpoint", str(ck), "--plots", str(tmp_path / "k")], capsys
-    )
+    code, _, err = run_cli(protocol_args("knn", cache, ck, "--plots", str(tmp_path / "k")), capsys)
     assert code == 0, err
     _png_size(tmp_path / "k" / "knn_confusion.png")
     assert not [p for d in ("t", "l", "k") for p in (tmp_path / d).iterdir() if p.name.startswith(".")]
