@@ -79,17 +79,25 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def torch_load_safe(path: Path, *, missing: str, unreadable: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU. CrossclrError ``"{path}: {missing}"`` when there is no such
+    file, ``"{path}: {unreadable}"`` (``{reason}`` replaced by the first line of the error) when it cannot
+    be read."""
+    if not path.is_file():
+        raise CrossclrError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrossclrError(f"{path}: " + unreadable.format(reason=reason[:200])) from None
+
+
 def load_checkpoint(path: str | Path, *, expected_format: str = PRETRAIN_FORMAT) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` on CPU, with one-line errors for missing/foreign/damaged files."""
     path = Path(path)
-    if not path.is_file():
-        raise CrossclrError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrossclrError(f"{path}: not a readable checkpoint ({reason[:200]}); expected a "
-                            f"{expected_format} file written by `crossclr train`") from None
+    ckpt = torch_load_safe(path, missing="no such checkpoint file",
+                           unreadable="not a readable checkpoint ({reason}); expected a "
+                                      f"{expected_format} file written by `crossclr train`")
     if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         hint = " (an official checkpoint? convert it with `crossclr import-official`)" if (
@@ -192,14 +200,9 @@ def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None 
 
 
 def _read_official(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CrossclrError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrossclrError(f"{path}: not a readable torch state dict ({reason[:200]}); expected an official "
-                            "CrosSCLR/SkeletonCLR .pt file") from None
+    obj = torch_load_safe(path, missing="no such file",
+                          unreadable="not a readable torch state dict ({reason}); expected an official "
+                                     "CrosSCLR/SkeletonCLR .pt file")
     if isinstance(obj, dict) and "format" in obj:
         raise CrossclrError(f"{path}: already a {obj['format']!r} checkpoint of this project; expected an "
                             "official one")

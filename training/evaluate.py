@@ -117,13 +117,10 @@ def encode_split(
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _torch_load(path: Path) -> dict:
-    if not path.is_file():
-        raise CrossclrError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrossclrError(f"{path}: not a readable torch checkpoint ({msg})") from None
+    from training.checkpoint import torch_load_safe
+
+    ckpt = torch_load_safe(path, missing="no such checkpoint file",
+                           unreadable="not a readable torch checkpoint ({reason})")
     if not isinstance(ckpt, dict):
         raise CrossclrError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
     return ckpt
