@@ -90,11 +90,13 @@ NTU_JOINTS = [
 ]
 # (joint, parent), 1-based as in the NTU documentation; (21, 21) is the root.
 _NTU_PAIRS = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
-              (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19), (21, 21),
+              (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
+              (21, 21),
               (22, 23), (23, 8), (24, 25), (25, 12)]
 
 KINECT_V1_JOINTS = [
-    "hip_center", "spine", "shoulder_center", "head", "shoulder_left", "elbow_left", "wrist_left", "hand_left",
+    "hip_center", "spine", "shoulder_center", "head", "shoulder_left", "elbow_left", "wrist_left",
+    "hand_left",
     "shoulder_right", "elbow_right", "wrist_right", "hand_right", "hip_left", "knee_left", "ankle_left",
     "foot_left", "hip_right", "knee_right", "ankle_right", "foot_right",
 ]
@@ -136,7 +138,8 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
         raise ValueError(f"{source}: unknown layout keys {unknown}; expected {sorted(known)}")
     for key in ("joints", "parents", "center"):
         if key not in doc:
-            raise ValueError(f"{source}: layout needs {key!r} (keys: name, joints, parents, center, shoulders)")
+            raise ValueError(f"{source}: layout needs {key!r} "
+                             "(keys: name, joints, parents, center, shoulders)")
     joints = doc["joints"]
     if not isinstance(joints, list) or not all(isinstance(j, str) for j in joints):
         raise ValueError(f"{source}: 'joints' must be a list of joint names")
@@ -161,7 +164,8 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
             joint_names=tuple(joints),
             parents=tuple(idx(p, "parent") for p in parents),
             center=idx(doc["center"], "center"),
-            shoulders=None if shoulders is None else (idx(shoulders[0], "shoulder"), idx(shoulders[1], "shoulder")),
+            shoulders=None if shoulders is None
+            else (idx(shoulders[0], "shoulder"), idx(shoulders[1], "shoulder")),
         )
     except ValueError as e:
         msg = str(e)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import write_text_atomic
 from crossclr_infer.layouts import layout_to_toml
 from training.augment import augment
 from training.checkpoint import (
@@ -227,9 +228,7 @@ class MetricsLog:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(k + "\n" for k in kept))
         elif keep_before_epoch is None and path.exists():
             path.unlink()
         self._f = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
