@@ -126,9 +126,9 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration]
     fmt = QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator
-    # MinMax ranges are merged every 4 calibration batches, so memory stays bounded (ranges are unchanged)
-    extra: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric,
-                             "CalibMaxIntermediateOutputs": 4}
+    # (no CalibMaxIntermediateOutputs: onnxruntime 1.32 then fails with "No data is collected" whenever the
+    # batch count is a multiple of it; MinMax keeps only per-batch reduced ranges, so memory stays small)
+    extra: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
     with tempfile.TemporaryDirectory(dir=dst.parent) as td:
         pre = Path(td) / "pre.onnx"
         if config.preprocess:
