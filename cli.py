@@ -57,8 +57,8 @@ def _run_step(args: list[str]) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="crossclr-demo",
               show_default=True, help="Folder for everything the demo writes.")
 @click.option("--classes", type=click.IntRange(2, 12), default=8, show_default=True)
-@click.option("--per-class", type=click.IntRange(10), default=40, show_default=True)
-@click.option("--epochs", type=click.IntRange(2), default=8, show_default=True,
+@click.option("--per-class", type=click.IntRange(10), default=60, show_default=True)
+@click.option("--epochs", type=click.IntRange(2), default=30, show_default=True,
               help="Pretraining epochs (the cross-view stage starts halfway).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out_dir: str, classes: int, per_class: int, epochs: int, seed: int) -> None:
