@@ -167,6 +167,8 @@ def build_default(cache: Path, classes: int, threads: int):
 
 
 def main() -> None:
+    from training.stgcn import set_fast_ops
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="a linear.pt to export (default: official-width random encoders)")
     ap.add_argument("--data", help="cache for calibration/accuracy (default: a synthetic cache)")
@@ -251,6 +253,14 @@ def main() -> None:
             t_torch = timeit(lambda xt=xt: nets[j](xt), b, args.min_time)
         t_ort = timeit(lambda x=x: sess[j].run(x, ["logits"]), b, args.min_time)
         ratio(f"ORT {j} vs torch eager, batch {b}", t_torch, t_ort, 2.0)
+        set_fast_ops(False)  # the official operations (einsum graph conv) in torch, same weights
+        try:
+            with torch.inference_mode():
+                t_official = timeit(lambda xt=xt: nets[j](xt), b, args.min_time)
+        finally:
+            set_fast_ops(True)
+        ratio(f"ORT {j} vs torch eager official ops, batch {b}", t_official, t_ort, 2.0)
+        ratio(f"torch eager fast ops vs official ops, batch {b}", t_official, t_torch, 1.0)
     x1 = (0.5 * rng.standard_normal((1, *shape))).astype(np.float32)
 
     def three() -> None:
