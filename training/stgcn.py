@@ -19,7 +19,7 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import Layout
 
-GRAPHS = ("spatial", "flow", "adaptive")
+GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # "transformer" = the MAMP encoder (training.transformer)
 PROJECTORS = ("mlp", "linear", "none")
 
 
@@ -38,6 +38,12 @@ class EncoderConfig:
     edge_importance: bool = True  # learnable (K, V, V) edge weights per block, initialised to ones
     max_hop: int = 1  # graph neighbourhood of the spatial partition
     embed_ratio: int = 4  # adaptive graph: theta/phi embeddings have out_channels // embed_ratio channels
+    # transformer (graph = "transformer", MAMP encoder); hidden_dim is its width
+    depth: int = 8  # encoder blocks
+    num_heads: int = 8  # attention heads (hidden_dim must be divisible by it)
+    mlp_ratio: float = 4.0  # MLP hidden size = mlp_ratio · hidden_dim
+    t_patch: int = 4  # frames per token (the frame count must be divisible by it)
+    drop_path: float = 0.0  # stochastic depth rate of the last block (linear in depth; MAMP pretraining: 0)
 
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
@@ -45,7 +51,8 @@ class EncoderConfig:
         if self.projector not in PROJECTORS:
             raise CrossclrError(f"encoder config: projector {self.projector!r} is unknown; expected one of "
                                 f"{PROJECTORS}")
-        for name in ("base_channels", "hidden_dim", "feature_dim", "embed_ratio", "max_hop"):
+        for name in ("base_channels", "hidden_dim", "feature_dim", "embed_ratio", "max_hop", "depth", "num_heads",
+                     "t_patch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise CrossclrError(f"encoder config: {name} must be a positive integer, got {v!r}")
@@ -55,6 +62,12 @@ class EncoderConfig:
                                 f"{self.temporal_kernel!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise CrossclrError(f"encoder config: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.hidden_dim % self.num_heads:
+            raise CrossclrError(f"encoder config: hidden_dim {self.hidden_dim} is not divisible by num_heads "
+                                f"{self.num_heads}; expected a multiple")
+        if not float(self.mlp_ratio) > 0 or not 0.0 <= float(self.drop_path) < 1.0:
+            raise CrossclrError(f"encoder config: expected mlp_ratio > 0 and drop_path in [0, 1), got "
+                                f"{self.mlp_ratio!r}, {self.drop_path!r}")
         sb = tuple(self.stage_blocks)
         if len(sb) != 3 or not all(isinstance(b, int) and b >= 1 for b in sb):
             raise CrossclrError(f"encoder config: stage_blocks must be three positive integers, got "
