@@ -22,6 +22,8 @@ class Layout:
 
     The center joint is its own parent (the root of the tree); every other joint reaches it by
     following parents. ``shoulders`` = (left, right) joint indices, used to rotate sequences.
+    ``origin``: the joint whose first-frame position becomes the coordinate origin in the ``mamp``
+    preprocessing (NTU: spine_mid, as in MAMP/CTR-GCN); None = the center joint.
     """
 
     name: str
@@ -29,6 +31,7 @@ class Layout:
     parents: tuple[int, ...]
     center: int
     shoulders: tuple[int, int] | None = None
+    origin: int | None = None
 
     def __post_init__(self) -> None:
         v = len(self.joint_names)
@@ -58,6 +61,13 @@ class Layout:
             for s in self.shoulders:
                 if not 0 <= s < v:
                     raise ValueError(f"layout {self.name!r}: shoulder joint {s} outside 0..{v - 1}")
+        if self.origin is not None and not 0 <= self.origin < v:
+            raise ValueError(f"layout {self.name!r}: origin joint {self.origin} outside 0..{v - 1}")
+
+    @property
+    def origin_joint(self) -> int:
+        """The ``mamp`` preprocessing's origin joint (``origin``, else the center)."""
+        return self.center if self.origin is None else self.origin
 
     @property
     def num_joints(self) -> int:
@@ -75,11 +85,12 @@ class Layout:
 
 
 def _from_one_based(name: str, names: list[str], pairs: list[tuple[int, int]], center: int,
-                    shoulders: tuple[int, int]) -> Layout:
+                    shoulders: tuple[int, int], origin: int) -> Layout:
     parents = [0] * len(names)
     for child, parent in pairs:
         parents[child - 1] = parent - 1
-    return Layout(name, tuple(names), tuple(parents), center - 1, (shoulders[0] - 1, shoulders[1] - 1))
+    return Layout(name, tuple(names), tuple(parents), center - 1, (shoulders[0] - 1, shoulders[1] - 1),
+                  origin - 1)
 
 
 NTU_JOINTS = [
@@ -104,8 +115,9 @@ _KINECT_V1_PAIRS = [(1, 2), (2, 3), (3, 3), (4, 3), (5, 3), (6, 5), (7, 6), (8, 
                     (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19)]
 
 BUILTIN_LAYOUTS: dict[str, Layout] = {
-    "ntu-rgb+d": _from_one_based("ntu-rgb+d", NTU_JOINTS, _NTU_PAIRS, center=21, shoulders=(5, 9)),
-    "kinect-v1": _from_one_based("kinect-v1", KINECT_V1_JOINTS, _KINECT_V1_PAIRS, center=3, shoulders=(5, 9)),
+    "ntu-rgb+d": _from_one_based("ntu-rgb+d", NTU_JOINTS, _NTU_PAIRS, center=21, shoulders=(5, 9), origin=2),
+    "kinect-v1": _from_one_based("kinect-v1", KINECT_V1_JOINTS, _KINECT_V1_PAIRS, center=3, shoulders=(5, 9),
+                                 origin=2),
 }
 
 
@@ -117,6 +129,7 @@ def load_layout_toml(path: str | Path) -> Layout:
         parents = ["chest", "chest", "chest", ...]   # the center names itself
         center = "chest"
         shoulders = ["l_shoulder", "r_shoulder"]      # optional, for the rotation step
+        origin = "pelvis"                             # optional, origin of the mamp preprocessing
     """
     path = Path(path)
     try:
@@ -132,7 +145,7 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: not valid TOML ({e})") from None
-    known = {"name", "joints", "parents", "center", "shoulders"}
+    known = {"name", "joints", "parents", "center", "shoulders", "origin"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ValueError(f"{source}: unknown layout keys {unknown}; expected {sorted(known)}")
@@ -166,6 +179,7 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
             center=idx(doc["center"], "center"),
             shoulders=None if shoulders is None
             else (idx(shoulders[0], "shoulder"), idx(shoulders[1], "shoulder")),
+            origin=None if doc.get("origin") is None else idx(doc["origin"], "origin"),
         )
     except ValueError as e:
         msg = str(e)
@@ -192,4 +206,6 @@ def layout_to_toml(layout: Layout) -> str:
              f"parents = {q([names[p] for p in layout.parents])}", f'center = "{names[layout.center]}"']
     if layout.shoulders is not None:
         lines.append(f"shoulders = {q([names[s] for s in layout.shoulders])}")
+    if layout.origin is not None:
+        lines.append(f'origin = "{names[layout.origin]}"')
     return "\n".join(lines) + "\n"

@@ -11,6 +11,11 @@ Modes:
 * ``energy`` — the two most active bodies by motion energy across body IDs (noise bodies dropped),
   frames without any kept body removed, then centering, resize and a per-frame rotation that aligns
   the shoulders with the x axis in every frame.
+* ``mamp`` — MAMP's (CTR-GCN's) data, as its evaluation feeds the model: the bodies of ``energy``, frames
+  without any kept body removed, the origin joint of body 0 in its first frame subtracted from every
+  present body in every frame (no per-frame centering, no rotation), the central 95 % of the frames kept
+  and linearly resized (half-pixel centres, as torch's bilinear ``align_corners=False``) to ``frames``
+  (120 by default). Training then crops and rotates at random (``training.augment.augment_mamp``).
 
 Everything is driven by the layout (center joint, shoulders), so other skeletons use the same code.
 Arrays are (C, T, V, M) = (3, frames, joints, bodies).
@@ -29,8 +34,10 @@ from crossclr_infer.ntu import RawSkeleton
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_MODES: tuple[str, ...] = ("official", "none", "energy")
-Mode = Literal["official", "none", "energy"]
+PREPROCESS_MODES: tuple[str, ...] = ("official", "none", "energy", "mamp")
+Mode = Literal["official", "none", "energy", "mamp"]
+DEFAULT_FRAMES = {"official": 50, "none": 300, "energy": 50, "mamp": 120}  # frames per mode by default
+MAMP_CENTER_CROP = 0.95  # share of the valid frames MAMP's evaluation keeps (centre crop)
 
 ROTATION_EPS = 1e-4  # added to |v| in the official angle, as in the official code
 MIN_BODY_FRAMES = 11  # "energy": a body seen in fewer frames is noise (when another body remains)
@@ -60,7 +67,7 @@ def select_bodies(raw: RawSkeleton, mode: str = "official", max_bodies: int = 2)
     if raw.body_ids.size == 0:
         return out
     frame = raw.frame_index  # (B_total,)
-    if mode != "energy":
+    if mode not in ("energy", "mamp"):
         rank = raw.rank_in_frame  # (B_total,)
         keep = rank < max_bodies
         # the indexed target is (B_kept, 3, V) (advanced axes first): (B_kept, V, 3) -> (B_kept, 3, V)
@@ -103,7 +110,7 @@ def sequence_length(x: np.ndarray, mode: str) -> int:
     _check_mode(mode)
     if mode == "official":
         return valid_length(x)
-    if mode == "energy":
+    if mode in ("energy", "mamp"):
         return int(np.count_nonzero(np.any(x != 0, axis=(0, 2, 3))))
     return int(x.shape[1])
 
@@ -190,6 +197,8 @@ def normalize_sequence(x: np.ndarray, layout: Layout, *, mode: str = "official",
         raise CrossclrError(f"frames must be >= 1, got {frames}")
     if mode == "none":
         return pad_or_crop(x, frames)
+    if mode == "mamp":
+        return mamp_sequence(x, layout, frames)
     if mode == "official":
         length = valid_length(x)
         if length == 0:
@@ -205,6 +214,22 @@ def normalize_sequence(x: np.ndarray, layout: Layout, *, mode: str = "official",
     if layout.shoulders is not None:
         x = rotate_y(x, rotation_angles(x, layout, per_frame_sign=(mode == "energy")))
     return x
+
+
+def mamp_sequence(x: np.ndarray, layout: Layout, frames: int = 120,
+                  crop: float = MAMP_CENTER_CROP) -> np.ndarray:
+    """(3, T, V, M) selected bodies -> (3, frames, V, M): MAMP's origin translation and centre crop + resize."""
+    present = np.any(x != 0, axis=(0, 2, 3))  # (T,) frames with any kept body
+    x = x[:, present].astype(np.float32)
+    length = int(present.sum())
+    if length == 0:
+        raise CrossclrError("no skeleton: no body in any frame")
+    body = np.any(x != 0, axis=(0, 2))  # (T', M) where each body is present
+    first = int(np.argmax(body[:, 0])) if body[:, 0].any() else 0
+    origin = x[:, first, layout.origin_joint, 0]  # (3,) body 0 in its first frame
+    x = np.where(body[None, :, None, :], x - origin[:, None, None, None], 0).astype(np.float32)
+    bias = int((1 - crop) * length / 2)
+    return resize_frames(x[:, bias:length - bias], length - 2 * bias, frames)
 
 
 def preprocess_raw(raw: RawSkeleton, layout: Layout, mode: str = "official", frames: int = 50,

@@ -66,3 +66,87 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
     starts = draw_crop_starts(n, t, generator, dev)
     params = draw_shear(n, generator, dev)
     return shear(temporal_crop(x, starts.to(x.device)), params.to(x.device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MAMP's training augmentation (DESIGN §6): random valid crop + linear resize, then a random 3-axis rotation
+
+MAMP_CROP = (0.5, 1.0)  # share of the valid frames kept, uniform
+MAMP_MIN_CROP = 64  # the crop keeps at least this many frames (or all valid frames when fewer)
+MAMP_ROTATION = 0.3  # radians, uniform in ±this about each axis
+
+
+def valid_lengths(x: torch.Tensor) -> torch.Tensor:
+    """(N,) number of frames with any non-zero value (MAMP counts valid frames this way). x: (N, C, T, V, M)."""
+    return (x != 0).any(dim=4).any(dim=3).any(dim=1).sum(dim=1)
+
+
+def draw_mamp_crops(valid: torch.Tensor, generator: torch.Generator | None = None,
+                    interval: tuple[float, float] = MAMP_CROP, min_frames: int = MAMP_MIN_CROP
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(starts, lengths), each (N,) int64: length = clip(⌊valid·p⌋, min_frames, valid) with p ~ U(interval),
+    start uniform in [0, valid − length]."""
+    n = valid.shape[0]
+    dev = generator.device if generator is not None else valid.device
+    valid = valid.to(dev).clamp(min=1)
+    p = torch.rand(n, generator=generator, device=dev, dtype=torch.float64) * (interval[1] - interval[0])
+    length = torch.floor(valid.double() * (p + interval[0])).long()
+    length = torch.minimum(torch.clamp(length, min=min_frames), valid)
+    u = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
+    start = torch.floor(u * (valid - length + 1).double()).long().clamp(max=(valid - length))
+    return start, length
+
+
+def crop_resize(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """Frames [start, start + length) of each sample, linearly resized to ``frames`` with half-pixel centres
+    (torch ``interpolate(..., mode='bilinear', align_corners=False)`` along time). x: (N, C, T, V, M)."""
+    n, c, t, v, m = x.shape
+    starts = starts.to(x.device).view(n, 1).double()
+    lengths = lengths.to(x.device).view(n, 1).double()
+    d = torch.arange(frames, device=x.device, dtype=torch.float64).view(1, frames)
+    src = ((d + 0.5) * lengths / frames - 0.5).clamp(min=0.0)  # (N, frames), relative to the start
+    i0 = src.floor()
+    w = (src - i0).to(x.dtype)
+    i1 = torch.minimum(i0 + 1, lengths - 1)
+    i0 = (i0 + starts).long()  # (N, frames) absolute frame indices
+    i1 = (i1 + starts).long()
+
+    def take(idx: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 2, idx.view(n, 1, frames, 1, 1).expand(n, c, frames, v, m))
+
+    w = w.view(n, 1, frames, 1, 1)
+    return take(i0) * (1 - w) + take(i1) * w
+
+
+def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """(N, 3) angles (about x, y, z) -> (N, 3, 3) R = Rz·Ry·Rx in MAMP's sign convention:
+    Rx = [[1,0,0],[0,c,s],[0,−s,c]], Ry = [[c,0,−s],[0,1,0],[s,0,c]], Rz = [[c,s,0],[−s,c,0],[0,0,1]]."""
+    c, s = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+
+    def mat(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([torch.stack(r, dim=1) for r in rows], dim=1)  # (N, 3, 3)
+
+    rx = mat([[one, zero, zero], [zero, c[:, 0], s[:, 0]], [zero, -s[:, 0], c[:, 0]]])
+    ry = mat([[c[:, 1], zero, -s[:, 1]], [zero, one, zero], [s[:, 1], zero, c[:, 1]]])
+    rz = mat([[c[:, 2], s[:, 2], zero], [-s[:, 2], c[:, 2], zero], [zero, zero, one]])
+    return rz @ ry @ rx
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """x' = R·x for every frame, joint and body, one R per sample. x: (N, 3, T, V, M); angles: (N, 3)."""
+    if x.shape[1] != 3:
+        raise CrossclrError(f"rotation augmentation needs 3 coordinate channels, got {x.shape[1]}")
+    r = rotation_matrices(angles.to(device=x.device, dtype=x.dtype))
+    return torch.einsum("nij,njtvm->nitvm", r, x)
+
+
+def augment_mamp(x: torch.Tensor, generator: torch.Generator | None = None,
+                 min_frames: int = MAMP_MIN_CROP) -> torch.Tensor:
+    """MAMP's training augmentation: random valid crop (share U(0.5, 1), at least ``min_frames``), linear
+    resize back to T frames, random rotation U(±0.3 rad) about x, y and z. x: (N, 3, T, V, M)."""
+    n, t = x.shape[0], x.shape[2]
+    dev = _gen_device(generator, x)
+    starts, lengths = draw_mamp_crops(valid_lengths(x), generator, min_frames=min_frames)
+    angles = (torch.rand(n, 3, generator=generator, device=dev) * 2 - 1) * MAMP_ROTATION
+    return rotate(crop_resize(x, starts, lengths, t), angles)

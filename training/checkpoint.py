@@ -162,7 +162,7 @@ def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None 
     ``which="k"`` loads the momentum (key) encoders instead.
     """
     from training.config import config_from_dict
-    from training.stgcn import STGCN
+    from training.encoders import build_encoder
 
     path = Path(path)
     ckpt = load_checkpoint(path)
@@ -176,8 +176,10 @@ def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None 
     absent = [s for s in wanted if s not in have]
     if absent:
         raise CrossclrError(f"{path}: streams {absent} are not in this checkpoint; it has {have}")
-    prefix_root = "encoders_q." if which == "q" else "encoders_k."
     state = ckpt["model"]
+    prefix_root = "encoders_q." if which == "q" else "encoders_k."
+    if not any(k.startswith(prefix_root) for k in state) and any(k.startswith("encoders.") for k in state):
+        prefix_root = "encoders."  # a MAMP checkpoint: one encoder per view, no key encoders
     encoders: dict[str, torch.nn.Module] = {}
     for view in wanted:
         prefix = f"{prefix_root}{view}."
@@ -185,7 +187,8 @@ def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None 
         if not sub:
             raise CrossclrError(f"{path}: no weights under {prefix!r}; expected a CrosSCLR state dict with "
                                 f"{prefix_root}<view>.* keys")
-        enc = STGCN(layout, cfg.model, num_person=int(ckpt["num_person"]))
+        enc = build_encoder(layout, cfg.model, num_person=int(ckpt["num_person"]),
+                            frames=int(ckpt.get("frames") or 50))
         load_model_state(enc, sub, path)
         enc.eval()
         encoders[view] = enc

@@ -19,7 +19,8 @@ from crossclr_infer.layouts import Layout
 from crossclr_infer.views import VIEWS
 
 from .ssl import CROSS_LOSSES, MemoryQueue, cross_view_loss, info_nce, mining_precision, momentum_update
-from .stgcn import STGCN, EncoderConfig
+from .encoders import build_encoder
+from .stgcn import EncoderConfig
 from .views import compute_view
 
 
@@ -79,7 +80,7 @@ class CrosSCLR(nn.Module):
 
     def __init__(self, layout: Layout, encoder_cfg: EncoderConfig | None = None,
                  ssl_cfg: SSLConfig | None = None, views: tuple[str, ...] = ("joint", "motion", "bone"),
-                 num_person: int = 2, in_channels: int = 3) -> None:
+                 num_person: int = 2, in_channels: int = 3, frames: int = 50) -> None:
         super().__init__()
         self.encoder_cfg = encoder_cfg or EncoderConfig()
         self.ssl_cfg = ssl_cfg or SSLConfig()
@@ -89,7 +90,8 @@ class CrosSCLR(nn.Module):
         self.views = check_views(views)
         self.layout = layout
         self.encoders_q = nn.ModuleDict({
-            v: STGCN(layout, self.encoder_cfg, num_person=num_person, in_channels=in_channels)
+            v: build_encoder(layout, self.encoder_cfg, num_person=num_person, in_channels=in_channels,
+                             frames=frames)
             for v in self.views})
         self.encoders_k = nn.ModuleDict({v: copy.deepcopy(self.encoders_q[v]) for v in self.views})
         for p in self.encoders_k.parameters():

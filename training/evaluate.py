@@ -157,10 +157,11 @@ def encoder_config_from(config: Mapping[str, Any], source: str) -> Any:
         raise CrossclrError(f"{source}: cannot rebuild the encoder config ({e})") from None
 
 
-def build_encoder(layout: Layout, enc_cfg: Any, num_person: int, in_channels: int = 3) -> nn.Module:
-    from training.stgcn import STGCN
+def build_encoder(layout: Layout, enc_cfg: Any, num_person: int, in_channels: int = 3,
+                  frames: int = 50) -> nn.Module:
+    from training.encoders import build_encoder as build
 
-    return STGCN(layout, enc_cfg, num_person=num_person, in_channels=in_channels)
+    return build(layout, enc_cfg, num_person=num_person, in_channels=in_channels, frames=frames)
 
 
 def load_linear(
@@ -192,7 +193,7 @@ def load_linear(
     for v in ckpt["streams"]:
         if v not in ckpt["encoders"] or v not in ckpt["heads"]:
             raise CrossclrError(f"{path}: stream {v!r} listed but its encoder or head is missing")
-        enc = build_encoder(layout, enc_cfg, num_person, in_channels)
+        enc = build_encoder(layout, enc_cfg, num_person, in_channels, int(ckpt.get("frames") or 50))
         try:
             enc.load_state_dict(ckpt["encoders"][v])
         except RuntimeError as e:

@@ -9,7 +9,7 @@ import click
 
 from ..cache import open_cache
 
-_PREPROCESS_CHOICES = ["official", "none", "energy", "as-is"]
+_PREPROCESS_CHOICES = ["official", "none", "energy", "mamp", "as-is"]
 _out_option = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                            help="Cache file to write (appears only when complete).")
 
@@ -26,13 +26,14 @@ def _summary(out: Path, counts: dict[str, int]) -> str:
 @click.option("--preprocess", type=click.Choice(_PREPROCESS_CHOICES), default=None,
               help="Preprocessing of each sample (default: as-is for fixed-size data, official for "
                    "sequences).")
-@click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Frames per sample after preprocessing.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Frames per sample after preprocessing (default: 120 for mamp, else 50).")
 @click.option("--benchmark", default="custom", show_default=True, help="Benchmark name stored in the cache.")
-def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, frames: int,
+def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, frames: int | None,
                    benchmark: str) -> None:
     """Import generic skeleton arrays from an .npz (fixed-size or variable-length; keys: data, label, name,
     split, class_names; see crossclr_infer.arrays)."""
+    frames = frames or (120 if preprocess == "mamp" else 50)
     from ..arrays import import_arrays
 
     counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames, benchmark=benchmark)

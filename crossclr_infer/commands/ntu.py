@@ -18,11 +18,12 @@ from crossclr_infer.preprocess import PREPROCESS_MODES
               help="The cache to write (e.g. ntu60-xsub.h5); appears only when complete.")
 @click.option("--preprocess", "mode", default="official", show_default=True,
               type=click.Choice(PREPROCESS_MODES),
-              help="official: as the published models; none: raw xyz padded to --frames; energy: most "
-                   "active bodies, noise bodies dropped.")
-@click.option("--frames", default=50, show_default=True, type=click.IntRange(min=1),
-              help="Frames per sample (official models use 50; --preprocess none --frames 300 gives the "
-                   "official ntu_gendata layout).")
+              help="official: as the published CrosSCLR models; none: raw xyz padded to --frames; energy: "
+                   "most active bodies, noise bodies dropped; mamp: MAMP's data (origin joint of the first "
+                   "frame, centre crop 95 %, no rotation).")
+@click.option("--frames", default=None, type=click.IntRange(min=1),
+              help="Frames per sample (default: 50 for official/energy, 120 for mamp, 300 for none; "
+                   "--preprocess none --frames 300 gives the official ntu_gendata layout).")
 @click.option("--ignore-list", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File of sample names to skip, one per line (e.g. the data set's missing-skeleton list).")
 @click.option("--min-frames", default=MIN_VALID_FRAMES, show_default=True, type=click.IntRange(min=1),
@@ -30,9 +31,12 @@ from crossclr_infer.preprocess import PREPROCESS_MODES
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Parse files in this many processes (the main process writes).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def prepare_ntu_command(raw_dir: Path, benchmark: str, out: Path, mode: str, frames: int,
+def prepare_ntu_command(raw_dir: Path, benchmark: str, out: Path, mode: str, frames: int | None,
                         ignore_list: Path | None, min_frames: int, workers: int, no_progress: bool) -> None:
     """Read the .skeleton files under RAW_DIR and write the train/val cache of one NTU benchmark."""
+    from crossclr_infer.preprocess import DEFAULT_FRAMES
+
+    frames = frames or DEFAULT_FRAMES[mode]
     summary = prepare_ntu(raw_dir, benchmark, out, preprocess=mode, frames=frames, ignore_list=ignore_list,
                           workers=workers, min_frames=min_frames, progress=not no_progress)
     for line in summary.lines():

@@ -282,10 +282,45 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(CrossclrError, match="20"):
         preprocess_raw(raw, get_layout("kinect-v1"))
     empty = RawSkeleton(4, np.zeros(4, np.int64), np.zeros(0, np.int64), np.zeros((0, 25, 3), np.float32))
-    for mode in ("official", "energy"):
+    for mode in ("official", "energy", "mamp"):
         with pytest.raises(CrossclrError, match="no skeleton"):
             preprocess_raw(empty, NTU, mode)
     assert preprocess_raw(empty, NTU, "none", 10).shape == (3, 10, 25, 2)
     with pytest.raises(CrossclrError, match="expected a"):
         normalize_sequence(np.zeros((3, 5, 24, 2)), NTU)
-    assert set(PREPROCESS_MODES) == {"official", "none", "energy"}
+    assert set(PREPROCESS_MODES) == {"official", "none", "energy", "mamp"}
+
+
+def _mamp_reference(x: np.ndarray, origin_joint: int, frames: int) -> np.ndarray:
+    """MAMP/CTR-GCN's steps written as plain loops: drop frames without bodies, subtract body 0's origin joint
+    of its first frame from every present body, keep the central 95 % of the frames
+    (bias = int(0.05 · T / 2)), resize with torch-bilinear (align_corners=False) arithmetic per output frame."""
+    keep = [t for t in range(x.shape[1]) if np.any(x[:, t] != 0)]
+    x = x[:, keep].astype(np.float64)
+    t_len = x.shape[1]
+    first = next(t for t in range(t_len) if np.any(x[:, t, :, 0] != 0))
+    origin = x[:, first, origin_joint, 0].copy()
+    for t in range(t_len):
+        for m in range(x.shape[3]):
+            if np.any(x[:, t, :, m] != 0):
+                x[:, t, :, m] -= origin[:, None]
+    bias = int((1 - 0.95) * t_len / 2)
+    x = x[:, bias:t_len - bias]
+    n = x.shape[1]
+    out = np.zeros((3, frames) + x.shape[2:])
+    for d in range(frames):
+        src = max((d + 0.5) * n / frames - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, n - 1)
+        w = src - i0
+        out[:, d] = (1 - w) * x[:, i0] + w * x[:, i1]
+    return out
+
+
+def test_mamp_mode_matches_a_loop_reference_on_real_files() -> None:
+    for name, raw in _real_raws():
+        y = preprocess_raw(raw, NTU, "mamp", 120)
+        ref = _mamp_reference(select_bodies(raw, "energy"), 1, 120)
+        assert y.shape == (3, 120, 25, 2), name
+        np.testing.assert_allclose(y, ref, atol=2e-6, err_msg=name)
+        assert NTU.origin_joint == 1 and NTU.joint_names[1] == "spine_mid"
