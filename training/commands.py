@@ -34,7 +34,12 @@ def _streams(value: str | None) -> list[str] | None:
 @click.option("--save-every", type=int, default=None, help="Write the checkpoint every N epochs.")
 @click.option("--seed", type=int, default=None, help="Seed of init, sampling and augmentation.")
 @click.option("--bf16/--no-bf16", default=None,
-              help="bfloat16 autocast for the encoders (loss and queue fp32).")
+              help="bfloat16 autocast for the encoders (loss and queue fp32). Default (auto): on for CUDA "
+                   "and CPUs with native bf16 (AVX512-BF16/AMX), off elsewhere; --bf16 on a CPU without it "
+                   "is refused (emulated bf16 runs about 10x slower).")
+@click.option("--init-from", "init_from", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="pretrain.pt whose encoders start this run (e.g. MAMP transformers before a cross-view "
+                   "stage).")
 @click.option("--deterministic/--no-deterministic", default=None, help="Deterministic torch algorithms.")
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/pretrain.pt (same weights as an unbroken run).")
@@ -42,15 +47,16 @@ def _streams(value: str | None) -> list[str] | None:
 def train_command(data: Path, config: str | None, out: Path, streams: str | None, epochs: int | None,
                   cross_epoch: int | None, batch_size: int | None, lr: float | None, device: str | None,
                   num_workers: int | None, save_every: int | None, seed: int | None, bf16: bool | None,
-                  deterministic: bool | None, resume: bool, no_progress: bool) -> None:
-    """Pretrain SkeletonCLR / CrosSCLR encoders on a cache (single process, or under torchrun for DDP)."""
+                  deterministic: bool | None, init_from: Path | None, resume: bool, no_progress: bool) -> None:
+    """Pretrain SkeletonCLR / CrosSCLR / MAMP encoders on a cache (single process, or torchrun for DDP)."""
     from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from training.config import load_config
     from training.trainer import train
 
     overrides = {"streams": _streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
                  "batch_size": batch_size, "lr": lr, "device": device, "num_workers": num_workers,
-                 "save_every": save_every, "seed": seed, "bf16": bf16, "deterministic": deterministic}
+                 "save_every": save_every, "seed": seed, "bf16": bf16, "deterministic": deterministic,
+                 "init_from": None if init_from is None else str(init_from)}
     base = None
     if resume and config is None and (out / CHECKPOINT_NAME).is_file():
         base = load_checkpoint(out / CHECKPOINT_NAME)["config"]

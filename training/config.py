@@ -18,6 +18,7 @@ from typing import Any, Literal
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.views import VIEWS
 from training.crossclr import SSLConfig
+from training.mamp import MAMPConfig
 from training.stgcn import EncoderConfig
 
 if sys.version_info >= (3, 11):
@@ -36,7 +37,15 @@ PRESETS: dict[str, Path] = {
     "skeletonclr-joint": CONFIG_DIR / "skeletonclr_joint.toml",
     "crossclr-2s": CONFIG_DIR / "crossclr_2s.toml",
     "tiny": CONFIG_DIR / "tiny.toml",
+    "mamp-ntu60-xsub": CONFIG_DIR / "mamp_ntu60_xsub.toml",
+    "mamp-ntu60-xview": CONFIG_DIR / "mamp_ntu60_xview.toml",
+    "mamp-ntu120-xsub": CONFIG_DIR / "mamp_ntu120_xsub.toml",
+    "mamp-ntu120-xset": CONFIG_DIR / "mamp_ntu120_xset.toml",
+    "mamp-crossview": CONFIG_DIR / "mamp_crossview.toml",
+    "tiny-transformer": CONFIG_DIR / "tiny_transformer.toml",
+    "tiny-transformer-crossview": CONFIG_DIR / "tiny_transformer_crossview.toml",
 }
+OBJECTIVES = ("crossclr", "mamp")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,10 @@ class TrainConfig:
 
     model: EncoderConfig = field(default_factory=EncoderConfig)  # encoder architecture (every view alike)
     ssl: SSLConfig = field(default_factory=SSLConfig)  # queue, momentum, temperature, mining, cross loss
+    mamp: MAMPConfig = field(default_factory=MAMPConfig)  # masking, decoder (objective = "mamp")
+    objective: Literal["crossclr", "mamp"] = "crossclr"  # crossclr (SkeletonCLR with one stream) or mamp
+    init_from: str = ""  # pretrain.pt whose encoders start this run (e.g. MAMP before a cross-view stage)
+    augment: Literal["auto", "crossclr", "mamp", "none"] = "auto"  # auto: the objective's own augmentation
     streams: tuple[str, ...] = ("joint", "motion", "bone")  # views trained, one encoder each
     layout: str = ""  # skeleton layout the graph is built for (name or TOML path); "" = the cache's own
     split: str = "train"  # cache split to pretrain on
@@ -58,10 +71,16 @@ class TrainConfig:
     weight_decay_on: Literal["all", "matrices"] = "all"  # "all" params (official) or rank >= 2 tensors only
     lr_steps: tuple[int, ...] = (250,)  # epochs (0-based) from which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1  # lr factor at every step in lr_steps
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD (CrosSCLR) or AdamW (MAMP)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (MAMP's)
+    schedule: Literal["step", "cosine"] = "step"  # step: lr_steps/lr_gamma per epoch; cosine: per step
+    warmup_epochs: int = 0  # cosine: linear warm-up from 0 over these epochs (MAMP: 20)
+    min_lr: float = 0.0  # cosine: the lr at the end of the half cycle (MAMP: 5e-4)
     seed: int = 0  # seed of model init, sampler order and augmentation
     deterministic: bool = False  # torch deterministic algorithms (slower; exact resume on CPU needs none)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
-    bf16: bool = False  # bfloat16 autocast for the encoders (CUDA, and CPUs with bf16); loss and queue fp32
+    bf16: bool | Literal["auto"] = "auto"  # bfloat16 autocast of the encoders; auto: on for CUDA with bf16 and
+    # CPUs with native bf16 (AVX512-BF16 / AMX), off elsewhere; true on a CPU without it is refused
     mallopt: bool = True  # raise glibc malloc mmap/trim thresholds (Linux glibc; faster CPU training)
     num_workers: int = 2  # DataLoader worker processes (0 = read in the main process)
     preload: bool = False  # read the whole split into memory once instead of per-sample reads
@@ -92,6 +111,11 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.lr_gamma <= 0:
             raise bad("lr/weight_decay/momentum/lr_gamma", "out of range; expected lr > 0, "
                       "weight_decay >= 0, 0 <= momentum < 1, lr_gamma > 0")
+        if self.warmup_epochs < 0 or self.min_lr < 0 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("warmup_epochs/min_lr/betas", "out of range; expected warmup_epochs >= 0, min_lr >= 0 "
+                      "and betas in [0, 1)")
+        if self.objective == "mamp" and self.model.graph != "transformer":
+            raise bad("objective", f"= 'mamp' needs model.graph = 'transformer', got {self.model.graph!r}")
         if list(self.lr_steps) != sorted(self.lr_steps) or any(s < 0 for s in self.lr_steps):
             raise bad("lr_steps", f"= {list(self.lr_steps)}; expected increasing epochs >= 0")
         dev = self.device

@@ -1,4 +1,5 @@
-"""The pretraining loop: SkeletonCLR single-view epochs, then CrosSCLR cross-view mining (DESIGN §3).
+"""The pretraining loop: SkeletonCLR single-view epochs, then CrosSCLR cross-view mining (DESIGN §3), or
+masked motion prediction (MAMP, DESIGN §6) with AdamW and a per-step warm-up + half-cycle cosine schedule.
 
 One process, or one process per device under torch DDP (``torchrun --nproc_per_node N -m cli train ...``):
 NCCL on GPU, gloo on CPU, initialised from the environment when ``WORLD_SIZE > 1``. Keys are all-gathered
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import ctypes.util
 import inspect
 import json
@@ -36,8 +38,9 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import write_text_atomic
+from crossclr_infer.hardware import CpuCaps, cpu_caps
 from crossclr_infer.layouts import layout_to_toml
-from training.augment import augment
+from training.augment import augment, augment_mamp
 from training.checkpoint import (
     CHECKPOINT_NAME,
     atomic_torch_save,
@@ -50,6 +53,7 @@ from training.checkpoint import (
 from training.config import TrainConfig, config_from_dict, config_to_dict
 from training.crossclr import CrosSCLR
 from training.data import TrainData, make_loader, open_train_data
+from training.mamp import MAMP
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +156,68 @@ def set_deterministic(on: bool) -> None:
 # model and optimiser
 
 
-def build_model(cfg: TrainConfig, data: TrainData) -> CrosSCLR:
+def build_model(cfg: TrainConfig, data: TrainData) -> CrosSCLR | MAMP:
+    cache = data.cache
+    if cfg.objective == "mamp":
+        return MAMP(data.layout, cfg.model, cfg.mamp, views=tuple(cfg.streams), num_person=cache.num_person,
+                    in_channels=cache.num_channels, frames=cache.frames)
     return CrosSCLR(data.layout, cfg.model, cfg.ssl, views=tuple(cfg.streams),
-                    num_person=data.cache.num_person, in_channels=data.cache.num_channels)
+                    num_person=cache.num_person, in_channels=cache.num_channels, frames=cache.frames)
+
+
+def init_encoders_from(model: nn.Module, cfg: TrainConfig, layout_text: str) -> None:
+    """Start every query (and key) encoder from the encoders of ``cfg.init_from`` (same streams, layout and
+    encoder architecture; MAMP decoders and contrastive projectors of that run are not carried over when
+    the projector differs)."""
+    from training.checkpoint import load_encoders
+
+    path = Path(cfg.init_from)
+    encoders, meta = load_encoders(path, list(cfg.streams))
+    if meta["layout"] != layout_text:
+        raise CrossclrError(f"{path}: init_from checkpoint has another skeleton layout than the training cache; "
+                            "expected the same layout")
+    old = meta["encoder_config"]
+    free = {"projector", "feature_dim", "drop_path"}  # may change between the stages
+    diffs = [f"{f.name} {getattr(old, f.name)!r} there vs {getattr(cfg.model, f.name)!r} here"
+             for f in dataclasses.fields(old) if f.name not in free
+             and getattr(old, f.name) != getattr(cfg.model, f.name)]
+    if diffs:
+        raise CrossclrError(f"{path}: init_from encoders have another architecture ({'; '.join(diffs[:4])}); "
+                            "expected the same [model] settings")
+    targets = [model.encoders_q, model.encoders_k] if isinstance(model, CrosSCLR) else [model.encoders]
+    for v, enc in encoders.items():
+        state = enc.state_dict()
+        if old.projector != cfg.model.projector or old.feature_dim != cfg.model.feature_dim:
+            state = {k: t for k, t in state.items() if not k.startswith("fc.")}
+        for group in targets:
+            group[v].load_state_dict(state, strict=False)
+    log.info("initialised %s encoders from %s (epoch %s)", ", ".join(encoders), path, meta.get("epoch"))
+
+
+def resolve_bf16(setting: bool | str, device: torch.device, caps: CpuCaps | None = None) -> bool:
+    """Whether to autocast to bf16: ``auto`` = CUDA with bf16 support, or a CPU with native bf16; an explicit
+    ``True`` on a CPU that would only emulate bf16 (about 10× slower than fp32) is refused."""
+    if device.type == "cuda":
+        ok = bool(torch.cuda.is_bf16_supported())
+        if setting is True and not ok:
+            raise CrossclrError(f"bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                                "train with --no-bf16")
+        return ok if setting == "auto" else bool(setting)
+    if device.type != "cpu":
+        return setting is True
+    caps = caps or cpu_caps()
+    if setting is True and not caps.native_bf16:
+        raise CrossclrError(f"bf16: this CPU ({caps.model}) has no native bf16 (AVX512-BF16 or AMX), so bf16 "
+                            "would be emulated and run about 10x slower than fp32; train with --no-bf16 "
+                            "(or leave bf16 = \"auto\")")
+    return caps.native_bf16 if setting == "auto" else bool(setting)
+
+
+def augmentation_for(cfg: TrainConfig) -> str:
+    """The augmentation a run uses: its own setting, or its objective's (auto)."""
+    if cfg.augment != "auto":
+        return cfg.augment
+    return "mamp" if cfg.objective == "mamp" else "crossclr"
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -167,12 +230,29 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
     return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer,
-                    cfg: TrainConfig) -> torch.optim.lr_scheduler.MultiStepLR:
+def cosine_factor(epoch: float, cfg: TrainConfig) -> float:
+    """lr / base lr at a fractional epoch: linear warm-up from 0, then half-cycle cosine to min_lr (MAMP's
+    per-iteration rule)."""
+    if epoch < cfg.warmup_epochs:
+        return epoch / cfg.warmup_epochs
+    progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+    lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return lr / cfg.lr
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
+    """``step``: ×lr_gamma at every epoch in lr_steps, stepped once per epoch. ``cosine``: stepped once per
+    training step (``steps_per_epoch`` steps make an epoch)."""
+    if cfg.schedule == "cosine":
+        spe = max(int(steps_per_epoch), 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(it / spe, cfg))
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_steps), gamma=cfg.lr_gamma)
 
 
@@ -198,6 +278,25 @@ def average_bn_stats(model: nn.Module, info: DistInfo) -> None:
             for buf in (m.running_mean, m.running_var):
                 dist.all_reduce(buf)
                 buf.div_(info.world_size)
+
+
+def _augment(kind: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if kind == "crossclr":
+        return augment(x, gen)
+    if kind == "mamp":
+        return augment_mamp(x, gen)
+    return x
+
+
+def _forward(net: nn.Module, cfg: TrainConfig, aug_kind: str, x: torch.Tensor, y: torch.Tensor, cross: bool,
+             gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One step's outputs: MAMP on one augmented view (masking noise from ``gen``), or the contrastive
+    objective on two."""
+    if cfg.objective == "mamp":
+        return net(_augment(aug_kind, x, gen), generator=gen)
+    x1 = _augment(aug_kind, x, gen)
+    x2 = _augment(aug_kind, x, gen)
+    return net(x1, x2, cross=cross, labels=y if cfg.track_mining else None)
 
 
 def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -303,7 +402,7 @@ def _gather_rng(info: DistInfo, state: dict[str, Any]) -> list[dict[str, Any]]:
 def _check_resume_config(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     old = config_from_dict(ckpt["config"], f"{path} (config)")
     diffs = []
-    for key in ("model", "ssl", "streams"):
+    for key in ("model", "ssl", "mamp", "objective", "streams"):
         if getattr(old, key) != getattr(cfg, key):
             diffs.append(key)
     if diffs:
@@ -353,13 +452,26 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
 
     # model init identical on every rank; afterwards each rank draws its own dropout and augmentation
     seed_everything(cfg.seed)
-    model = build_model(cfg, data).to(device)
+    try:
+        model = build_model(cfg, data).to(device)
+    except CrossclrError as e:
+        raise CrossclrError(f"{data.path}: {e}") from None
     seed_everything(cfg.seed + 1000 * info.rank + 1)
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17)
 
+    if cfg.init_from and ckpt is None:
+        init_encoders_from(model, cfg, get_layout_text(data))
+    use_bf16 = resolve_bf16(cfg.bf16, device)
+    aug_kind = augmentation_for(cfg)
+    if info.is_main:
+        log.info("%s on %s; bf16 %s (%s); augmentation %s", cfg.objective, device,
+                 "on" if use_bf16 else "off", cfg.bf16, aug_kind)
+    loader, sampler = make_loader(data.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  num_workers=cfg.num_workers, device=device, rank=info.rank,
+                                  world_size=info.world_size, drop_last=cfg.drop_last)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
+    scheduler = build_scheduler(optimizer, cfg, len(loader))
     start_epoch = 0
     if ckpt is not None:
         load_model_state(model, ckpt["model"], ckpt_path)
@@ -385,9 +497,6 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
     if info.distributed:
         net = wrap_ddp(model, device)
 
-    loader, sampler = make_loader(data.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
-                                  num_workers=cfg.num_workers, device=device, rank=info.rank,
-                                  world_size=info.world_size, drop_last=cfg.drop_last)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
@@ -418,8 +527,8 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
         for epoch in range(start_epoch, cfg.epochs):
             if stop_after_epochs is not None and epoch >= stop_after_epochs:
                 break
-            cross = epoch >= cfg.cross_epoch and len(cfg.streams) > 1
-            stage = "cross" if cross else "single"
+            cross = epoch >= cfg.cross_epoch and len(cfg.streams) > 1 and cfg.objective == "crossclr"
+            stage = "mamp" if cfg.objective == "mamp" else ("cross" if cross else "single")
             sampler.set_epoch(epoch)
             net.train()
             lr = optimizer.param_groups[0]["lr"]
@@ -436,14 +545,15 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
             t_step = time.perf_counter()
             step_mark = global_step
             for x, y, wait in _timed_batches(loader, device):
-                x1 = augment(x, aug_gen)
-                x2 = augment(x, aug_gen)
-                with autocast_context(device, cfg.bf16):
-                    outputs = net(x1, x2, cross=cross, labels=y if cfg.track_mining else None)
+                lr = optimizer.param_groups[0]["lr"]
+                with autocast_context(device, use_bf16):
+                    outputs = _forward(net, cfg, aug_kind, x, y, cross, aug_gen)
                 loss = outputs["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if cfg.schedule == "cosine":
+                    scheduler.step()
                 global_step += 1
                 wait_total += wait
                 if global_step % cfg.log_every == 0 or bar is not None:
@@ -480,7 +590,8 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
             elapsed = time.perf_counter() - t_epoch
             if bar is not None:
                 bar.close()
-            scheduler.step()
+            if cfg.schedule != "cosine":
+                scheduler.step()
             epoch_rec: dict[str, Any] = {
                 "kind": "epoch", "epoch": epoch + 1, "step": global_step, "stage": stage, "lr": lr,
                 **{k: sums[k] / counts[k] for k in sums},

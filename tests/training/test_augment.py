@@ -84,3 +84,81 @@ def test_views_after_augmentation_equal_numpy() -> None:
     for view in ("motion", "bone", "accel"):
         np.testing.assert_allclose(compute_view(xa, view, NTU).numpy(), np_view(xa.numpy(), view, NTU),
                                    rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MAMP augmentation
+
+def _np_rot(a: np.ndarray) -> np.ndarray:
+    """Rz·Ry·Rx for angles (x, y, z) in the MAMP sign convention, element by element."""
+    cx, cy, cz = np.cos(a)
+    sx, sy, sz = np.sin(a)
+    rx = np.array([[1, 0, 0], [0, cx, sx], [0, -sx, cx]])
+    ry = np.array([[cy, 0, -sy], [0, 1, 0], [sy, 0, cy]])
+    rz = np.array([[cz, sz, 0], [-sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _np_crop_resize(x: np.ndarray, start: int, length: int, frames: int) -> np.ndarray:
+    seg = x[:, start:start + length]
+    out = np.zeros((x.shape[0], frames) + x.shape[2:])
+    for d in range(frames):
+        src = max((d + 0.5) * length / frames - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, length - 1)
+        out[:, d] = (1 - (src - i0)) * seg[:, i0] + (src - i0) * seg[:, i1]
+    return out
+
+
+def test_mamp_rotation_matches_numpy() -> None:
+    from training.augment import rotate, rotation_matrices
+
+    rng = np.random.default_rng(0)
+    angles = rng.uniform(-0.3, 0.3, size=(4, 3))
+    r = rotation_matrices(torch.from_numpy(angles)).numpy()
+    for i in range(4):
+        np.testing.assert_allclose(r[i], _np_rot(angles[i]), atol=1e-12)
+    x = rng.normal(size=(4, 3, 6, 5, 2))
+    got = rotate(torch.from_numpy(x), torch.from_numpy(angles)).numpy()
+    ref = np.stack([np.einsum("ij,jtvm->itvm", _np_rot(angles[i]), x[i]) for i in range(4)])
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+
+
+def test_mamp_crop_resize_matches_torch_interpolate_and_numpy() -> None:
+    from training.augment import crop_resize
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 3, 40, 4, 2))
+    starts, lengths = np.array([0, 5, 13]), np.array([40, 20, 27])
+    got = crop_resize(torch.from_numpy(x), torch.from_numpy(starts), torch.from_numpy(lengths), 16).numpy()
+    for i in range(3):
+        ref = _np_crop_resize(x[i], int(starts[i]), int(lengths[i]), 16)
+        np.testing.assert_allclose(got[i], ref, atol=1e-12)
+        # the official code's resize: bilinear interpolate of (C·V·M, length) to (C·V·M, 16)
+        seg = torch.from_numpy(x[i, :, starts[i]:starts[i] + lengths[i]])  # (C, L, V, M)
+        flat = seg.permute(0, 2, 3, 1).reshape(1, 1, -1, int(lengths[i]))  # (1, 1, C·V·M, L)
+        off = torch.nn.functional.interpolate(flat, size=(flat.shape[2], 16), mode="bilinear",
+                                              align_corners=False)
+        off = off.reshape(3, 4, 2, 16).permute(0, 3, 1, 2).numpy()  # (C, 16, V, M)
+        np.testing.assert_allclose(got[i], off, atol=1e-12)
+
+
+def test_mamp_crops_respect_bounds_and_seed() -> None:
+    from training.augment import augment_mamp, draw_mamp_crops, valid_lengths
+
+    valid = torch.tensor([120, 100, 70, 30] * 50)
+    g = torch.Generator().manual_seed(0)
+    starts, lengths = draw_mamp_crops(valid, g)
+    assert torch.all(lengths <= valid) and torch.all(starts >= 0) and torch.all(starts + lengths <= valid)
+    assert torch.all(lengths >= torch.clamp(valid, max=64))  # at least 64 frames, or all when fewer
+    assert torch.all(lengths[valid == 120] >= 64) and lengths[valid == 120].max() > 100
+    assert torch.all(lengths[valid == 30] == 30)
+    x = torch.zeros(2, 3, 20, 4, 2)
+    x[0, :, :12] = 1.0
+    x[1] = 1.0
+    assert valid_lengths(x).tolist() == [12, 20]
+    y = torch.randn(3, 3, 32, 4, 2)
+    a = augment_mamp(y, torch.Generator().manual_seed(5), min_frames=8)
+    b = augment_mamp(y, torch.Generator().manual_seed(5), min_frames=8)
+    c = augment_mamp(y, torch.Generator().manual_seed(6), min_frames=8)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == y.shape
