@@ -55,9 +55,21 @@ def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None
 
 
 @click.command("info")
-@click.argument("cache", type=click.Path(dir_okay=False, path_type=Path))
-def info(cache: Path) -> None:
-    """Describe a cache: layout, classes, splits with counts, frames and preprocessing."""
+@click.argument("cache", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--system", is_flag=True,
+              help="Describe this machine instead: CPU instruction sets that set the defaults (AVX2, AVX-512, "
+                   "AVX512-BF16, AMX, VNNI), cores, library versions and onnxruntime providers.")
+def info(cache: Path | None, system: bool) -> None:
+    """Describe a cache: layout, classes, splits with counts, frames and preprocessing (or --system)."""
+    if system:
+        from ..hardware import system_lines
+
+        for line in system_lines():
+            click.echo(line)
+        if cache is None:
+            return
+    if cache is None:
+        raise click.UsageError("give a CACHE file, or --system")
     with open_cache(cache) as c:
         lay = c.layout
         splits = {s: c.split(s) for s in c.splits}
