@@ -1,13 +1,24 @@
 """Static int8 quantization of exported models, calibrated on cache samples, with the accuracy change.
 
 Default (``Int8Config()``), chosen by measurement (benchmarks/bench_infer.py, interleaved A/B against fp32 ORT
-on 2 Zen 5 cores; tried: per-tensor weights, reduce_range, Entropy/Percentile calibration, Conv+MatMul(+Gemm),
-QOperator format, ActivationSymmetric, S8 activations, all op types, with and without pre-processing):
-QDQ format, U8 asymmetric activations, S8 symmetric per-channel weights, MinMax calibration on 512 cache
-samples, only the convolutions quantized, after onnxruntime's ``quant_pre_process`` graph optimization
-(without symbolic shape inference). Quantizing the graph MatMuls and the Gemm heads too was slower and changed
-more predictions; the graph einsum and the fusion stay float. Dynamic quantization was measured 2× slower than
-fp32 on this encoder, so it is not offered.
+on 2 Zen 5 cores, a CPU with AVX512-VNNI; tried: per-tensor weights, reduce_range, Entropy/Percentile
+calibration, Conv+MatMul(+Gemm), QOperator format, ActivationSymmetric, S8 activations, all op types, with and
+without pre-processing): QDQ format, U8 asymmetric activations, S8 symmetric per-channel weights, MinMax
+calibration on 512 cache samples, only the convolutions quantized, after onnxruntime's ``quant_pre_process``
+graph optimization (without symbolic shape inference). Quantizing the graph MatMuls and the Gemm heads too was
+slower and changed more predictions; the graph einsum and the fusion stay float. Dynamic quantization was
+measured 2× slower than fp32 on this encoder, so it is not offered.
+
+Weight range by CPU target (``Int8Config.target``, recorded as metadata ``int8_target``; see
+``crossclr_infer.int8``): ``vnni`` = full-range S8 weights (|w| ≤ 127), the measured default above, accurate
+only on CPUs with VNNI; ``portable`` = 7-bit weights (``reduce_range``, |w| ≤ 64), accurate on every x86 CPU.
+Without VNNI (AVX2, AVX-512 without VNNI, e.g. AMD Zen 3) onnxruntime's MLAS computes U8S8 products with
+VPMADDUBSW, which adds adjacent u8·s8 products in int16 with saturation (2·255·127 > 32767; 2·255·64 ≤ 32767);
+onnxruntime's quantization docs name reduce_range as the remedy on such machines (FAQ,
+https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html). ``auto`` (the default)
+resolves when quantizing, from the exporting machine's probe ``crossclr_infer.hardware.cpu_caps().vnni``:
+``vnni`` where it has VNNI, else ``portable``. A ``vnni`` model opened on a CPU without VNNI logs a warning
+(``crossclr_infer.int8.warn_int8_target_mismatch``).
 """
 
 from __future__ import annotations
@@ -16,13 +27,22 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.hardware import CpuCaps, cpu_caps
+from crossclr_infer.int8 import (
+    INT8_TARGET_KEY,
+    QUANTIZATION_CONFIG_KEY,
+    QUANTIZATION_KEY,
+    TARGET_PORTABLE,
+    TARGET_VNNI,
+    native_target,
+)
 from crossclr_infer.session import INPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -31,15 +51,26 @@ QUANTIZABLE_OPS = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANTIZATION_TAG = "int8-static-qdq"  # metadata ``quantization`` of every int8 model (QDQ or QOperator)
+TARGET_AUTO = "auto"
+INT8_CONFIG_TARGETS = (TARGET_AUTO, TARGET_VNNI, TARGET_PORTABLE)
+_REDUCE_RANGE = {TARGET_VNNI: False, TARGET_PORTABLE: True}  # 7-bit weights for the portable target
 
 
 @dataclass(frozen=True)
 class Int8Config:
-    """How ``quantize_int8`` quantizes; the defaults are the measured best (module docstring)."""
+    """How ``quantize_int8`` quantizes; the defaults are the measured best (module docstring).
+
+    ``target``: the CPUs the model must be accurate on: ``vnni`` (full-range S8 weights), ``portable`` (7-bit
+    weights, every x86 CPU) or ``auto`` (resolved by ``resolved()`` when quantizing: ``vnni`` if the exporting
+    CPU has VNNI, else ``portable``). ``reduce_range`` follows the target (``vnni`` False, ``portable`` True;
+    None while ``auto``); setting it explicitly with ``auto`` pins the target it implies, and a value that
+    contradicts an explicit target is an error. Equal settings compare equal however they were spelled.
+    """
 
     op_types: tuple[str, ...] = ("Conv",)
     per_channel: bool = True
-    reduce_range: bool = False
+    target: str = TARGET_AUTO
+    reduce_range: bool | None = None
     calibration: str = "minmax"
     calib_count: int = 512
     quant_format: str = "qdq"
@@ -59,15 +90,47 @@ class Int8Config:
             raise CrossclrError(f"int8 format {self.quant_format!r}: expected one of {list(QUANT_FORMATS)}")
         if self.calib_count < 1:
             raise CrossclrError(f"int8 calibration samples {self.calib_count}: expected at least 1")
+        self._settle_target()
+
+    def _settle_target(self) -> None:
+        """Make ``target`` and ``reduce_range`` agree (see the class docstring)."""
+        if self.target not in INT8_CONFIG_TARGETS:
+            raise CrossclrError(f"int8 target {self.target!r}: expected one of {list(INT8_CONFIG_TARGETS)}")
+        if self.reduce_range is None:
+            if self.target != TARGET_AUTO:
+                object.__setattr__(self, "reduce_range", _REDUCE_RANGE[self.target])
+            return
+        implied = TARGET_PORTABLE if self.reduce_range else TARGET_VNNI
+        if self.target == TARGET_AUTO:
+            object.__setattr__(self, "target", implied)
+        elif self.target != implied:
+            raise CrossclrError(f"int8 target {self.target!r} contradicts reduce_range={self.reduce_range}; "
+                                f"drop reduce_range (the target sets it) or use target {implied!r}")
+
+    @property
+    def is_resolved(self) -> bool:
+        """True when the target is concrete (not ``auto``)."""
+        return self.target != TARGET_AUTO
+
+    def resolved(self, caps: CpuCaps | None = None) -> Int8Config:
+        """This config with ``auto`` replaced by the target for ``caps`` (default: this machine's CPU probe):
+        ``vnni`` when it has VNNI, else ``portable``. A concrete target is returned unchanged."""
+        if self.is_resolved:
+            return self
+        return replace(self, target=native_target(caps if caps is not None else cpu_caps()))
 
     def describe(self) -> str:
+        """One line; an ``auto`` target is shown with what it resolves to on this machine."""
+        r = self.resolved()
+        target = r.target if self.is_resolved else f"{r.target} (auto on this CPU)"
+        weights = "full-range" if r.target == TARGET_VNNI else "7-bit reduce_range"
         return (f"static {self.quant_format.upper()} int8 of {'+'.join(self.op_types)} (U8 "
                 f"{'symmetric' if self.activation_symmetric else 'asymmetric'} activations, S8 "
-                f"{'per-channel' if self.per_channel else 'per-tensor'} weights"
-                f"{', reduce_range' if self.reduce_range else ''}), {self.calibration} calibration"
-                f"{'' if self.preprocess else ', no pre-processing'}")
+                f"{'per-channel' if self.per_channel else 'per-tensor'} {weights} weights, target {target}), "
+                f"{self.calibration} calibration{'' if self.preprocess else ', no pre-processing'}")
 
     def to_json(self) -> str:
+        """The fields as JSON (the metadata ``quantization_config`` holds the resolved config's)."""
         return json.dumps(asdict(self), sort_keys=True)
 
 
@@ -88,6 +151,16 @@ def calibration_samples(cache_path: str | Path, count: int = DEFAULT_INT8.calib_
         return sp.read(idx).astype(np.float32)
 
 
+def resolve_logged(config: Int8Config) -> Int8Config:
+    """``config.resolved()`` for this machine, logging what an ``auto`` target became and why."""
+    if config.is_resolved:
+        return config
+    resolved = config.resolved()
+    log.info("int8 target auto -> %s (this CPU %s VNNI)", resolved.target,
+             "has" if resolved.target == TARGET_VNNI else "lacks")
+    return resolved
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over an array (N, C, T, V, M), a few samples per batch."""
 
@@ -106,11 +179,12 @@ class _Reader:
         self._it = self._gen()
 
 
-def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = DEFAULT_INT8) -> None:
-    """Static int8 quantization of ``src`` into ``dst`` as ``config`` says, calibrated on ``calib``.
+def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = DEFAULT_INT8) -> Int8Config:
+    """Static int8 quantization of ``src`` into ``dst`` as ``config`` says, calibrated on ``calib``; returns
+    the config used (``config.resolved()``: an ``auto`` target resolved for this machine's CPU).
 
-    The fp32 model's metadata is copied; ``quantization`` = ``int8-static-qdq`` and ``quantization_config``
-    (the config as JSON) are added.
+    The fp32 model's metadata is copied; ``quantization`` = ``int8-static-qdq``, ``quantization_config`` (the
+    resolved config as JSON) and ``int8_target`` (``vnni`` or ``portable``) are added.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -122,6 +196,7 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    config = resolve_logged(config)
     reader = type("CrossclrCalibration", (_Reader, CalibrationDataReader), {})(calib)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration]
@@ -144,10 +219,12 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = 
     del q.metadata_props[:]
     for p in fp.metadata_props:
         q.metadata_props.add(key=p.key, value=p.value)
-    q.metadata_props.add(key="quantization", value=QUANTIZATION_TAG)
-    q.metadata_props.add(key="quantization_config", value=config.to_json())
+    q.metadata_props.add(key=QUANTIZATION_KEY, value=QUANTIZATION_TAG)
+    q.metadata_props.add(key=QUANTIZATION_CONFIG_KEY, value=config.to_json())
+    q.metadata_props.add(key=INT8_TARGET_KEY, value=config.target)
     onnx.checker.check_model(q)
     onnx.save(q, str(dst))
+    return config
 
 
 def predictions_on_cache(model: Path, cache_path: str | Path, max_samples: int, batch: int = 64
@@ -181,7 +258,9 @@ def quantize_models(folder: Path, files: Mapping[str, str], cache_path: str | Pa
                     max_eval: int = 4096, config: Int8Config = DEFAULT_INT8) -> dict[str, Any]:
     """Quantize every model file in ``folder`` into ``NAME.int8.onnx``; report fp32 vs int8 top-1 on the cache
     and the share of samples whose predicted class is unchanged. ``calib_count`` overrides
-    ``config.calib_count``."""
+    ``config.calib_count``; an ``auto`` target is resolved once for all models (report key
+    ``int8_target``)."""
+    config = resolve_logged(config)
     calib = calibration_samples(cache_path, calib_count or config.calib_count)
     out: dict[str, Any] = {}
     for name, fname in files.items():
@@ -195,8 +274,9 @@ def quantize_models(folder: Path, files: Mapping[str, str], cache_path: str | Pa
         q_acc = 100.0 * float((q_pred == labels).mean()) if n else 0.0
         agree = 100.0 * float((fp_pred == q_pred).mean()) if n else 100.0
         out[name] = {"file": dst.name, "method": config.describe(), "config": json.loads(config.to_json()),
-                     "calibration_samples": int(len(calib)), "eval_samples": n, "top1_fp32": fp_acc,
-                     "top1_int8": q_acc, "top1_change_pt": q_acc - fp_acc, "prediction_agreement_pct": agree}
+                     "int8_target": config.target, "calibration_samples": int(len(calib)), "eval_samples": n,
+                     "top1_fp32": fp_acc, "top1_int8": q_acc, "top1_change_pt": q_acc - fp_acc,
+                     "prediction_agreement_pct": agree}
         log.info("%s: int8 top-1 %.2f%% vs fp32 %.2f%% (%+.2f pt on %d samples; %.1f%% same predictions)",
                  name, q_acc, fp_acc, q_acc - fp_acc, n, agree)
     return out

@@ -218,6 +218,48 @@ def _read_official(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
+def _convert_mamp(path: Path, out: Path, state: dict[str, torch.Tensor], layout: Any, num_person: int) -> Path:
+    """An official MAMP checkpoint -> ``crossclr-pretrain-v1`` with one transformer (``encoders.joint``);
+    the decoder (and a probe or fine-tuning head) is dropped with a note. The encoder is loaded strictly
+    into ``SkeletonTransformer`` before anything is written."""
+    from crossclr_infer.layouts import layout_to_toml
+    from training.config import TrainConfig, config_to_dict
+    from training.mamp_import import convert_mamp_state, token_grid
+    from training.transformer import SkeletonTransformer
+
+    cfg, enc_state, dec_state, dropped = convert_mamp_state(state, str(path))
+    grid = token_grid(enc_state)
+    if grid.joints != layout.num_joints:
+        raise CrossclrError(f"{path}: the checkpoint has {grid.joints} joints but layout {layout.name!r} has "
+                            f"{layout.num_joints}; pass the --layout it was trained on")
+    enc = SkeletonTransformer(layout, cfg, num_person=num_person, in_channels=grid.in_channels,
+                              frames=grid.frames)
+    load_model_state(enc, enc_state, path)
+    notes = []
+    if dec_state:
+        notes.append(f"dropped the MAMP decoder ({len(dec_state)} tensors: decoder_*, mask_token); "
+                     "the encoder is what linear/kNN/fine-tuning and export use")
+    if dropped:
+        notes.append(f"dropped {len(dropped)} other keys: {', '.join(dropped[:6])}")
+    tcfg = TrainConfig(model=cfg, objective="mamp", streams=("joint",), optimizer="adamw", schedule="cosine",
+                       weight_decay=0.05, weight_decay_on="matrices", lr=1e-3, min_lr=5e-4, warmup_epochs=20,
+                       epochs=400)
+    ckpt = make_checkpoint(model_state={f"encoders.joint.{k}": v.detach().cpu()
+                                        for k, v in enc.state_dict().items()},
+                           optimizer_state=None, scheduler_state=None, epoch=tcfg.epochs, rng=[],
+                           config=config_to_dict(tcfg), streams=["joint"], layout_toml=layout_to_toml(layout),
+                           num_person=num_person, frames=grid.frames, class_names=[],
+                           preprocess={"mode": "mamp", "frames": grid.frames})
+    ckpt["imported_from"] = str(path)
+    ckpt["import_notes"] = notes
+    atomic_torch_save(ckpt, out)
+    for note in notes:
+        log.warning("%s: %s", path, note)
+    log.info("%s: imported MAMP transformer (%d blocks × %d, %d frames) -> %s", path, cfg.depth, cfg.hidden_dim,
+             grid.frames, out)
+    return out
+
+
 def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "ntu-rgb+d", frames: int = 50,
                           num_person: int = 2, single_view: str = "joint") -> Path:
     """Convert an official checkpoint: pretraining ones to ``crossclr-pretrain-v1``, linear-evaluation ones
@@ -234,6 +276,8 @@ def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "n
     path, out = Path(path), Path(out)
     lay = get_layout(layout)
     state = _read_official(path)
+    if "joints_embed.proj.weight" in state:
+        return _convert_mamp(path, out, state, lay, num_person)
     ours, meta = import_official(state, layout=lay, single_view=single_view, source=str(path))
     built = build_imported(ours, meta, lay, num_person=num_person)
     enc_cfg = EncoderConfig.from_dict(dict(meta["encoder_config"]))

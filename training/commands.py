@@ -76,7 +76,8 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
               help="Frames per sample of its training data.")
 @click.option("--num-person", type=int, default=2, show_default=True, help="Bodies per sample.")
 def import_official_command(file: Path, out: Path, layout: str, frames: int, num_person: int) -> None:
-    """Convert an official CrosSCLR / SkeletonCLR checkpoint into this project's pretrain format."""
+    """Convert an official CrosSCLR / SkeletonCLR or MAMP checkpoint into this project's pretrain format
+    (MAMP: the transformer encoder; its decoder is dropped with a note)."""
     from training.checkpoint import convert_official_file
 
     written = convert_official_file(file, out, layout=layout, frames=frames, num_person=num_person)

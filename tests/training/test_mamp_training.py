@@ -183,3 +183,51 @@ def test_transformer_bad_input_is_one_line(toy16: Path, tmp_path: Path) -> None:
             kin, tmp_path / "bad2", progress=False)
     with pytest.raises(CrossclrError, match="transformer"):
         load_config("tiny", {"objective": "mamp"})
+
+
+def test_import_official_mamp_checkpoint_gives_identical_embeddings(tmp_path: Path) -> None:
+    """A file laid out like maoyunyao/MAMP's ({"model": encoder + decoder_* + mask_token}) imports through the
+    CLI; the imported encoder embeds exactly like the model whose weights were written."""
+    from click.testing import CliRunner
+
+    import cli
+    from crossclr_infer.layouts import get_layout
+    from training.checkpoint import load_encoders
+    from training.mamp import MAMP, MAMPConfig
+    from training.stgcn import EncoderConfig
+
+    torch.manual_seed(3)
+    cfg = EncoderConfig(graph="transformer", projector="none", hidden_dim=32, depth=2, num_heads=8,
+                        mlp_ratio=4.0, t_patch=4)
+    src = MAMP(get_layout("ntu-rgb+d"), cfg, MAMPConfig(decoder_depth=1, decoder_dim=32, decoder_heads=8),
+               views=("joint",), frames=16)
+    official = {k.removeprefix("encoders.joint."): v for k, v in src.state_dict().items()
+                if k.startswith("encoders.joint.")}
+    official.update({k.removeprefix("decoders.joint."): v for k, v in src.state_dict().items()
+                     if k.startswith("decoders.joint.")})
+    assert "mask_token" in official and "blocks.1.attn.qkv.weight" in official
+    torch.save({"model": official, "epoch": 399}, tmp_path / "mamp_official.pth")
+    r = CliRunner().invoke(cli.crossclr, ["import-official", str(tmp_path / "mamp_official.pth"), "--out",
+                                          str(tmp_path / "imported.pt")])
+    assert r.exit_code == 0, r.output
+    encs, meta = load_encoders(tmp_path / "imported.pt")
+    assert meta["frames"] == 16 and meta["preprocess"]["mode"] == "mamp"
+    x = torch.randn(3, 3, 16, 25, 2)
+    src.eval()
+    with torch.no_grad():
+        want = src.encoders["joint"].forward_features(x)
+        got = encs["joint"].forward_features(x)
+    assert torch.equal(want, got)
+    ck = torch.load(tmp_path / "imported.pt", weights_only=True)
+    assert any("decoder" in n for n in ck["import_notes"])
+    # another architecture, and a MAMP file for another skeleton, are refused in one line
+    bad = dict(official)
+    bad["pos_embed"] = torch.zeros(1, 1, 20, 32)
+    torch.save({"model": bad}, tmp_path / "bad.pth")
+    from training.checkpoint import convert_official_file
+
+    with pytest.raises(CrossclrError, match=r"bad\.pth: .*pos_embed"):
+        convert_official_file(tmp_path / "bad.pth", tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+    with pytest.raises(CrossclrError, match="25 joints but layout 'kinect-v1' has 20"):
+        convert_official_file(tmp_path / "mamp_official.pth", tmp_path / "kin.pt", layout="kinect-v1")
