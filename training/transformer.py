@@ -1,0 +1,224 @@
+"""Skeleton transformer encoder of MAMP (Mao et al., ICCV 2023), the backbone of masked motion prediction.
+
+Each body is one sequence of tokens: a Conv2d with kernel = stride = (t_patch, 1) cuts (C, T, V) into
+(T/t_patch)·V patches of t_patch frames of one joint; a learnable temporal embedding (1, T/p, 1, D) and a
+joint embedding (1, 1, V, D) are added; pre-norm blocks attend over all tokens at once; a final LayerNorm.
+
+Submodule and parameter names are the official checkpoint keys (``joints_embed.proj.*``, ``temp_embed``,
+``pos_embed``, ``blocks.{i}.norm1|attn.qkv|attn.proj|norm2|mlp.fc1|mlp.fc2``, ``norm``), so official weights
+load by name (``training.mamp_import``). Initialisation is the official one: trunc-normal (std 0.02)
+embeddings, xavier-uniform Linear weights with zero biases, LayerNorm ones/zeros, the patch Conv2d at
+PyTorch's default.
+
+Shape letters: N batch, M bodies, C channels, T frames, V joints, p = t_patch, L = (T/p)·V tokens,
+K kept tokens, D width, H heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import Layout
+
+from .stgcn import EncoderConfig, _projector
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero the whole residual branch of a sample with probability ``p`` (training only),
+    scaling kept samples by 1 / (1 − p)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)  # one draw per sample
+        mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
+        return x / keep * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """Linear(D → hidden) – exact GELU – Linear(hidden → D)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out as softmax(q·kᵀ·scale)·v (the official form, ONNX-friendly).
+
+    (B, L, D) -> (B, L, D); scale = (D/H)^-0.5; qkv has a bias.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise CrossclrError(f"attention: width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.num_heads
+        # the official (B, L, 3, H, D/H) split of the qkv output, written per tensor (one ONNX Split, then
+        # Reshape + Transpose(0, 2, 1, 3) each: the pattern onnxruntime's attention fusion detects)
+        q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2)  # (B, L, D) -> (B, L, H, D/H) -> (B, H, L, D/H)
+                   for t in self.qkv(x).chunk(3, dim=-1))
+        attn = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
+        attn = attn.softmax(dim=-1)
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d)  # (B, H, L, D/H) -> (B, L, D)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each branch under DropPath."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(C → D, kernel = stride = (p, 1)): (B, C, T, V) -> (B, T/p, V, D)."""
+
+    def __init__(self, in_channels: int, dim: int, t_patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=(t_patch, 1), stride=(t_patch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, D, T/p, V) -> (B, T/p, V, D)
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """The official initialisation of Linear and LayerNorm layers (apply with ``Module.apply``)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth per block, linear from 0 (first block) to ``rate`` (last block), as in timm."""
+    return [float(r) for r in torch.linspace(0.0, float(rate), depth)]
+
+
+class SkeletonTransformer(nn.Module):
+    """MAMP encoder over (N, C, T, V, M) skeletons; every body is its own sequence of L = (T/p)·V tokens.
+
+    ``forward_features`` -> (N, D): the final-LayerNorm tokens averaged over bodies, time tokens and joints
+    (the official linear-probe feature); ``forward_head`` -> the projector output (identity when
+    ``projector="none"``); ``forward_tokens`` encodes per-body sequences, optionally only kept tokens (MAMP).
+    """
+
+    def __init__(self, layout: Layout, cfg: EncoderConfig, num_person: int = 2, in_channels: int = 3,
+                 frames: int = 120) -> None:
+        super().__init__()
+        if cfg.graph != "transformer":
+            raise CrossclrError(f"transformer encoder: config graph is {cfg.graph!r}; expected 'transformer'")
+        if not isinstance(frames, int) or frames < 1 or frames % cfg.t_patch:
+            raise CrossclrError(f"transformer encoder: frames {frames!r} is not a positive multiple of "
+                                f"t_patch {cfg.t_patch}; resample sequences to a multiple of it")
+        self.cfg = cfg
+        self.layout = layout
+        self.num_person = num_person
+        self.in_channels = in_channels
+        self.frames = frames
+        self.num_joints = layout.num_joints
+        self.t_tokens = frames // cfg.t_patch
+        d = cfg.hidden_dim
+        self.joints_embed = PatchEmbed(in_channels, d, cfg.t_patch)
+        self.blocks = nn.ModuleList([Block(d, cfg.num_heads, cfg.mlp_ratio, r)
+                                     for r in drop_path_rates(cfg.drop_path, cfg.depth)])
+        self.norm = nn.LayerNorm(d)
+        self.temp_embed = nn.Parameter(torch.zeros(1, self.t_tokens, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1, self.num_joints, d))
+        nn.init.trunc_normal_(self.temp_embed, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks.apply(init_vit_weights)
+        self.norm.apply(init_vit_weights)
+        self.fc = _projector(cfg)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.hidden_dim if self.cfg.projector == "none" else self.cfg.feature_dim
+
+    @property
+    def num_tokens(self) -> int:
+        """L = (T/p)·V tokens per body."""
+        return self.t_tokens * self.num_joints
+
+    def check_input(self, x: torch.Tensor, ndim: int) -> None:
+        """CrossclrError unless x is (…, C, T, V[, M]) with this model's C, T and V."""
+        if torch.jit.is_tracing():  # sizes are traced values during ONNX export; the graph fixes C, T, V
+            return
+        want = "(N, C, T, V, M)" if ndim == 5 else "(N·M, C, T, V)"
+        if x.dim() != ndim:
+            raise CrossclrError(f"transformer encoder: expected a {ndim}-d input {want}, got shape "
+                                f"{tuple(x.shape)}")
+        c, t, v = x.shape[1], x.shape[2], x.shape[3]
+        for name, expected, got in (("channels C", self.in_channels, c), ("frames T", self.frames, t),
+                                    ("joints V", self.num_joints, v)):
+            if got != expected:
+                raise CrossclrError(f"transformer encoder: expected {expected} {name}, got {got} (input "
+                                    f"{want} = {tuple(x.shape)}); resample or select joints to match")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus temporal and joint embeddings: (B, C, T, V) -> (B, L, D), token t'·V + v."""
+        self.check_input(x, 4)
+        tok = self.joints_embed(x) + self.pos_embed + self.temp_embed  # (B, T/p, V, D)
+        return tok.flatten(1, 2)  # (B, T/p, V, D) -> (B, L, D)
+
+    def forward_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode per-body sequences: x (B, C, T, V), keep (B, K) token indices or None (all L tokens).
+
+        Returns the final-LayerNorm tokens, (B, K, D) in the order of ``keep`` (or (B, L, D)).
+        """
+        tok = self.embed(x)  # (B, L, D)
+        if keep is not None:
+            idx = keep.unsqueeze(-1).expand(-1, -1, tok.shape[-1])  # (B, K) -> (B, K, D)
+            tok = torch.gather(tok, 1, idx)
+        for blk in self.blocks:
+            tok = blk(tok)
+        return self.norm(tok)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, V, M) -> (N, D): mean over bodies, time tokens and joints of the encoded tokens."""
+        self.check_input(x, 5)
+        n, c, t, v, m = x.shape
+        bodies = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)  # (N, C, T, V, M) -> (N·M, C, T, V)
+        tok = self.forward_tokens(bodies)  # (N·M, L, D)
+        tok = tok.reshape(n, m * tok.shape[1], tok.shape[2])  # (N·M, L, D) -> (N, M·L, D)
+        return tok.mean(dim=1)  # -> (N, D)
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
