@@ -63,7 +63,7 @@ class CpuCaps:
 
     @property
     def native_bf16(self) -> bool:
-        """bf16 runs natively for torch here: the hardware has it and ONEDNN_MAX_CPU_ISA does not cap it away."""
+        """bf16 runs natively for torch: the hardware has it and ONEDNN_MAX_CPU_ISA does not cap it away."""
         if not self.hw_bf16:
             return False
         cap = self.onednn_cap.upper()

@@ -218,7 +218,7 @@ def normalize_sequence(x: np.ndarray, layout: Layout, *, mode: str = "official",
 
 def mamp_sequence(x: np.ndarray, layout: Layout, frames: int = 120,
                   crop: float = MAMP_CENTER_CROP) -> np.ndarray:
-    """(3, T, V, M) selected bodies -> (3, frames, V, M): MAMP's origin translation and centre crop + resize."""
+    """(3, T, V, M) selected bodies -> (3, frames, V, M): MAMP's origin translation, centre crop, resize."""
     present = np.any(x != 0, axis=(0, 2, 3))  # (T,) frames with any kept body
     x = x[:, present].astype(np.float32)
     length = int(present.sum())

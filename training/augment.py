@@ -77,7 +77,7 @@ MAMP_ROTATION = 0.3  # radians, uniform in ±this about each axis
 
 
 def valid_lengths(x: torch.Tensor) -> torch.Tensor:
-    """(N,) number of frames with any non-zero value (MAMP counts valid frames this way). x: (N, C, T, V, M)."""
+    """(N,) frames with any non-zero value (MAMP counts valid frames this way). x: (N, C, T, V, M)."""
     return (x != 0).any(dim=4).any(dim=3).any(dim=1).sum(dim=1)
 
 

@@ -218,7 +218,8 @@ def _read_official(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def _convert_mamp(path: Path, out: Path, state: dict[str, torch.Tensor], layout: Any, num_person: int) -> Path:
+def _convert_mamp(path: Path, out: Path, state: dict[str, torch.Tensor], layout: Any,
+                  num_person: int) -> Path:
     """An official MAMP checkpoint -> ``crossclr-pretrain-v1`` with one transformer (``encoders.joint``);
     the decoder (and a probe or fine-tuning head) is dropped with a note. The encoder is loaded strictly
     into ``SkeletonTransformer`` before anything is written."""
@@ -255,8 +256,8 @@ def _convert_mamp(path: Path, out: Path, state: dict[str, torch.Tensor], layout:
     atomic_torch_save(ckpt, out)
     for note in notes:
         log.warning("%s: %s", path, note)
-    log.info("%s: imported MAMP transformer (%d blocks × %d, %d frames) -> %s", path, cfg.depth, cfg.hidden_dim,
-             grid.frames, out)
+    log.info("%s: imported MAMP transformer (%d blocks × %d, %d frames) -> %s", path, cfg.depth,
+             cfg.hidden_dim, grid.frames, out)
     return out
 
 

@@ -47,7 +47,8 @@ def _streams(value: str | None) -> list[str] | None:
 def train_command(data: Path, config: str | None, out: Path, streams: str | None, epochs: int | None,
                   cross_epoch: int | None, batch_size: int | None, lr: float | None, device: str | None,
                   num_workers: int | None, save_every: int | None, seed: int | None, bf16: bool | None,
-                  deterministic: bool | None, init_from: Path | None, resume: bool, no_progress: bool) -> None:
+                  deterministic: bool | None, init_from: Path | None, resume: bool,
+                  no_progress: bool) -> None:
     """Pretrain SkeletonCLR / CrosSCLR / MAMP encoders on a cache (single process, or torchrun for DDP)."""
     from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from training.config import load_config

@@ -79,8 +79,8 @@ class TrainConfig:
     seed: int = 0  # seed of model init, sampler order and augmentation
     deterministic: bool = False  # torch deterministic algorithms (slower; exact resume on CPU needs none)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
-    bf16: bool | Literal["auto"] = "auto"  # bfloat16 autocast of the encoders; auto: on for CUDA with bf16 and
-    # CPUs with native bf16 (AVX512-BF16 / AMX), off elsewhere; true on a CPU without it is refused
+    bf16: bool | Literal["auto"] = "auto"  # bfloat16 autocast of the encoders; auto: on for CUDA with bf16
+    # and CPUs with native bf16 (AVX512-BF16 / AMX), off elsewhere; true on a CPU without it is refused
     mallopt: bool = True  # raise glibc malloc mmap/trim thresholds (Linux glibc; faster CPU training)
     num_workers: int = 2  # DataLoader worker processes (0 = read in the main process)
     preload: bool = False  # read the whole split into memory once instead of per-sample reads

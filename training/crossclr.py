@@ -18,8 +18,8 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import VIEWS
 
-from .ssl import CROSS_LOSSES, MemoryQueue, cross_view_loss, info_nce, mining_precision, momentum_update
 from .encoders import build_encoder
+from .ssl import CROSS_LOSSES, MemoryQueue, cross_view_loss, info_nce, mining_precision, momentum_update
 from .stgcn import EncoderConfig
 from .views import compute_view
 

@@ -19,7 +19,7 @@ def is_transformer(cfg: EncoderConfig) -> bool:
 
 def build_encoder(layout: Layout, cfg: EncoderConfig, num_person: int = 2, in_channels: int = 3,
                   frames: int = 50) -> nn.Module:
-    """The encoder ``cfg`` describes, for ``layout`` skeletons of ``frames`` frames and ``num_person`` bodies."""
+    """The encoder ``cfg`` describes, for ``layout`` skeletons of ``frames`` frames, ``num_person`` bodies."""
     if is_transformer(cfg):
         from training.transformer import SkeletonTransformer
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import ctypes.util
+import dataclasses
 import inspect
 import json
 import logging
@@ -174,8 +174,8 @@ def init_encoders_from(model: nn.Module, cfg: TrainConfig, layout_text: str) -> 
     path = Path(cfg.init_from)
     encoders, meta = load_encoders(path, list(cfg.streams))
     if meta["layout"] != layout_text:
-        raise CrossclrError(f"{path}: init_from checkpoint has another skeleton layout than the training cache; "
-                            "expected the same layout")
+        raise CrossclrError(f"{path}: init_from checkpoint has another skeleton layout than the training "
+                            "cache; expected the same layout")
     old = meta["encoder_config"]
     free = {"projector", "feature_dim", "drop_path"}  # may change between the stages
     diffs = [f"{f.name} {getattr(old, f.name)!r} there vs {getattr(cfg.model, f.name)!r} here"

@@ -57,7 +57,8 @@ def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None
 @click.command("info")
 @click.argument("cache", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--system", is_flag=True,
-              help="Describe this machine instead: CPU instruction sets that set the defaults (AVX2, AVX-512, "
+              help="Describe this machine instead: CPU instruction sets that set the defaults (AVX2, "
+                   "AVX-512, "
                    "AVX512-BF16, AMX, VNNI), cores, library versions and onnxruntime providers.")
 def info(cache: Path | None, system: bool) -> None:
     """Describe a cache: layout, classes, splits with counts, frames and preprocessing (or --system)."""

@@ -294,7 +294,7 @@ def test_errors(tmp_path: Path) -> None:
 def _mamp_reference(x: np.ndarray, origin_joint: int, frames: int) -> np.ndarray:
     """MAMP/CTR-GCN's steps written as plain loops: drop frames without bodies, subtract body 0's origin joint
     of its first frame from every present body, keep the central 95 % of the frames
-    (bias = int(0.05 · T / 2)), resize with torch-bilinear (align_corners=False) arithmetic per output frame."""
+    (bias = int(0.05 · T / 2)), resize with torch-bilinear (align_corners=False) arithmetic per frame."""
     keep = [t for t in range(x.shape[1]) if np.any(x[:, t] != 0)]
     x = x[:, keep].astype(np.float64)
     t_len = x.shape[1]
