@@ -19,7 +19,7 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import Layout
 
-GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # "transformer" = the MAMP encoder (training.transformer)
+GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # transformer: MAMP's (training.transformer)
 PROJECTORS = ("mlp", "linear", "none")
 
 
@@ -51,8 +51,8 @@ class EncoderConfig:
         if self.projector not in PROJECTORS:
             raise CrossclrError(f"encoder config: projector {self.projector!r} is unknown; expected one of "
                                 f"{PROJECTORS}")
-        for name in ("base_channels", "hidden_dim", "feature_dim", "embed_ratio", "max_hop", "depth", "num_heads",
-                     "t_patch"):
+        for name in ("base_channels", "hidden_dim", "feature_dim", "embed_ratio", "max_hop", "depth",
+                     "num_heads", "t_patch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise CrossclrError(f"encoder config: {name} must be a positive integer, got {v!r}")
@@ -62,7 +62,7 @@ class EncoderConfig:
                                 f"{self.temporal_kernel!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise CrossclrError(f"encoder config: dropout must be in [0, 1), got {self.dropout!r}")
-        if self.hidden_dim % self.num_heads:
+        if self.graph == "transformer" and self.hidden_dim % self.num_heads:
             raise CrossclrError(f"encoder config: hidden_dim {self.hidden_dim} is not divisible by num_heads "
                                 f"{self.num_heads}; expected a multiple")
         if not float(self.mlp_ratio) > 0 or not 0.0 <= float(self.drop_path) < 1.0:
