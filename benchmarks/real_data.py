@@ -171,10 +171,10 @@ ROWS: tuple[Row, ...] = (
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def prepare(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData) -> Path:
+def prepare(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData, suffix: str = "") -> Path:
     """npz (real_datasets.write_arrays_npz) -> cache through the ``crossclr prepare arrays`` command."""
-    npz = rd.write_arrays_npz(ds, split, work / f"{ds.name}-{split.name}.npz")
-    cache = work / f"{ds.name}-{split.name}.h5"
+    npz = rd.write_arrays_npz(ds, split, work / f"{ds.name}-{split.name}{suffix}.npz")
+    cache = work / f"{ds.name}-{split.name}{suffix}.h5"
     if cache.exists():
         cache.unlink()
     cmd = ["crossclr", "prepare", "arrays", str(npz), "--out", str(cache), "--layout", rd.layout_argument(ds),
@@ -392,6 +392,134 @@ def run_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData) ->
     return records
 
 
+# ---------------------------------------------------------------------------------------------- transformer
+
+
+@dataclass(frozen=True)
+class SmallTransformer:
+    """The MAMP transformer rows (``--transformer``): a small MAMP encoder; data and protocol as above."""
+
+    width: int = 64  # official 256
+    depth: int = 4  # official 8
+    heads: int = 4
+    t_patch: int = 4  # official: tokens of 4 frames x 1 joint
+    mask_ratio: float = 0.9  # official
+    tau: float = 0.8  # official (NTU-60)
+    decoder_depth: int = 1  # official 3
+    lr: float = 1e-3  # official AdamW lr (batch 128); weight decay 0.05, warm-up 5 % of the epochs, cosine
+    cross_lr: float = 0.01  # the cross-view stage (SGD, contrastive heads added), on MAMP's encoders
+
+
+T_ROWS: tuple[Row, ...] = (
+    Row("transformer, random init (joint)", "t-random", ("joint",)),
+    Row("transformer, random init (3s)", "t-random", JMB),
+    Row("MAMP (joint)", "t-mamp", ("joint",)),
+    Row("3s-MAMP", "t-mamp", JMB),
+    Row("3s-MAMP + cross-view stage", "t-cross", JMB),
+)
+
+
+def transformer_frames(hp: SmallData, th: SmallTransformer) -> int:
+    """The ST-GCN rows' frame count rounded up to a multiple of the temporal patch."""
+    return -(-hp.frames // th.t_patch) * th.t_patch
+
+
+def transformer_config(kind: str, hp: SmallData, th: SmallTransformer, num_train: int,
+                       init_from: Path | None = None) -> Any:
+    from training.config import TrainConfig
+    from training.crossclr import SSLConfig
+    from training.mamp import MAMPConfig
+    from training.stgcn import EncoderConfig
+
+    epochs = hp.epochs(num_train)
+    common = {"streams": JMB, "epochs": epochs, "batch_size": hp.batch_size, "seed": hp.seed,
+              "device": "cpu", "num_workers": 0, "preload": True, "save_every": epochs, "tensorboard": False,
+              "bf16": False}
+    if kind == "mamp":
+        model = EncoderConfig(graph="transformer", hidden_dim=th.width, depth=th.depth, num_heads=th.heads,
+                              t_patch=th.t_patch, projector="none")
+        return TrainConfig(model=model, objective="mamp", optimizer="adamw", lr=th.lr, weight_decay=0.05,
+                           weight_decay_on="matrices", schedule="cosine",
+                           warmup_epochs=max(1, epochs // 20), min_lr=th.lr / 2,
+                           mamp=MAMPConfig(mask_ratio=th.mask_ratio, tau=th.tau,
+                                           decoder_depth=th.decoder_depth, decoder_dim=th.width,
+                                           decoder_heads=th.heads), **common)
+    model = EncoderConfig(graph="transformer", hidden_dim=th.width, depth=th.depth, num_heads=th.heads,
+                          t_patch=th.t_patch, projector="mlp", feature_dim=th.width)
+    return TrainConfig(model=model, objective="crossclr", cross_epoch=0,
+                       init_from=str(init_from or ""),
+                       ssl=SSLConfig(queue_size=hp.queue_size(num_train), momentum=hp.ssl_momentum,
+                                     temperature=hp.temperature, topk=hp.topk),
+                       lr=th.cross_lr, weight_decay=hp.weight_decay, lr_steps=(round(0.8 * epochs),),
+                       **common)
+
+
+def transformer_random(cache: Path, out: Path, cfg: Any) -> Path:
+    """The MAMP run's encoders as initialised (same seed), as a pretrain checkpoint (no BatchNorm to
+    calibrate: the transformer uses LayerNorm)."""
+    from training.checkpoint import atomic_torch_save, make_checkpoint
+    from training.config import config_to_dict
+    from training.data import open_train_data
+    from training.trainer import build_model, get_layout_text, seed_everything
+
+    data = open_train_data(cache, batch_size=cfg.batch_size, preload=False)
+    try:
+        seed_everything(cfg.seed)
+        model = build_model(cfg, data)
+        ckpt = make_checkpoint(
+            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer_state=None,
+            scheduler_state=None, epoch=0, rng=[], config=config_to_dict(cfg), streams=list(cfg.streams),
+            layout_toml=get_layout_text(data), num_person=data.cache.num_person, frames=data.cache.frames,
+            class_names=list(data.cache.class_names), preprocess=dict(data.cache.preprocess))
+    finally:
+        data.cache.close()
+    out.mkdir(parents=True, exist_ok=True)
+    return atomic_torch_save(ckpt, out / "pretrain.pt")
+
+
+def run_transformer_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData,
+                          th: SmallTransformer) -> list[dict[str, Any]]:
+    """The transformer rows on one split: random init, 3-stream MAMP, and MAMP + cross-view stage."""
+    from training.trainer import train
+
+    frames = transformer_frames(hp, th)
+    cache = prepare(ds, split, work, replace(hp, frames=frames), suffix=f"-t{frames}")
+    n_train = len(split.train)
+    base = work / f"{ds.name}-{split.name}-transformer"
+    if base.exists():
+        shutil.rmtree(base)
+    times: dict[str, float] = {}
+    ckpts: dict[str, Path] = {}
+    mamp_cfg = transformer_config("mamp", hp, th, n_train)
+    t = time.perf_counter()
+    ckpts["t-random"] = transformer_random(cache, base / "t-random", mamp_cfg)
+    times["t-random"] = time.perf_counter() - t
+    for key, cfg in (("t-mamp", mamp_cfg), ("t-cross", None)):
+        log.info("%s %s: %s", ds.name, split.name, key)
+        t = time.perf_counter()
+        if cfg is None:
+            cfg = transformer_config("cross", hp, th, n_train, init_from=ckpts["t-mamp"])
+        result = train(cfg, cache, base / key, progress=False)
+        if result.checkpoint is None:
+            raise SystemExit(f"{key}: training wrote no checkpoint in {base / key}")
+        ckpts[key] = result.checkpoint
+        times[key] = time.perf_counter() - t + (times["t-mamp"] if key == "t-cross" else 0.0)
+    records = []
+    for row in T_ROWS:
+        t0 = time.perf_counter()
+        rec: dict[str, Any] = {"dataset": ds.name, "split": split.name, "row": row.label, "run": row.run,
+                               "streams": list(row.streams), "num_train": n_train,
+                               "num_test": len(split.test), "epochs": hp.epochs(n_train),
+                               "queue_size": hp.queue_size(n_train),
+                               "train_s": times[row.run], "frames": frames, "seed": hp.seed}
+        out = base / row.run / ("linear-" + "-".join(row.streams))
+        rec.update(evaluate(cache, ckpts[row.run], row.streams, out, hp))
+        rec["eval_s"] = time.perf_counter() - t0
+        log.info("%s", rec)
+        records.append(rec)
+    return records
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -450,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utkinect-protocol", default="cross-subject", choices=["cross-subject", "loso"])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=SmallData.seed)
+    p.add_argument("--transformer", choices=["off", "also", "only"], default="off",
+                   help="MAMP transformer rows (random init, 3s-MAMP, + cross-view stage): off, also, only")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -481,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         if ds.name == "sbu-kinect":
             splits = [splits[f - 1] for f in folds]
         for split in splits:
-            records.extend(run_split(ds, split, args.out, hp))
+            if args.transformer != "only":
+                records.extend(run_split(ds, split, args.out, hp))
+            if args.transformer != "off":
+                records.extend(run_transformer_split(ds, split, args.out, hp, SmallTransformer()))
             md = write_results(args.out, records, hp, data_info, machine, cmd, time.perf_counter() - t_all)
     print(md)
     return 0
