@@ -74,3 +74,46 @@ def test_tiny_crossclr_pretraining_beats_random_init(tmp_path: Path) -> None:
     # 0.292 trained vs 0.313 random, Zen 5 0.32 vs 0.21) while the mean and motion margins above hold on both
     slack = 3 / len(y_va)
     assert all(accs["trained"][v] >= accs["random"][v] - slack for v in cfg.streams), accs
+
+
+@pytest.mark.slow
+def test_tiny_mamp_pretraining_predicts_held_out_motion(tmp_path: Path) -> None:
+    """MAMP learns its task: on held-out synthetic subjects, with the same masks, the trained model's masked
+    motion error is far below the random init's and of the order of predicting no motion at all.
+
+    What this does not show: that MAMP features beat random ones on tiny data. Measured (kNN, 3 generator
+    seeds, 40 epochs): trained 0.61 / 0.49 / 0.47 vs random 0.49 / 0.47 / 0.44, and no gain at 32 frames and
+    80 epochs — too weak and seed-dependent to assert (see the README). The raw motion target is used
+    (``norm_target = false``): the generator jitters every joint, so the official per-patch normalisation
+    turns still joints into unit-variance noise and the loss sits at its predict-zero level for hundreds of
+    steps."""
+    from training.mamp import masked_mse, motion_target
+
+    torch.set_num_threads(1)
+    data = generate_synthetic(tmp_path / "synth.h5", classes=6, per_class=20, seed=1, frames=16)
+    cfg = load_config("tiny-transformer", {"device": "cpu", "deterministic": True, "tensorboard": False,
+                                           "epochs": 10, "lr": 2e-3, "bf16": False,
+                                           "mamp.norm_target": False})
+    result = train(cfg, data, tmp_path / "run", progress=False)
+    with open_cache(data) as cache:
+        x_va = torch.from_numpy(cache.split("val").read_all())
+        torch.manual_seed(cfg.seed)
+        from training.data import open_train_data
+
+        random_model = build_model(cfg, open_train_data(data))
+    n, c, t, v, m = x_va.shape
+    bodies = x_va.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)  # (N, C, T, V, M) -> (N·M, C, T, V)
+    losses, masks = {}, {}
+    for name, model in (("trained", result.model), ("random", random_model)):
+        model.eval()
+        with torch.no_grad():
+            out = model.forward_view(bodies, "joint", torch.Generator().manual_seed(7))
+        losses[name], masks[name] = float(out.loss), out.tokens.mask
+    assert torch.equal(masks["trained"], masks["random"])  # the same masked tokens for both
+    target = motion_target(bodies, 4, normalize=False)
+    losses["zero"] = float(masked_mse(torch.zeros_like(target), target, masks["trained"]))
+    # measured (Intel Xeon, 1 thread): trained 0.0058, random init 1.35, predicting no motion 0.0042 — after
+    # 10 epochs the model has learned the scale and the smooth part of the motion but not yet to beat "no
+    # motion" on jittered held-out data; that bound is reported, not asserted
+    assert losses["trained"] < 0.05 * losses["random"], losses
+    assert losses["trained"] < 2.0 * losses["zero"], losses
