@@ -307,12 +307,13 @@ def supervised(cache: Path, random_ckpt: Path, out: Path, hp: SmallData, num_tra
     return run_finetune(cache, random_ckpt, out, streams=["joint"], cfg=cfg)
 
 
-def evaluate(cache: Path, ckpt: Path, streams: tuple[str, ...], out: Path, hp: SmallData) -> dict[str, Any]:
+def evaluate(cache: Path, ckpt: Path, streams: tuple[str, ...], out: Path, hp: SmallData,
+             standardize: bool = False) -> dict[str, Any]:
     from training.knn import run_knn
     from training.linear import LinearConfig, run_linear
 
     cfg = LinearConfig(epochs=hp.linear_epochs, lr=hp.linear_lr, batch_size=hp.linear_batch, fusion="joint",
-                       seed=hp.seed)
+                       seed=hp.seed, standardize=standardize)
     lin = run_linear(cache, ckpt, out, streams=list(streams), cfg=cfg)
     knn = run_knn(cache, ckpt, streams=list(streams), ks=(hp.knn_k,), t=hp.knn_t)
     key = "fused" if len(streams) > 1 else streams[0]
@@ -514,6 +515,10 @@ def run_transformer_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: S
                                "train_s": times[row.run], "frames": frames, "seed": hp.seed}
         out = base / row.run / ("linear-" + "-".join(row.streams))
         rec.update(evaluate(cache, ckpts[row.run], row.streams, out, hp))
+        # MAMP's own probe (features standardised before the head), beside the plain protocol
+        std = evaluate(cache, ckpts[row.run], row.streams, out.with_name(out.name + "-std"), hp,
+                       standardize=True)
+        rec["standardized"] = {k: std[k] for k in ("linear_last", "linear_best")}
         rec["eval_s"] = time.perf_counter() - t0
         log.info("%s", rec)
         records.append(rec)

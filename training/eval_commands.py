@@ -154,6 +154,9 @@ def _acc_table(report: dict[str, Any]) -> str:
 @click.option("--milestones", default=None, help="Comma list of lr-drop epochs (default: 0.8 · epochs).")
 @click.option("--plots", is_flag=True, help="Write confusion.png and linear_curves.png (viz extra).")
 @click.option("--eval-only", is_flag=True, help="Score an existing linear.pt (--checkpoint) on --eval-split.")
+@click.option("--standardize", is_flag=True,
+              help="MAMP's probe: standardise features by the training split's statistics (BatchNorm without "
+                   "affine) before the heads; folded into the saved heads.")
 def linear_cmd(
     data: Path,
     checkpoint: Path,
@@ -173,6 +176,7 @@ def linear_cmd(
     seed: int,
     plots: bool,
     eval_only: bool,
+    standardize: bool,
 ) -> None:
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
     from training.linear import LinearConfig, evaluate_linear, run_linear
@@ -195,6 +199,7 @@ def linear_cmd(
         fusion=fusion,
         seed=seed,
         milestones=ms,
+        standardize=standardize,
     )
     report = run_linear(
         data,

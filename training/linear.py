@@ -50,6 +50,8 @@ class LinearConfig:
     batch_size: int = 128
     fusion: str = "joint"  # "joint" (mean of logits, official) | "separate" (each head alone)
     seed: int = 0  # head initialization and batch order
+    standardize: bool = False  # MAMP's probe: features standardised (BatchNorm without affine, eps 1e-6) by
+    # the training features' statistics before the head; folded into the saved head afterwards
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -219,6 +221,52 @@ def score(logits: Mapping[str, Tensor], labels: Tensor | np.ndarray) -> dict[str
     return {k: topk_percent(to_numpy(z), y) for k, z in logits.items()}
 
 
+STANDARDIZE_EPS = 1e-6  # MAMP's probe: BatchNorm1d(affine=False, eps=1e-6)
+
+
+class Standardized(nn.Module):
+    """``head((f − mean) / sqrt(var + eps))``: a linear head behind MAMP's affine-free BatchNorm, whose
+    statistics are those of the training features."""
+
+    def __init__(self, head: nn.Linear, mean: Tensor, var: Tensor) -> None:
+        super().__init__()
+        self.head = head
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", torch.sqrt(var + STANDARDIZE_EPS))
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.head((f - self.mean) / self.std)
+
+    @torch.no_grad()
+    def folded(self) -> nn.Linear:
+        """One Linear with the same map: W' = W / std, b' = b − W' · mean."""
+        out = nn.Linear(self.head.in_features, self.head.out_features).to(self.head.weight.device)
+        w = self.head.weight / self.std  # (classes, in) / (in,)
+        out.weight.copy_(w)
+        out.bias.copy_(self.head.bias - w @ self.mean)
+        return out
+
+
+@torch.no_grad()
+def feature_stats(source: FeatureSource, streams: Sequence[str], batch_size: int = 1024
+                  ) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-stream mean and (biased) variance of every training feature, in float64 then float32."""
+    sums: dict[str, Tensor] = {}
+    sqs: dict[str, Tensor] = {}
+    for idx in torch.arange(len(source)).split(batch_size):
+        for v, f in source.features(idx).items():
+            if v in streams:
+                f = f.double()
+                sums[v] = sums.get(v, 0) + f.sum(0)
+                sqs[v] = sqs.get(v, 0) + (f * f).sum(0)
+    n = len(source)
+    out = {}
+    for v in streams:
+        mean = sums[v] / n
+        out[v] = (mean.float(), (sqs[v] / n - mean * mean).clamp(min=0).float())
+    return out
+
+
 def train_linear(
     train: FeatureSource,
     val: FeatureSource | None,
@@ -231,7 +279,10 @@ def train_linear(
     """Train one head per stream on ``train`` features; score per stream and fused on ``val`` every epoch."""
     device = torch.device(device)
     weights = dict(fusion_weights) if fusion_weights else fusion_weights_for(cfg.fusion, streams)
-    heads = init_heads(streams, train.in_features, num_classes, cfg.seed, device)
+    heads: dict[str, nn.Module] = dict(init_heads(streams, train.in_features, num_classes, cfg.seed, device))
+    if cfg.standardize:
+        stats = feature_stats(train, streams)
+        heads = {v: Standardized(h, *(t.to(device) for t in stats[v])) for v, h in heads.items()}
     opt, sched = sgd_with_steps([p for h in heads.values() for p in h.parameters()], cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=weights)
@@ -262,6 +313,8 @@ def train_linear(
             bar.set_postfix(loss=f"{row['loss']:.3f}", top1=f"{row[f'{FUSED}_top1']:.1f}")
         result.history.append(row)
         log.info("linear epoch %d: %s", epoch, row)
+    if cfg.standardize:
+        result.heads = {v: h.folded() for v, h in heads.items()}  # plain Linear heads, same logits
     return result
 
 

@@ -372,3 +372,30 @@ def test_pretrained_encoder_beats_a_random_one_on_synthetic_data(tmp_path):
         acc[name] = (lin["last"]["fused"]["top1"], knn["results"]["joint"]["10"]["top1"])
     assert acc["pretrained"][0] > acc["random"][0] + 10, acc
     assert acc["pretrained"][1] > acc["random"][1], acc
+
+
+def test_standardized_probe_matches_a_numpy_batchnorm_and_folds_exactly():
+    """MAMP's probe: heads see (f − mean) / sqrt(var + 1e-6) with the training features' statistics (numpy);
+    the saved plain Linear gives the same logits on raw features."""
+    import torch
+
+    from training.linear import CachedFeatures, LinearConfig, Standardized, feature_stats, train_linear
+
+    rng = np.random.default_rng(0)
+    f = torch.from_numpy((rng.normal(size=(40, 6)) * [1, 10, 0.1, 5, 2, 50] + [3, -2, 0, 40, 1, 7])
+                         .astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, size=40))
+    src = CachedFeatures({"joint": f}, y)
+    mean, var = feature_stats(src, ["joint"])["joint"]
+    np.testing.assert_allclose(mean.numpy(), f.numpy().astype(np.float64).mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var.numpy(), f.numpy().astype(np.float64).var(0), rtol=1e-5)
+    head = torch.nn.Linear(6, 3)
+    std = Standardized(head, mean, var)
+    z = (f.numpy() - f.numpy().mean(0)) / np.sqrt(f.numpy().var(0) + 1e-6)
+    ref = z @ head.weight.detach().numpy().T + head.bias.detach().numpy()
+    np.testing.assert_allclose(std(f).detach().numpy(), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(std.folded()(f).detach().numpy(), ref, rtol=1e-4, atol=1e-4)
+    res = train_linear(src, src, 3, ["joint"], LinearConfig(epochs=3, lr=0.1, batch_size=8, standardize=True))
+    assert isinstance(res.heads["joint"], torch.nn.Linear)
+    logits = res.heads["joint"](f).argmax(1)
+    assert res.last["joint"]["top1"] == pytest.approx(100.0 * float((logits == y).float().mean()))
