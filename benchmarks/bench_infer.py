@@ -1,16 +1,27 @@
 """Inference speed of exported models, every ratio measured against a baseline in the same run.
 
     python benchmarks/bench_infer.py [--checkpoint runs/NAME/linear/linear.pt --data CACHE.h5] [--threads N]
+    python benchmarks/bench_infer.py --torch-isa avx2     # torch capped to AVX2 (onnxruntime cannot be)
 
 Without a checkpoint: official-width encoders (EncoderConfig defaults, 3 streams) with random weights and
 randomized BN statistics on a synthetic cache; the linear heads are fitted in closed form (ridge regression on
 the train split's features) so that the int8 accuracy change is measured on a model that actually classifies.
 
-Prints: ORT vs torch eager samples/s (joint stream, batch 1 and 64; target ≥ 2×), the fused ensemble vs three
-separate sessions at batch 1 (target ≥ 1.2×), int8 static quantization vs fp32 ORT (target ≥ 1.3× with
-≤ 0.5 pt top-1 drop; export.quantize.DEFAULT_INT8 unless the --int8-* options say otherwise; timed as
-interleaved A/B rounds, with the per-round ratios' median, min and max), achieved GFLOP/s vs the CPU's
-estimated peak, and on CUDA machines the card and torch-CUDA / ORT-CUDA.
+Every comparison is timed as interleaved rounds (the order flips every round, so load from other processes
+hits every contender alike); a row prints the ratio of the medians and the per-round ratios' min and max.
+The header prints the CPU probe line and the load average. Rows: ORT vs torch eager (joint stream; batch 1
+with the session's latency thread plan, batch 64 with its throughput plan, see crossclr_infer.session; target
+>= 2x; torch at the given threads and at 1 thread); the exported graph form (BatchNorm folded, MatMul graph
+product; the last block's temporal convolution by real DFT matrices) vs the training modules exported as
+they are; onnxruntime's thread settings; the fused ensemble vs three stream sessions, both as onnxruntime's
+defaults leave them and as crossclr configures them; int8 vs fp32 ORT; the float16 models' parity with
+torch float32; nominal GFLOP/s vs the CPU's estimated peak; on CUDA machines the card, torch-CUDA and
+ORT-CUDA (fp32 and fp16 models, I/O binding).
+
+``--torch-isa avx2`` re-runs the script with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2`` (torch's BLAS is MKL, which the first two do not cap): torch then runs its
+AVX2 kernels as on an AVX2-only CPU, but onnxruntime's MLAS picks its kernels from cpuid and has no
+such cap, so ORT keeps AVX-512 and the ORT/torch ratios are *not* those of an AVX2 machine.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +41,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STREAMS = ("joint", "motion", "bone")
+NAME_WIDTH = 84
+# torch's three kernel families: ATen's vectorized kernels, oneDNN (convolutions) and MKL (BLAS: matmul)
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def timeit(fn: Callable[[], object], batch: int, min_time: float, min_iters: int = 5) -> float:
-    """Samples/s: median over iterations after 3 warm-up calls, at least ``min_time`` seconds in all."""
+    """Samples/s: median over iterations after 3 warm-up calls, at least ``min_time`` seconds in all (CUDA
+    rows only; every ratio uses ``interleaved``)."""
     for _ in range(3):
         fn()
     times: list[float] = []
@@ -45,24 +61,24 @@ def timeit(fn: Callable[[], object], batch: int, min_time: float, min_iters: int
     return batch / float(np.median(times))
 
 
-def interleaved(fn_a: Callable[[], object], fn_b: Callable[[], object], batch: int, min_time: float,
-                rounds: int) -> tuple[float, float, list[float]]:
-    """Samples/s of A and B timed in alternating rounds (order flipped every round, ``min_time / rounds`` s
-    each), so that load from other processes hits both; returns (A median, B median, per-round A/B times)."""
-    for _ in range(3):
-        fn_a()
-        fn_b()
-    per: dict[int, list[float]] = {0: [], 1: []}
+def interleaved(fns: Mapping[str, Callable[[], object]], batch: int, seconds: float, rounds: int
+                ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Samples/s of each function, timed in ``rounds`` alternating rounds (order reversed every other round,
+    ``seconds / rounds`` per function per round, at least one call), so that load from other processes hits
+    all of them; returns (median samples/s per name, per-round times per name)."""
+    names = list(fns)
+    for n in names:
+        fns[n]()
+        fns[n]()
+    per: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-            fn = fn_a if k == 0 else fn_b
-            n, t0 = 0, time.perf_counter()
-            while n < 2 or time.perf_counter() - t0 < min_time / rounds:
-                fn()
-                n += 1
-            per[k].append((time.perf_counter() - t0) / n)
-    a, b = np.array(per[0]), np.array(per[1])
-    return batch / float(np.median(a)), batch / float(np.median(b)), list(a / b)
+        for n in (names if r % 2 == 0 else names[::-1]):
+            k, t0 = 0, time.perf_counter()
+            while k < 1 or time.perf_counter() - t0 < seconds / rounds:
+                fns[n]()
+                k += 1
+            per[n].append((time.perf_counter() - t0) / k)
+    return {n: batch / float(np.median(per[n])) for n in names}, per
 
 
 def int8_config(args: argparse.Namespace):
@@ -70,10 +86,17 @@ def int8_config(args: argparse.Namespace):
     from export.quantize import Int8Config
 
     return Int8Config(op_types=tuple(args.int8_ops.split(",")), per_channel=not args.int8_per_tensor,
-                      reduce_range=args.int8_reduce_range, calibration=args.int8_calibration,
-                      calib_count=args.int8_calib, quant_format=args.int8_format,
-                      activation_symmetric=args.int8_act_sym, preprocess=not args.int8_no_preprocess,
-                      symbolic_shape=args.int8_symbolic_shape)
+                      target=args.int8_target, reduce_range=True if args.int8_reduce_range else None,
+                      calibration=args.int8_calibration, calib_count=args.int8_calib,
+                      quant_format=args.int8_format, activation_symmetric=args.int8_act_sym,
+                      preprocess=not args.int8_no_preprocess, symbolic_shape=args.int8_symbolic_shape)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def cpu_peak_gflops(threads: int, fpc_override: float | None) -> tuple[float, str]:
@@ -115,12 +138,20 @@ def cpu_peak_gflops(threads: int, fpc_override: float | None) -> tuple[float, st
 
 
 def flops_per_sample(module, x) -> float:
-    """FLOPs of one forward pass per sample (torch's FlopCounterMode: convs, matmuls, einsums; 2 per MAC)."""
+    """Nominal FLOPs of one forward pass per sample: the official operations (direct convolutions, einsum
+    graph product) counted by torch's FlopCounterMode, 2 per MAC. The fast torch ops and the exported DFT
+    block do fewer multiply-adds for the same map, so GFLOP/s from this count are nominal."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        module(x)
+    from training.stgcn import set_fast_ops
+
+    set_fast_ops(False)
+    try:
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            module(x)
+    finally:
+        set_fast_ops(True)
     return fc.get_total_flops() / x.shape[0]
 
 
@@ -166,43 +197,78 @@ def build_default(cache: Path, classes: int, threads: int):
     return encoders, heads, meta
 
 
+class Table:
+    """Rows ``baseline samples/s, new samples/s, ratio`` with the per-round spread, printed as they come."""
+
+    def __init__(self, cpu: str) -> None:
+        self.rows: list[tuple[str, float, float, float]] = []
+        print(f"\n{'comparison (samples/s; ' + cpu + ')':<{NAME_WIDTH}s} {'baseline':>9s} {'new':>9s} "
+              f"{'ratio':>7s}  per-round ratio min-max")
+
+    def add(self, name: str, base: float, new: float, per: Mapping[str, list[float]] | None = None,
+            keys: tuple[str, str] | None = None, target: float | None = None) -> float:
+        r = new / base
+        self.rows.append((name, base, new, r))
+        spread = ""
+        if per is not None and keys is not None:
+            rr = np.array(per[keys[0]]) / np.array(per[keys[1]])  # time(base) / time(new) per round
+            spread = f"  {rr.min():.2f}-{rr.max():.2f}"
+        goal = "" if target is None else f"  (target >= {target:g}x: {'OK' if r >= target else 'BELOW'})"
+        print(f"{name:<{NAME_WIDTH}s} {base:9.1f} {new:9.1f} {r:6.2f}x{spread}{goal}")
+        return r
+
+
+def reexec_with_isa(isa: str) -> None:
+    """Run this script again with torch capped to ``isa`` (the variables must be set before torch loads)."""
+    env = dict(os.environ, **ISA_ENV[isa], CROSSCLR_BENCH_ISA=isa)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def main() -> None:
-    from training.stgcn import set_fast_ops
+    from export.quantize import CALIBRATION_METHODS, DEFAULT_INT8, INT8_CONFIG_TARGETS, QUANT_FORMATS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="a linear.pt to export (default: official-width random encoders)")
     ap.add_argument("--data", help="cache for calibration/accuracy (default: a synthetic cache)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
+    ap.add_argument("--threads", type=int, default=0, help="cores to use (default: all this process may use)")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds per contender per comparison")
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per comparison")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=60)
     ap.add_argument("--flops-per-cycle", type=float, default=None, help="override the peak estimate")
-    from export.quantize import CALIBRATION_METHODS, DEFAULT_INT8, QUANT_FORMATS
-
+    ap.add_argument("--torch-isa", choices=sorted(ISA_ENV), default=None,
+                    help="cap torch's kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA); ORT can't be capped")
     d = DEFAULT_INT8
-    ap.add_argument("--int8-ops", default=",".join(d.op_types),
-                    help="op types to quantize, e.g. Conv,MatMul,Gemm")
+    ap.add_argument("--int8-ops", default=",".join(d.op_types), help="op types to quantize, e.g. Conv,MatMul")
     ap.add_argument("--int8-calib", type=int, default=d.calib_count, help="calibration samples")
     ap.add_argument("--int8-calibration", choices=CALIBRATION_METHODS, default=d.calibration)
     ap.add_argument("--int8-format", choices=QUANT_FORMATS, default=d.quant_format)
-    ap.add_argument("--int8-per-tensor", action="store_true",
-                    help="per-tensor instead of per-channel weights")
+    ap.add_argument("--int8-target", choices=INT8_CONFIG_TARGETS, default=d.target)
+    ap.add_argument("--int8-per-tensor", action="store_true", help="per-tensor, not per-channel weights")
     ap.add_argument("--int8-reduce-range", action="store_true", help="7-bit weights (reduce_range)")
     ap.add_argument("--int8-act-sym", action="store_true", help="symmetric activation ranges")
     ap.add_argument("--int8-no-preprocess", action="store_true", help="skip quant_pre_process")
     ap.add_argument("--int8-symbolic-shape", action="store_true",
                     help="quant_pre_process with symbolic shape inference")
-    ap.add_argument("--rounds", type=int, default=8, help="interleaved A/B rounds of the int8 comparison")
     args = ap.parse_args()
+    if args.torch_isa and os.environ.get("CROSSCLR_BENCH_ISA") != args.torch_isa:
+        reexec_with_isa(args.torch_isa)
     qcfg = int8_config(args)
 
+    import onnxruntime as ort
     import torch
 
-    from crossclr_infer.session import ModelSession
+    from crossclr_infer.hardware import cpu_caps
+    from crossclr_infer.layouts import layout_from_toml_text
+    from crossclr_infer.metrics import fuse_logits
+    from crossclr_infer.session import ModelSession, ThreadPlan, plan_threads
     from export.onnx_export import EnsembleNet, StreamNet, export_models
-    from export.quantize import quantize_models
+    from training.stgcn import set_fast_ops
 
-    torch.set_num_threads(args.threads)
+    caps = cpu_caps()
+    threads = args.threads or caps.cores
+    torch.set_num_threads(threads)
+    cpu = caps.model
     work = Path(tempfile.mkdtemp(prefix="bench_infer."))
     cache = Path(args.data) if args.data else None
     if cache is None:
@@ -215,125 +281,239 @@ def main() -> None:
         encoders, heads, meta = load_linear(args.checkpoint)
         streams = tuple(v for v in STREAMS if v in heads) or tuple(heads)
     else:
-        encoders, heads, meta = build_default(cache, args.classes, args.threads)
+        encoders, heads, meta = build_default(cache, args.classes, threads)
         streams = STREAMS
+    j = streams[0]
     t0 = time.perf_counter()
-    res = export_models(encoders, heads, meta, work / "models", streams=streams, data=cache)
-    out = res.out_dir
-    t_export = time.perf_counter() - t0
-    quant = quantize_models(out, {n: f"{n}.onnx" for n in ("ensemble", streams[0])}, cache, meta, config=qcfg)
-    print(f"# bench_infer  (threads {args.threads}, torch {torch.__version__}, export {t_export:.1f}s, "
-          f"quantize+accuracy {time.perf_counter() - t0 - t_export:.1f}s, work dir {work})")
+    res = export_models(encoders, heads, meta, work / "models", streams=streams, data=cache, precision="fp16",
+                        quantize="int8", int8_config=qcfg)
+    old = export_models(encoders, heads, meta, work / "einsum", streams=[j], data=cache, ensemble=False,
+                        graph_form="einsum")
+    out, quant = res.out_dir, res.quantization
+    print(f"# bench_infer  (threads {threads}, torch {torch.__version__} with CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, onnxruntime {ort.__version__}, export with fp16 and "
+          f"int8 {time.perf_counter() - t0:.1f}s, work dir {work})")
+    print(f"CPU: {caps.line()}")
+    print(f"load average at start: {load_average()} (other processes share these cores: figures are noisy; "
+          "ratios come from interleaved rounds of one run)")
+    if args.torch_isa:
+        env = ", ".join(f"{k}={v}" for k, v in ISA_ENV[args.torch_isa].items())
+        print(f"torch capped to {args.torch_isa.upper()} ({env}); "
+              "onnxruntime cannot be capped: MLAS picks its kernels from cpuid, so ORT still runs AVX-512 "
+              "kernels here and the ORT/torch ratios are not those of an AVX2-only CPU")
     print(f"int8: {qcfg.describe()}, {quant['ensemble']['calibration_samples']} calibration samples")
-    print("parity max |ORT - torch| on logits: " + ", ".join(f"{k} {v['max_abs_diff_logits']:.1e}"
-                                                             for k, v in res.parity.items()))
-    sess = {n: ModelSession(out / f"{n}.onnx", ["cpu"], intra_op_threads=args.threads)
-            for n in (*streams, "ensemble", "ensemble.int8", f"{streams[0]}.int8")}
-    from crossclr_infer.layouts import layout_from_toml_text
+    print("parity max |ORT - torch fp32| on logits: " + ", ".join(
+        f"{k} {v['max_abs_diff_logits']:.1e}" for k, v in res.parity.items() if not k.endswith(".fp16"))
+        + f"; training modules exported as they are ({j}) {old.parity[j]['max_abs_diff_logits']:.1e}")
+    lat, thr = plan_threads("latency", cores=threads), plan_threads("throughput", cores=threads)
+    ort_defaults = ThreadPlan(intra_op_threads=threads, allow_spinning=True)  # onnxruntime's own defaults
+    print(f"thread plans: latency = {lat.describe()}; throughput = {thr.describe()}; onnxruntime defaults = "
+          f"{ort_defaults.describe()}")
+
+    def session(name: str, plan: ThreadPlan, folder: Path = out) -> ModelSession:
+        return ModelSession(folder / f"{name}.onnx", ["cpu"], plan=plan)
 
     layout = layout_from_toml_text(meta["layout"])
     nets = {v: StreamNet(v, layout, encoders[v], heads[v]).eval() for v in streams}
-    ens_torch = EnsembleNet(nets, res_weights(sess["ensemble"])).eval()
-    shape = sess["ensemble"].info.input_shape
+    ens_lat = session("ensemble", lat)
+    weights = dict(ens_lat.info.fusion_weights)
+    ens_torch = EnsembleNet(nets, weights).eval()
+    shape = ens_lat.info.input_shape
     rng = np.random.default_rng(0)
-    rows = []
+    xs = {b: (0.5 * rng.standard_normal((b, *shape))).astype(np.float32) for b in (1, 64)}
+    plans = {1: lat, 64: thr}
+    secs, rounds = args.min_time, args.rounds
+    tab = Table(cpu)
 
-    def ratio(name: str, base: float, new: float, target: float) -> None:
-        r = new / base
-        rows.append((name, base, new, r, target))
-        print(f"{name:<52s} {base:10.1f} {new:10.1f} {r:6.2f}x  (target >= {target:g}x) "
-              f"{'OK' if r >= target else 'BELOW'}")
-
-    print(f"\n{'comparison (samples/s)':<52s} {'baseline':>10s} {'new':>10s} {'ratio':>7s}")
-    j = streams[0]
-    for b in (1, 64):
-        x = (0.5 * rng.standard_normal((b, *shape))).astype(np.float32)
+    def torch_run(net, x: np.ndarray, fast: bool = True, n_threads: int = threads) -> Callable[[], object]:
         xt = torch.from_numpy(x)
-        with torch.inference_mode():
-            t_torch = timeit(lambda xt=xt: nets[j](xt), b, args.min_time)
-        t_ort = timeit(lambda x=x: sess[j].run(x, ["logits"]), b, args.min_time)
-        ratio(f"ORT {j} vs torch eager, batch {b}", t_torch, t_ort, 2.0)
-        set_fast_ops(False)  # the official operations (einsum graph conv) in torch, same weights
-        try:
-            with torch.inference_mode():
-                t_official = timeit(lambda xt=xt: nets[j](xt), b, args.min_time)
-        finally:
-            set_fast_ops(True)
-        ratio(f"ORT {j} vs torch eager official ops, batch {b}", t_official, t_ort, 2.0)
-        ratio(f"torch eager fast ops vs official ops, batch {b}", t_official, t_torch, 1.0)
-    x1 = (0.5 * rng.standard_normal((1, *shape))).astype(np.float32)
 
-    def three() -> None:
-        from crossclr_infer.metrics import fuse_logits
+        def fn() -> None:
+            set_fast_ops(fast)
+            torch.set_num_threads(n_threads)
+            try:
+                with torch.inference_mode():
+                    net(xt)
+            finally:
+                set_fast_ops(True)
+                torch.set_num_threads(threads)
+        return fn
 
-        fuse_logits({v: sess[v].run(x1, ["logits"])["logits"] for v in streams},
-                    sess["ensemble"].info.fusion_weights)
-
-    t_three = timeit(three, 1, args.min_time)
-    t_ens = timeit(lambda: sess["ensemble"].run(x1), 1, args.min_time)
-    ratio(f"fused ensemble vs {len(streams)} separate sessions, batch 1", t_three, t_ens, 1.2)
-    with torch.inference_mode():
-        t_ens_torch = timeit(lambda: ens_torch(torch.from_numpy(x1)), 1, args.min_time)
-    ratio("ORT ensemble vs torch eager ensemble, batch 1", t_ens_torch, t_ens, 2.0)
+    # 1. ORT vs torch eager
     for b in (1, 64):
-        x = (0.5 * rng.standard_normal((b, *shape))).astype(np.float32)
+        x = xs[b]
+        s = session(j, plans[b])
+        fns = {"torch": torch_run(nets[j], x), "torch1": torch_run(nets[j], x, n_threads=1),
+               "official": torch_run(nets[j], x, fast=False), "ort": lambda s=s, x=x: s.run(x, ["logits"])}
+        if b > 1:
+            whole = session(j, lat)
+            fns["ort whole"] = lambda s=whole, x=x: s.run(x, ["logits"])
+        sps, per = interleaved(fns, b, secs * len(fns), rounds)
+        plan = "latency" if b == 1 else "throughput"
+        tab.add(f"ORT {j} ({plan} plan) vs torch eager ({threads} threads), batch {b}", sps["torch"],
+                sps["ort"], per, ("torch", "ort"), 2.0)
+        if threads > 1:
+            tab.add(f"ORT {j} ({plan} plan) vs torch eager (1 thread), batch {b}", sps["torch1"], sps["ort"],
+                    per, ("torch1", "ort"), 2.0)
+        tab.add(f"ORT {j} vs torch eager with the official ops, batch {b}", sps["official"], sps["ort"], per,
+                ("official", "ort"), 2.0)
+        tab.add(f"torch eager fast ops vs official ops, batch {b}", sps["official"], sps["torch"], per,
+                ("official", "torch"))
+        if b > 1:
+            tab.add(f"ORT {j} whole batch in one call (latency plan) vs torch eager, batch {b}", sps["torch"],
+                    sps["ort whole"], per, ("torch", "ort whole"))
+            tab.add(f"ORT {j}: throughput plan vs one call per batch, batch {b}", sps["ort whole"],
+                    sps["ort"], per, ("ort whole", "ort"))
+            ort64, torch64 = sps["ort"], max(sps["torch"], sps["torch1"])
+
+    # 2. graph form: BN folded + MatMul (+ DFT last block) vs the training modules exported as they are
+    direct = export_direct(nets[j], meta, work / "direct", torch.from_numpy(xs[1]))
+    for b in (1, 64):
+        x = xs[b]
+        ss = {"einsum": session(j, plans[b], old.out_dir), "direct": session(j, plans[b], direct),
+              "dft": session(j, plans[b])}
+        sps, per = interleaved({k: lambda s=s, x=x: s.run(x, ["logits"]) for k, s in ss.items()}, b, 3 * secs,
+                               rounds)
+        tab.add(f"ORT {j}: folded BN + MatMul graph vs training modules as exported, batch {b}",
+                sps["einsum"], sps["direct"], per, ("einsum", "direct"))
+        tab.add(f"ORT {j}: last block's temporal conv by DFT vs direct, batch {b}", sps["direct"], sps["dft"],
+                per, ("direct", "dft"))
+
+    # 3. onnxruntime thread settings, one model, batch 1
+    x1 = xs[1]
+    cand = {"spin": ort_defaults, "nospin": lat, "one": ThreadPlan(intra_op_threads=1)}
+    ss = {k: session(j, p) for k, p in cand.items()}
+    sps, per = interleaved({k: lambda s=s: s.run(x1, ["logits"]) for k, s in ss.items()}, 1, 3 * secs, rounds)
+    tab.add(f"ORT {j} {threads} threads: spinning off vs on (onnxruntime default), batch 1", sps["spin"],
+            sps["nospin"], per, ("spin", "nospin"))
+    tab.add(f"ORT {j}: 1 thread vs {threads} threads spinning off, batch 1", sps["nospin"], sps["one"], per,
+            ("nospin", "one"))
+
+    # 4. fused ensemble vs three stream sessions
+    def three(sessions: Mapping[str, ModelSession], x: np.ndarray) -> Callable[[], object]:
+        def fn() -> None:
+            fuse_logits({v: sessions[v].run(x, ["logits"])["logits"] for v in streams}, weights)
+        return fn
+
+    for b, plan, label in ((1, ort_defaults, "onnxruntime defaults (spinning pools)"),
+                           (1, lat, "latency plan"), (64, thr, "throughput plan")):
+        x = xs[b]
+        sep = {v: session(v, plan) for v in streams}
+        ens = session("ensemble", plan)
+        sps, per = interleaved({"three": three(sep, x), "ens": lambda s=ens, x=x: s.run(x, ["logits"])}, b,
+                               2 * secs, rounds)
+        tab.add(f"fused ensemble vs {len(streams)} separate sessions, both {label}, batch {b}", sps["three"],
+                sps["ens"], per, ("three", "ens"), 1.2 if plan is not ort_defaults else None)
+    sps, per = interleaved({"torch": torch_run(ens_torch, x1),
+                            "torch1": torch_run(ens_torch, x1, n_threads=1),
+                            "ens": lambda: ens_lat.run(x1, ["logits"])}, 1, 3 * secs, rounds)
+    tab.add(f"ORT ensemble (latency plan) vs torch eager ensemble ({threads} threads), batch 1", sps["torch"],
+            sps["ens"], per, ("torch", "ens"), 2.0)
+    if threads > 1:
+        tab.add("ORT ensemble (latency plan) vs torch eager ensemble (1 thread), batch 1", sps["torch1"],
+                sps["ens"], per, ("torch1", "ens"), 2.0)
+
+    # 5. int8 vs fp32 ORT, same plan on both sides
+    for b in (1, 64):
+        x = xs[b]
         for name in ("ensemble", j):
-            t_fp, t_q, per_round = interleaved(lambda x=x, n=name: sess[n].run(x, ["logits"]),
-                                               lambda x=x, n=name: sess[f"{n}.int8"].run(x, ["logits"]), b,
-                                               2 * args.min_time, args.rounds)
-            ratio(f"int8 vs fp32 ORT {name}, batch {b} (interleaved)", t_fp, t_q, 1.3)
-            print(f"{'':<52s} median of {len(per_round)} rounds {np.median(per_round):.2f}x, "
-                  f"min {min(per_round):.2f}x, max {max(per_round):.2f}x")
+            fp, q8 = session(name, plans[b]), session(f"{name}.int8", plans[b])
+            sps, per = interleaved({"fp32": lambda s=fp, x=x: s.run(x, ["logits"]),
+                                    "int8": lambda s=q8, x=x: s.run(x, ["logits"])}, b, 2 * secs, rounds)
+            tab.add(f"int8 vs fp32 ORT {name}, batch {b}", sps["fp32"], sps["int8"], per, ("fp32", "int8"),
+                    1.3)
     for name in ("ensemble", j):
         q = quant[name]
-        print(f"{'' if name != 'ensemble' else chr(10)}int8 accuracy ({name}, {q['eval_samples']} samples of "
-              f"{cache.name}): top-1 fp32 {q['top1_fp32']:.2f}%, int8 {q['top1_int8']:.2f}%, change "
-              f"{q['top1_change_pt']:+.2f} pt (target drop <= 0.5 pt: "
-              f"{'OK' if q['top1_change_pt'] >= -0.5 else 'ABOVE'}); same prediction as fp32 on "
-              f"{q['prediction_agreement_pct']:.1f}%")
+        print(f"int8 accuracy ({name}, {q['eval_samples']} samples of {cache.name}): top-1 fp32 "
+              f"{q['top1_fp32']:.2f}%, int8 {q['top1_int8']:.2f}%, change {q['top1_change_pt']:+.2f} pt "
+              f"(target drop <= 0.5 pt: {'OK' if q['top1_change_pt'] >= -0.5 else 'ABOVE'}); same prediction "
+              f"as fp32 on {q['prediction_agreement_pct']:.1f}%")
 
-    # achieved GFLOP/s vs peak
-    x64 = torch.from_numpy((0.5 * rng.standard_normal((64, *shape))).astype(np.float32))
+    # 6. float16 models: parity with torch float32 (CPU onnxruntime, casts kept between operations)
+    print(f"\nfloat16 models vs torch float32 (onnxruntime CPU without graph optimizations; tolerance "
+          f"{res.parity[j + '.fp16']['tolerance']:g} x max(1, |logits|)):")
+    for name, pr in res.parity.items():
+        if name.endswith(".fp16"):
+            scale = max(v for per_in in pr["per_input"].values() for k, v in per_in.items()
+                        if k.startswith("logits") and k.endswith(":scale"))
+            print(f"  {name + '.onnx':<22s} max |ORT fp16 - torch fp32| on logits "
+                  f"{pr['max_abs_diff_logits']:.2e} (|logits| up to {scale:.3g}; inputs: "
+                  f"{', '.join(pr['per_input'])})")
+    agree = fp16_agreement(out / "ensemble.onnx", out / "ensemble.fp16.onnx", cache)
+    print(f"  ensemble.fp16 vs ensemble fp32 on {cache.name}: same top-1 class on {agree[0]:.1f}% of "
+          f"{agree[1]} samples; max |Δ probability| {agree[2]:.1e}")
+
+    # 7. achieved GFLOP/s vs peak
+    x64 = torch.from_numpy(xs[64])
     fl = flops_per_sample(nets[j], x64[:2])
-    peak, how = cpu_peak_gflops(args.threads, args.flops_per_cycle)
-    ort64 = next(r[2] for r in rows if r[0] == f"ORT {j} vs torch eager, batch 64")
-    tor64 = next(r[1] for r in rows if r[0] == f"ORT {j} vs torch eager, batch 64")
-    print(f"\nFLOPs per sample ({j} stream, torch FlopCounterMode, 2 per MAC): {fl / 1e9:.3f} GFLOP")
+    peak, how = cpu_peak_gflops(threads, args.flops_per_cycle)
+    print(f"\nnominal FLOPs per sample ({j} stream, official ops, torch FlopCounterMode, 2 per MAC): "
+          f"{fl / 1e9:.3f} GFLOP (the DFT block and torch's fast ops do fewer for the same map)")
     print(f"peak estimate: {how}")
-    for name, sps in (("ORT fp32 batch 64", ort64), ("torch eager batch 64", tor64)):
-        g = fl * sps / 1e9
-        print(f"achieved {name:<22s} {g:8.1f} GFLOP/s = {100 * g / peak:5.1f}% of peak")
+    for name, sps_ in (("ORT fp32 batch 64", ort64), ("torch eager batch 64 (best)", torch64)):
+        g = fl * sps_ / 1e9
+        print(f"nominal {name:<29s} {g:8.1f} GFLOP/s = {100 * g / peak:5.1f}% of peak")
+    print(f"load average at end: {load_average()}")
+    cuda_rows(args, torch, encoders, heads, layout, out, shape, j, rng)
 
-    # CUDA
-    if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        print(f"\nCUDA card: {torch.cuda.get_device_name(dev)}")
-        net = StreamNet(j, layout, encoders[j], heads[j]).to(dev).eval()
-        for b in (1, 64):
-            xg = torch.randn((b, *shape), device=dev)
 
-            def run_gpu(xg=xg) -> None:
-                net(xg)
-                torch.cuda.synchronize()
+def export_direct(net, meta, folder: Path, example) -> Path:
+    """The stream model in the serving form without the DFT block (folder/NAME.onnx), for the graph rows."""
+    from export.onnx_export import ExportMeta, StreamNet, export_graph, serving_encoder, set_metadata
 
-            with torch.inference_mode():
-                print(f"torch CUDA eager {j}, batch {b}: {timeit(run_gpu, b, args.min_time):.1f} samples/s")
-        from crossclr_infer.session import available_providers
+    em = ExportMeta.from_checkpoint_meta(meta, [net.view], "bench")
+    encoder = serving_encoder(net.encoder, em.frames, dft=False)
+    module = StreamNet(net.view, em.layout, encoder, net.head).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{net.view}.onnx"
+    export_graph(module, path, ["logits", "embedding"], example, opset=17, dynamo=False)
+    set_metadata(path, em.props("stream", [net.view], {"graph_form": "matmul"}))
+    return folder
 
-        if "CUDAExecutionProvider" in available_providers():
-            sg = ModelSession(out / f"{j}.onnx", ["cuda"])
-            for b in (1, 64):
-                x = (0.5 * rng.standard_normal((b, *shape))).astype(np.float32)
-                print(f"ORT CUDA {j}, batch {b}: {timeit(lambda x=x: sg.run(x), b, args.min_time):.1f} "
-                      f"samples/s")
-        else:
-            print("onnxruntime-gpu not installed: ORT on CUDA not measured")
-    else:
+
+def fp16_agreement(fp32: Path, fp16: Path, cache: Path, max_samples: int = 1024) -> tuple[float, int, float]:
+    """(% same argmax, samples, max |Δ probability|) of two ensemble models on the cache's val split."""
+    from crossclr_infer.cache import open_cache
+    from crossclr_infer.session import ModelSession
+
+    with open_cache(cache) as c:
+        sp = c.split("val" if "val" in c.splits else c.splits[0])
+        x = sp.read(np.arange(min(len(sp), max_samples)))
+    a = ModelSession(fp32, ["cpu"], use="throughput").run_batched(x, 64, ["probabilities"])["probabilities"]
+    b = ModelSession(fp16, ["cpu"], use="throughput").run_batched(x, 64, ["probabilities"])["probabilities"]
+    return 100.0 * float((a.argmax(1) == b.argmax(1)).mean()), len(x), float(np.abs(a - b).max())
+
+
+def cuda_rows(args, torch, encoders, heads, layout, out: Path, shape, j: str, rng) -> None:
+    """torch-CUDA and ORT-CUDA (fp32 and fp16 models, I/O binding) where a GPU exists."""
+    from export.onnx_export import StreamNet
+
+    if not torch.cuda.is_available():
         print("\nCUDA: not available on this machine (torch.cuda.is_available() is False)")
+        return
+    dev = torch.device("cuda")
+    print(f"\nCUDA card: {torch.cuda.get_device_name(dev)}")
+    net = StreamNet(j, layout, encoders[j], heads[j]).to(dev).eval()
+    for b in (1, 64):
+        xg = torch.randn((b, *shape), device=dev)
 
+        def run_gpu(xg=xg) -> None:
+            net(xg)
+            torch.cuda.synchronize()
 
-def res_weights(session) -> dict[str, float]:
-    return dict(session.info.fusion_weights)
+        with torch.inference_mode():
+            print(f"torch CUDA eager {j}, batch {b}: {timeit(run_gpu, b, args.min_time):.1f} samples/s")
+    from crossclr_infer.session import ModelSession, available_providers
+
+    if "CUDAExecutionProvider" not in available_providers():
+        print("onnxruntime-gpu not installed: ORT on CUDA not measured")
+        return
+    for name in (j, f"{j}.fp16"):
+        sg = ModelSession(out / f"{name}.onnx", ["cuda"])
+        for b in (1, 64):
+            x = (0.5 * rng.standard_normal((b, *shape))).astype(np.float32)
+            print(f"ORT CUDA {name} (I/O binding), batch {b}: "
+                  f"{timeit(lambda x=x, sg=sg: sg.run(x, ['logits']), b, args.min_time):.1f} samples/s")
 
 
 if __name__ == "__main__":

@@ -176,11 +176,16 @@ class ModelSet:
 
 
 def load_models(paths: Sequence[str | Path], providers: Sequence[str] | None = None, *,
-                intra_op_threads: int = 0) -> ModelSet:
-    """Open the models of an evaluation and check they fit together."""
+                intra_op_threads: int = 0, use: str = "throughput") -> ModelSet:
+    """Open the models of an evaluation and check they fit together.
+
+    Every session gets the same thread plan (``session.plan_threads``; ``intra_op_threads`` > 0 = the cores
+    to use): the models run one after the other on each batch, and no thread spins between runs, so several
+    stream models do not compete for the cores.
+    """
     if not paths:
         raise CrossclrError("no --model given; pass an ensemble.onnx or one stream model per stream")
-    sessions = tuple(ModelSession(p, providers, intra_op_threads=intra_op_threads) for p in paths)
+    sessions = tuple(ModelSession(p, providers, intra_op_threads=intra_op_threads, use=use) for p in paths)
     first = sessions[0].info
     if len(sessions) == 1:
         return ModelSet(sessions, first.streams, first)
@@ -287,7 +292,7 @@ def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights:
         logits[FUSED] = fuse_logits({v: logits[v] for v in models.streams}, w)
     run = {"inference_seconds": inference_s, "wall_seconds": wall_s,
            "samples_per_s": len(idx) / inference_s if inference_s > 0 else None, "batch_size": batch_size,
-           "providers": list(models.sessions[0].providers)}
+           "providers": list(models.sessions[0].providers), "threads": models.sessions[0].plan.describe()}
     model_ids = [{"path": s.path, "sha256": file_sha256(s.path)} for s in models.sessions]
     return build_report(data=data, split=split, model_ids=model_ids, streams=models.streams, weights=w,
                         class_names=models.info.class_names, labels=labels, logits=logits,

@@ -3,13 +3,33 @@
 A crossclr ONNX model (DESIGN §4) takes ``skeleton`` float32 (batch, C, T, V, M) and carries everything needed
 to run it in ``metadata_props`` (format ``crossclr-onnx-v1``). onnxruntime is imported lazily so that the rest
 of the runtime works without it; the message names the extra to install.
+
+Threads on CPU (``plan_threads``, measured with ``benchmarks/bench_infer.py``): onnxruntime's threads never
+spin (``session.intra_op.allow_spinning`` = 0): spinning pools of several sessions, of other processes or of a
+loaded machine take the cores from the threads doing the work (on a shared 2-core Xeon: one model at batch 1
+1.6–1.9× faster without spinning; three stream sessions ran 2.3× slower than the fused ensemble with
+onnxruntime's defaults and as fast as it without spinning). ``latency`` use (default; ``predict``): one call
+at a time with an intra-op pool of all cores. ``throughput`` use (``evaluate``, large batches): no intra-op
+pool; a batch runs as single-sample slices on one worker thread per core, which keeps each sample's
+activations in cache (1.5–1.6× one call per batch of 64 on the same cores). Several models in one process
+(three stream models) take the same plan, share one worker pool and run one after the other; shards run in
+parallel processes each get their share of the cores (``processes``, or pin each process with ``taskset``: the
+plan counts the cores the process may run on). Not used: onnxruntime's global thread pool (in onnxruntime 1.32
+``set_global_thread_pool_sizes`` forces every later session of the process onto it, its spinning cannot be
+turned off from Python, and three sessions on it were no faster) and ``ORT_PARALLEL`` execution of the
+ensemble's three streams (0.44× sequential).
+
+On CUDA (and TensorRT) a run binds its input and outputs (I/O binding): the batch is copied to the device
+once and only the requested outputs are copied back.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +119,7 @@ class ModelInfo:
     config: dict = field(hash=False)
     version: str
     output_names: tuple[str, ...]
+    precision: str = "fp32"  # "fp32", "fp16" (float16 inside, float32 inputs/outputs) or "int8"
 
     @property
     def num_class(self) -> int:
@@ -159,22 +180,96 @@ def parse_metadata(path: str, props: dict[str, str], input_shape: Sequence[Any],
                      num_channels=c,
                      streams=tuple(str(s) for s in streams), class_names=tuple(str(s) for s in class_names),
                      fusion_weights={str(k): float(w) for k, w in weights.items()}, preprocess=preprocess,
-                     config=config, version=str(props["version"]), output_names=tuple(output_names))
+                     config=config, version=str(props["version"]), output_names=tuple(output_names),
+                     precision=model_precision(props))
+
+
+def model_precision(props: dict[str, str]) -> str:
+    """``int8`` for quantized models, else the ``precision`` metadata (``fp32`` for models without it)."""
+    if "quantization" in props:
+        return "int8"
+    return str(props.get("precision", "fp32"))
 
 
 def _is_gpu(provider: str) -> bool:
     return provider != CPU and provider != "AzureExecutionProvider"
 
 
+# providers whose sessions take device buffers through I/O binding, and onnxruntime's device name for them
+BINDING_DEVICES = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+USES = ("latency", "throughput")
+THROUGHPUT_SLICE = 1  # samples per onnxruntime call in throughput use (measured best of 1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How a CPU session uses the cores: onnxruntime's thread pools and this module's batch slicing."""
+
+    intra_op_threads: int  # onnxruntime intra-op pool (1 = the calling thread only; 0 = its default)
+    inter_op_threads: int = 0
+    allow_spinning: bool = False  # idle pool threads busy-wait for work (onnxruntime's default: yes)
+    workers: int = 1  # threads that run slices of one batch at the same time
+    slice_size: int = 0  # samples per onnxruntime call when workers > 1
+
+    def describe(self) -> str:
+        spin = "spinning" if self.allow_spinning else "no spinning"
+        if self.workers > 1:
+            return (f"{self.workers} workers × {self.intra_op_threads} intra-op thread, slices of "
+                    f"{self.slice_size}, {spin}")
+        return f"{self.intra_op_threads or 'default'} intra-op threads, {spin}"
+
+
+def plan_threads(use: str = "latency", *, cores: int = 0, processes: int = 1) -> ThreadPlan:
+    """The thread plan for one session (see the module docstring).
+
+    ``cores``: cores this process may use (0 = every CPU it may run on); ``processes``: processes sharing
+    them (shards evaluated in parallel). Several sessions in one process take the same plan: they run one
+    after the other and nothing spins between runs.
+    """
+    if use not in USES:
+        raise CrossclrError(f"session use {use!r}: expected one of {USES}")
+    if cores < 0 or processes < 1:
+        raise CrossclrError(f"thread plan: cores must be >= 0 and processes >= 1, got {cores}, {processes}")
+    if not cores:
+        from .hardware import cpu_caps
+
+        cores = cpu_caps().cores
+    share = max(1, cores // processes)
+    if use == "throughput" and share > 1:
+        return ThreadPlan(intra_op_threads=1, workers=share, slice_size=THROUGHPUT_SLICE)
+    return ThreadPlan(intra_op_threads=share)
+
+
+@functools.cache
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per worker count, shared by every session of the process (stream models run in turn)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crossclr-ort")
+
+
+def session_options(ort: Any, plan: ThreadPlan) -> Any:
+    """onnxruntime SessionOptions for ``plan``: every graph optimization, sequential execution."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = plan.intra_op_threads
+    opts.inter_op_num_threads = plan.inter_op_threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if plan.allow_spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if plan.allow_spinning else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
 class ModelSession:
     """One crossclr ONNX model in onnxruntime.
 
-    ``providers`` = None picks CUDA when available, then CPU. ``intra_op_threads`` / ``inter_op_threads``
-    (0 = onnxruntime's default) set the thread pools. ``run`` checks inputs against the metadata.
+    ``providers`` = None picks CUDA when available, then CPU. ``use`` (``latency`` / ``throughput``) chooses
+    the CPU thread plan (``plan_threads``) unless ``plan`` is given; ``intra_op_threads`` > 0 sets the cores
+    the plan may use (``--threads``), ``inter_op_threads`` onnxruntime's inter-op pool. ``run`` checks
+    inputs against the metadata.
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0) -> None:
+                 inter_op_threads: int = 0, use: str = "latency", plan: ThreadPlan | None = None) -> None:
         ort = import_onnxruntime()
         self.path = str(path)
         p = Path(path)
@@ -182,16 +277,17 @@ class ModelSession:
             raise CrossclrError(f"{p}: model file not found (expected an .onnx file written by `crossclr "
                                 f"export`)")
         chosen = resolve_providers(providers, available_providers())
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads < 0 or inter_op_threads < 0:
             raise CrossclrError(f"thread counts must be >= 0 (0 = onnxruntime's default), got "
                                 f"intra {intra_op_threads}, inter {inter_op_threads}")
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads
-        opts.log_severity_level = 3
+        if plan is None:
+            plan = plan_threads(use, cores=intra_op_threads)
+        if inter_op_threads:
+            plan = ThreadPlan(plan.intra_op_threads, inter_op_threads, plan.allow_spinning, plan.workers,
+                              plan.slice_size)
         try:
-            self._sess = ort.InferenceSession(str(p), sess_options=opts, providers=chosen)
+            self._sess = ort.InferenceSession(str(p), sess_options=session_options(ort, plan),
+                                              providers=chosen)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CrossclrError(f"{p}: not a loadable ONNX model ({first[:200]})") from None
@@ -202,13 +298,19 @@ class ModelSession:
                         "the CUDA/cuDNN installation for onnxruntime-gpu)", p, ", ".join(fell_back),
                         ", ".join(self.providers))
         self.fell_back = fell_back
+        self.device = BINDING_DEVICES.get(self.providers[0]) if self.providers else None
+        self.plan = plan if self.device is None else ThreadPlan(plan.intra_op_threads, plan.inter_op_threads,
+                                                                plan.allow_spinning)
         inputs = self._sess.get_inputs()
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
             raise CrossclrError(f"{p}: model inputs {[i.name for i in inputs]}, expected one input "
                                 f"{INPUT_NAME!r}; expected a model exported by `crossclr export`")
-        meta = self._sess.get_modelmeta().custom_metadata_map
-        self.info = parse_metadata(str(p), dict(meta), list(inputs[0].shape),
+        props = dict(self._sess.get_modelmeta().custom_metadata_map)
+        self.info = parse_metadata(str(p), props, list(inputs[0].shape),
                                    [o.name for o in self._sess.get_outputs()])
+        from .int8 import warn_int8_target_mismatch
+
+        warn_int8_target_mismatch(str(p), props)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -227,8 +329,30 @@ class ModelSession:
         if unknown:
             raise CrossclrError(f"{self.path}: model has no outputs {unknown}; it has "
                                 f"{list(self.output_names)}")
-        values = self._sess.run(names, {INPUT_NAME: x})
+        if self.device is not None:
+            values = self._run_bound(x, names)
+        elif self.plan.workers > 1 and len(x) > self.plan.slice_size:
+            values = self._run_sliced(x, names)
+        else:
+            values = self._sess.run(names, {INPUT_NAME: x})
         return dict(zip(names, values, strict=True))
+
+    def _run_sliced(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The batch as slices of ``plan.slice_size`` samples on the shared worker threads, in order."""
+        slices = list(iter_batches(len(x), self.plan.slice_size))
+        parts = list(_worker_pool(self.plan.workers).map(
+            lambda sl: self._sess.run(names, {INPUT_NAME: x[sl]}), slices))
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(names))]
+
+    def _run_bound(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """One run with I/O binding on the session's device: one host-to-device copy of the batch, outputs
+        left on the device by onnxruntime and copied back once, only those asked for."""
+        binding = self._sess.io_binding()
+        binding.bind_cpu_input(INPUT_NAME, x)
+        for name in names:
+            binding.bind_output(name, self.device)
+        self._sess.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
 
     def run_batched(self, x: np.ndarray, batch_size: int = 64, outputs: Sequence[str] | None = None,
                     source: str = "input") -> dict[str, np.ndarray]:
@@ -268,6 +392,7 @@ def check_skeleton_batch(x: np.ndarray, info: ModelInfo, source: str = "input") 
 
 
 def open_model(path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
-               inter_op_threads: int = 0) -> ModelSession:
+               inter_op_threads: int = 0, use: str = "latency") -> ModelSession:
     """A ModelSession (see its docstring)."""
-    return ModelSession(path, providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
+    return ModelSession(path, providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                        use=use)

@@ -27,8 +27,8 @@ def _providers(text: str | None) -> list[str] | None:
 @click.option("--preprocessed", is_flag=True,
               help=".npy inputs are already preprocessed (C, T, V, M) arrays.")
 @click.option("--providers", default=None, help=_PROVIDERS_HELP)
-@click.option("--threads", default=0, show_default=True, type=int, help="onnxruntime intra-op threads (0 = "
-                                                                        "auto).")
+@click.option("--threads", default=0, show_default=True, type=int,
+              help="Cores to use (0 = every core this process may run on): onnxruntime intra-op threads.")
 def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, axes: str | None,
                 preprocessed: bool, providers: str | None, threads: int) -> None:
     """Classify skeletons: .npy arrays, raw .skeleton files, or folders of them.
@@ -41,7 +41,7 @@ def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, 
 
     if top_k < 1:
         raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
-    session = ModelSession(model, _providers(providers), intra_op_threads=threads)
+    session = ModelSession(model, _providers(providers), intra_op_threads=threads, use="latency")
     samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed)
     preds = predict(session, samples, top_k=top_k)
     click.echo(json.dumps(preds, indent=1) if as_json else format_predictions(preds))
@@ -63,8 +63,10 @@ def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, 
 @click.option("--shard", default=None, help="Evaluate slice I of N (0-based), e.g. 0/4; merge with "
                                             "merge-reports.")
 @click.option("--providers", default=None, help=_PROVIDERS_HELP)
-@click.option("--threads", default=0, show_default=True, type=int, help="onnxruntime intra-op threads (0 = "
-                                                                        "auto).")
+@click.option("--threads", default=0, show_default=True, type=int,
+              help="Cores to use (0 = every core this process may run on; when shards run in parallel on "
+                   "one machine, give each its share or pin it with taskset): one worker thread per core, "
+                   "each running single samples.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | None, report_path: str | None,
                  plots: str | None, batch_size: int, shard: str | None, providers: str | None, threads: int,
@@ -79,7 +81,7 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
         raise CrossclrError(f"--batch-size must be >= 1, got {batch_size}")
     shard_obj = Shard.parse(shard) if shard else None
     w = parse_weights(weights) if weights else None
-    model_set = load_models(models, _providers(providers), intra_op_threads=threads)
+    model_set = load_models(models, _providers(providers), intra_op_threads=threads, use="throughput")
     report = evaluate(data, model_set, split=split, weights=w, batch_size=batch_size, shard=shard_obj,
                       progress=not no_progress)
     if report_path:

@@ -283,3 +283,178 @@ def test_cli_missing_and_corrupt_model_one_line(tmp_path, capsys) -> None:
     build_model(good)
     assert "not available" in cli_error(["predict", str(x), "--model", str(good), "--providers", "coreml"],
                                          capsys)
+
+
+# ------------------------------------------------------------------------------ thread plans per use
+
+
+def test_thread_plans_per_use() -> None:
+    from crossclr_infer.session import ThreadPlan, plan_threads
+
+    assert plan_threads("latency", cores=4) == ThreadPlan(intra_op_threads=4)
+    assert plan_threads("throughput", cores=4) == ThreadPlan(intra_op_threads=1, workers=4, slice_size=1)
+    # shards in parallel: each process gets its share of the cores
+    assert plan_threads("throughput", cores=8, processes=4) == ThreadPlan(1, workers=2, slice_size=1)
+    assert plan_threads("latency", cores=8, processes=4) == ThreadPlan(intra_op_threads=2)
+    assert plan_threads("throughput", cores=2, processes=4) == ThreadPlan(intra_op_threads=1)
+    for use in ("latency", "throughput"):
+        assert not plan_threads(use, cores=4).allow_spinning
+    from crossclr_infer.hardware import cpu_caps
+
+    assert plan_threads("latency").intra_op_threads == cpu_caps().cores  # the cores this process may use
+    with pytest.raises(CrossclrError, match="session use 'fast'"):
+        plan_threads("fast")
+    with pytest.raises(CrossclrError, match="processes >= 1"):
+        plan_threads("latency", processes=0)
+
+
+class SpySessions:
+    """Records the SessionOptions of every InferenceSession created (the real class does the work)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.options: list = []
+        real = ort.InferenceSession
+
+        def make(path, sess_options=None, providers=None, **kw):
+            self.options.append(sess_options)
+            return real(path, sess_options=sess_options, providers=providers, **kw)
+
+        monkeypatch.setattr(ort, "InferenceSession", make)
+
+
+def test_session_options_follow_the_plan(model, monkeypatch) -> None:
+    path, _ = model
+    spy = SpySessions(monkeypatch)
+    lat = ModelSession(path, ["cpu"], intra_op_threads=3)
+    thr = ModelSession(path, ["cpu"], intra_op_threads=3, use="throughput")
+    o_lat, o_thr = spy.options
+    assert (o_lat.intra_op_num_threads, o_thr.intra_op_num_threads) == (3, 1)
+    for o in spy.options:
+        assert o.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert o.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        assert o.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert lat.plan.workers == 1 and thr.plan.workers == 3 and thr.plan.slice_size == 1
+    assert "no spinning" in thr.plan.describe()
+
+
+def test_throughput_slices_equal_one_call(model) -> None:
+    from crossclr_infer.session import ThreadPlan, _worker_pool
+
+    path, w = model
+    x = np.random.default_rng(4).standard_normal((7, 3, 50, 25, 2)).astype(np.float32)
+    whole = ModelSession(path, ["cpu"], plan=ThreadPlan(intra_op_threads=1)).run(x)
+    sliced = ModelSession(path, ["cpu"], plan=ThreadPlan(1, workers=3, slice_size=2))
+    got = sliced.run(x)
+    for name in whole:
+        np.testing.assert_allclose(got[name], whole[name], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["logits_joint"], reference_logits(x, w)["joint"], rtol=1e-5, atol=1e-5)
+    assert sliced.run(x[:2])["logits"].shape == (2, 6)  # a batch within one slice runs in one call
+    assert _worker_pool(3) is _worker_pool(3)  # one pool per worker count, shared by all sessions
+
+
+def test_evaluate_opens_every_model_with_the_throughput_plan(tmp_path) -> None:
+    from crossclr_infer.report import load_models
+
+    for v in ("joint", "motion"):
+        build_model(tmp_path / f"{v}.onnx", kind="stream", streams=(v,))
+    ms = load_models([tmp_path / "joint.onnx", tmp_path / "motion.onnx"], ["cpu"], intra_op_threads=2)
+    assert [s.plan.workers for s in ms.sessions] == [2, 2]
+    assert all(s.plan.intra_op_threads == 1 and not s.plan.allow_spinning for s in ms.sessions)
+    one = load_models([tmp_path / "joint.onnx"], ["cpu"], intra_op_threads=2, use="latency")
+    assert one.sessions[0].plan.intra_op_threads == 2 and one.sessions[0].plan.workers == 1
+
+
+# ---------------------------------------------------------------------------------- precision metadata
+
+
+@pytest.mark.parametrize("props,want", [({}, "fp32"), ({"precision": "fp16"}, "fp16"),
+                                        ({"quantization": "int8-static-qdq"}, "int8")])
+def test_precision_from_metadata(tmp_path, props, want) -> None:
+    p = tmp_path / "m.onnx"
+    build_model(p, props=props)
+    assert ModelSession(p, ["cpu"]).info.precision == want
+
+
+def test_int8_target_check_runs_on_every_open(model, monkeypatch) -> None:
+    import crossclr_infer.int8 as int8
+
+    calls = []
+    monkeypatch.setattr(int8, "warn_int8_target_mismatch", lambda path, props: calls.append((path, props)))
+    path, _ = model
+    ModelSession(path, ["cpu"])
+    assert len(calls) == 1 and calls[0][0] == str(path)
+    assert calls[0][1]["crossclr_format"] == "crossclr-onnx-v1" and "class_names" in calls[0][1]
+
+
+# ------------------------------------------------------------------------------- CUDA I/O binding (faked)
+
+
+class FakeBinding:
+    """onnxruntime IOBinding stand-in: records what is bound, runs the real CPU session."""
+
+    def __init__(self, sess) -> None:
+        self.sess, self.inputs, self.outputs, self.results = sess, {}, [], None
+
+    def bind_cpu_input(self, name, array) -> None:
+        self.inputs[name] = array
+
+    def bind_output(self, name, device_type="cpu", device_id=0, *args) -> None:
+        self.outputs.append((name, device_type))
+
+    def copy_outputs_to_cpu(self):
+        return list(self.results)
+
+
+REAL_SESSION = ort.InferenceSession
+
+
+class FakeCudaSession:
+    """An InferenceSession that claims CUDA; runs go through I/O binding only (``run`` is forbidden)."""
+
+    instances: list = []
+
+    def __init__(self, path, sess_options=None, providers=None, **kw) -> None:
+        self.real = REAL_SESSION(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self.bindings: list[FakeBinding] = []
+        FakeCudaSession.instances.append(self)
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def get_inputs(self):
+        return self.real.get_inputs()
+
+    def get_outputs(self):
+        return self.real.get_outputs()
+
+    def get_modelmeta(self):
+        return self.real.get_modelmeta()
+
+    def io_binding(self) -> FakeBinding:
+        self.bindings.append(FakeBinding(self))
+        return self.bindings[-1]
+
+    def run_with_iobinding(self, binding: FakeBinding) -> None:
+        names = [n for n, _ in binding.outputs]
+        binding.results = self.real.run(names, binding.inputs)
+
+    def run(self, *a, **kw):
+        raise AssertionError("a CUDA session must run through I/O binding")
+
+
+def test_cuda_session_runs_through_io_binding(model, monkeypatch) -> None:
+    path, w = model
+    fake = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: fake)
+    monkeypatch.setattr(ort, "InferenceSession", FakeCudaSession)
+    FakeCudaSession.instances.clear()
+    s = ModelSession(path, use="throughput")  # default providers: CUDA first
+    assert s.device == "cuda" and s.plan.workers == 1  # no CPU slicing on the GPU
+    x = np.random.default_rng(5).standard_normal((5, 3, 50, 25, 2))  # float64: cast once, then bound
+    got = s.run(x, ["logits_joint", "logits"])
+    binding = FakeCudaSession.instances[0].bindings[-1]
+    assert binding.outputs == [("logits_joint", "cuda"), ("logits", "cuda")]  # only what was asked for
+    bound = binding.inputs["skeleton"]
+    assert bound.dtype == np.float32 and bound.flags["C_CONTIGUOUS"] and bound.shape == x.shape
+    np.testing.assert_allclose(got["logits_joint"], reference_logits(x, w)["joint"], rtol=1e-5, atol=1e-5)
+    assert set(s.run_batched(x, 2)) == set(s.output_names) and len(FakeCudaSession.instances[0].bindings) == 4
