@@ -1,0 +1,157 @@
+"""The MAMP transformer beside the ST-GCN, every figure a ratio measured in this one run.
+
+    python benchmarks/bench_transformer.py [--threads 2] [--min-time 1.0] [--frames 120]
+
+Both encoders at their official size with random weights, one stream (joint) plus a linear head, 2 bodies:
+the ST-GCN at 50 frames (CrosSCLR's input), the transformer at ``--frames`` (MAMP's 120). Prints the CPU probe
+line, then
+
+- inference: ORT vs torch eager for each encoder at batch 1 and 64, and the transformer's samples/s as a share
+  of the ST-GCN's (ORT, same batch), with the FLOPs per sample of each;
+- training: samples/s of one optimizer step of MAMP pretraining (one view) and of SkeletonCLR (one view, two
+  augmented copies), fp32, at batch 8, and their ratio.
+
+Timings interleave the two contenders round by round so that load from other processes hits both. Kept apart
+from ``bench_infer.py`` / ``bench_train.py``, which drive the ST-GCN protocol figures of the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], batch: int, min_time: float, rounds: int = 6
+                ) -> dict[str, float]:
+    """Samples/s of every function, timed in alternating rounds (order rotated each round)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            n, t0 = 0, time.perf_counter()
+            while n < 2 or time.perf_counter() - t0 < min_time / rounds:
+                fns[k]()
+                n += 1
+            times[k].append((time.perf_counter() - t0) / n)
+    return {k: batch / float(np.median(v)) for k, v in times.items()}
+
+
+def flops(module: object, x: object) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        module(x)
+    return fc.get_total_flops() / x.shape[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement (split in rounds)")
+    p.add_argument("--frames", type=int, default=120, help="transformer input frames (multiple of 4)")
+    p.add_argument("--train-batch", type=int, default=8)
+    args = p.parse_args()
+
+    import onnxruntime as ort
+    import torch
+
+    from crossclr_infer.hardware import cpu_caps
+    from crossclr_infer.layouts import BUILTIN_LAYOUTS
+    from training.augment import augment
+    from training.crossclr import CrosSCLR
+    from training.mamp import MAMP, MAMPConfig
+    from training.stgcn import STGCN, EncoderConfig
+    from training.transformer import SkeletonTransformer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"# {cpu_caps().line()}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
+          f"onnxruntime {ort.__version__}, {args.threads} threads")
+    ntu = BUILTIN_LAYOUTS["ntu-rgb+d"]
+    t_cfg = EncoderConfig(graph="transformer", projector="none")
+    frames_of = {"st-gcn": 50, "transformer": args.frames}
+    encoders = {"st-gcn": STGCN(ntu, EncoderConfig(projector="none")).eval(),
+                "transformer": SkeletonTransformer(ntu, t_cfg, frames=args.frames).eval()}
+
+    class Net(torch.nn.Module):
+        def __init__(self, enc: torch.nn.Module) -> None:
+            super().__init__()
+            self.enc, self.head = enc, torch.nn.Linear(256, 60)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.enc.forward_features(x))
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    rows = {}
+    with tempfile.TemporaryDirectory() as td:
+        for name, enc in encoders.items():
+            frames = frames_of[name]
+            net = Net(enc).eval()
+            x1 = torch.randn(1, 3, frames, 25, 2) * 0.3
+            path = Path(td) / f"{name}.onnx"
+            torch.onnx.export(net, (x1,), str(path), input_names=["skeleton"], output_names=["logits"],
+                              dynamic_axes={"skeleton": {0: "batch"}}, opset_version=17, dynamo=False)
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            for batch in (1, 64):
+                x = torch.randn(batch, 3, frames, 25, 2) * 0.3
+                xn = x.numpy()
+
+                def eager(net=net, x=x) -> None:
+                    with torch.no_grad():
+                        net(x)
+
+                def onnx(sess=sess, xn=xn) -> None:
+                    sess.run(None, {"skeleton": xn})
+
+                rows[(name, batch)] = interleaved({"torch": eager, "ort": onnx}, batch, args.min_time)
+            rows[(name, "flops")] = flops(net, torch.randn(2, 3, frames, 25, 2))
+    print("\n## inference (samples/s, one stream + head)")
+    for name in encoders:
+        print(f"{name:12s} {rows[(name, 'flops')] / 1e9:6.2f} GFLOP/sample  " + "  ".join(
+            f"b{b}: torch {rows[(name, b)]['torch']:8.1f} ort {rows[(name, b)]['ort']:8.1f} "
+            f"({rows[(name, b)]['ort'] / rows[(name, b)]['torch']:.2f}x)" for b in (1, 64)))
+    for b in (1, 64):
+        print(f"transformer / st-gcn samples/s, ORT batch {b}: "
+              f"{rows[('transformer', b)]['ort'] / rows[('st-gcn', b)]['ort']:.3f}x")
+
+    # one optimizer step of each pretraining objective, one view, fp32
+    n = args.train_batch
+    mamp = MAMP(ntu, t_cfg, MAMPConfig(), views=("joint",), frames=args.frames).train()
+    clr = CrosSCLR(ntu, EncoderConfig(), views=("joint",)).train()
+    opt_m = torch.optim.AdamW(mamp.parameters(), lr=1e-4)
+    opt_c = torch.optim.SGD([p for p in clr.parameters() if p.requires_grad], lr=1e-3)
+    xm, xc = torch.randn(n, 3, args.frames, 25, 2) * 0.3, torch.randn(n, 3, 50, 25, 2) * 0.3
+    g = torch.Generator().manual_seed(0)
+
+    def step_mamp() -> None:
+        loss = mamp(xm, generator=g)["loss"]
+        opt_m.zero_grad()
+        loss.backward()
+        opt_m.step()
+
+    def step_clr() -> None:
+        loss = clr(augment(xc, g), augment(xc, g), cross=False)["loss"]
+        opt_c.zero_grad()
+        loss.backward()
+        opt_c.step()
+
+    tr = interleaved({"mamp": step_mamp, "skeletonclr": step_clr}, n, args.min_time * 3, rounds=4)
+    print(f"\n## training (samples/s, batch {n}, fp32, one view)")
+    print(f"MAMP (transformer, {args.frames} frames) {tr['mamp']:.1f}   SkeletonCLR (ST-GCN, 50 frames) "
+          f"{tr['skeletonclr']:.1f}   MAMP / SkeletonCLR {tr['mamp'] / tr['skeletonclr']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
