@@ -19,6 +19,8 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import Layout
 
+from . import fastops
+
 GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # transformer: MAMP's (training.transformer)
 PROJECTORS = ("mlp", "linear", "none")
 
@@ -106,11 +108,20 @@ _FAST_OPS = True
 
 
 def set_fast_ops(enabled: bool) -> None:
-    """Switch the CPU fast paths (graph sum before the conv when C_in < C_out, rand-mask dropout) on or off.
-    Off runs the official operations one for one; the results are equal either way (tested), and
+    """Switch the CPU fast paths on or off (``training.fastops``: channels-last blocks, DFT temporal
+    convolution of the wide blocks, graph sum before the 1×1 conv when C_in < C_out, dropout mask from random
+    bits with its scale folded into the batch norm). Off runs the official operations one for one; the
+    results are equal either way within float rounding (tested, forward and backward), and
     ``benchmarks/bench_train.py`` uses the switch to measure the official step as its baseline."""
     global _FAST_OPS
     _FAST_OPS = enabled
+
+
+def _fast_block_path(x: torch.Tensor) -> bool:
+    """The fused CPU block (``fastops.block_forward``) applies: fast ops on, CPU, no autocast, not traced."""
+    return (_FAST_OPS and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export())
 
 
 class GraphConv(nn.Module):
@@ -167,8 +178,9 @@ class GraphConv(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout, same distribution as ``nn.Dropout``; on CPU the mask comes from ``rand`` because
-    ``bernoulli_`` measured 3–5× slower there (8 % of a CPU training step)."""
+    """Inverted dropout, same distribution as ``nn.Dropout``; on CPU the mask comes from random bits or
+    ``rand`` (``fastops.keep_mask``): ``bernoulli_`` measured 3–5× slower there (8 % of a CPU training step).
+    The fast blocks (``fastops``) read ``p`` from this module and fuse the dropout into the residual sum."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -179,8 +191,7 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or not _FAST_OPS:
             return F.dropout(x, self.p, training=True)
-        keep = torch.rand(x.shape, device=x.device) >= self.p
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        return x * fastops.keep_mask(self.p, x) * (1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -212,6 +223,8 @@ class STGCNBlock(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if _fast_block_path(x):
+            return fastops.block_forward(self, x, a)
         y = self.tcn(self.gcn(x, a))
         if self.residual_kind == 1:
             y = y + x
@@ -271,11 +284,14 @@ class STGCN(nn.Module):
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # (N, C, T, V, M) -> (N·M, V·C, T)
         x = self.data_bn(x)
-        x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)  # -> (N·M, C, T, V)
+        if _fast_block_path(x):  # channels last, the layout of the fast blocks: memory (N·M, T, V, C)
+            x = x.view(n, m, v, c, t).permute(0, 1, 4, 2, 3).reshape(n * m, t, v, c).permute(0, 3, 1, 2)
+        else:
+            x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)  # -> (N·M, C, T, V)
         for i, block in enumerate(self.st_gcn_networks):
             a = self.A if self.edge_importance is None else self.A * self.edge_importance[i]
             x = block(x, a)
-        x = x.mean(dim=(2, 3))  # (N·M, hidden, T', V) -> (N·M, hidden)
+        x = fastops.mean_frames_joints(x)  # (N·M, hidden, T', V) -> (N·M, hidden)
         return x.view(n, m, -1).mean(dim=1)  # (N·M, hidden) -> (N, hidden)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:

@@ -206,30 +206,114 @@ def test_onnx_export_matches_torch(graph: str) -> None:
     np.testing.assert_allclose(out, m(x3).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("graph", ["spatial", "flow"])
-def test_fast_ops_equal_official_ops_forward_and_backward(graph: str) -> None:
+def _run_paths(enc: STGCN, x: torch.Tensor, train: bool = True) -> list[tuple]:
+    """Features, gradients and buffers of ``enc`` with the official operations, then with the fast ones."""
+    import copy
+
     from training import stgcn
 
-    torch.manual_seed(0)
-    layout = get_layout("ntu-rgb+d")
-    enc = STGCN(layout, EncoderConfig(graph=graph, dropout=0.0)).double().train()
-    x = torch.randn(3, 3, 20, 25, 2, dtype=torch.float64)
-    results = []
+    out = []
     for fast in (False, True):
+        m = copy.deepcopy(enc).train(train)
         stgcn.set_fast_ops(fast)
         try:
-            enc.zero_grad()
-            f = enc.forward_features(x)
+            f = m.forward_features(x)
             f.square().sum().backward()
-            grads = [p.grad.clone() for p in enc.parameters() if p.grad is not None]
-            results.append((f.detach().clone(), grads))
         finally:
             stgcn.set_fast_ops(True)
-    (f0, g0), (f1, g1) = results
+        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        out.append((f.detach(), grads, dict(m.named_buffers())))
+    return out
+
+
+@pytest.mark.parametrize("dft_channels", [128, 1])
+@pytest.mark.parametrize("graph", ["spatial", "flow", "adaptive"])
+def test_fast_ops_equal_official_ops_forward_and_backward(graph: str, dft_channels: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast CPU blocks (channels-last; DFT temporal conv in a (T, N·V, C) layout for wide stride-1 blocks,
+    here the last block, or every stride-1 block with the threshold at 1) equal the official operations:
+    features, every gradient and the BatchNorm running statistics, in training and in eval mode."""
+    from training import fastops
+
+    monkeypatch.setattr(fastops, "DFT_MIN_CHANNELS", dft_channels)
+    torch.manual_seed(0)
+    enc = STGCN(NTU, EncoderConfig(graph=graph, dropout=0.0)).double()
+    _randomize(enc, 3)
+    x = torch.randn(3, 3, 20, 25, 2, dtype=torch.float64)
+    for train in (True, False):
+        (f0, g0, b0), (f1, g1, b1) = _run_paths(enc, x, train)
+        torch.testing.assert_close(f1, f0, rtol=1e-10, atol=1e-12)
+        assert g0.keys() == g1.keys() and len(g0) > 30  # every encoder weight got a gradient on both paths
+        for name in g0:  # (biases right before a training-mode BN have a zero gradient: atol)
+            torch.testing.assert_close(g1[name], g0[name], rtol=1e-8, atol=1e-10, msg=name)
+        for name in b0:
+            torch.testing.assert_close(b1[name], b0[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("dft_channels", [128, 1])
+def test_fast_dropout_equals_official_dropout_given_the_same_mask(dft_channels: int,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With p = 0.5 the fast path folds the scale 2 into the batch norm and fuses mask, residual and ReLU:
+    given the same mask (indexed like the official (N, C, T, V) tensor) it equals ``F.dropout`` exactly."""
+    from training import fastops
+
+    def logical_mask(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        idx = [torch.arange(s).view([-1 if i == d else 1 for i in range(4)]) for d, s in enumerate(shape)]
+        return ((idx[0] * 131 + idx[1] * 31 + idx[2] * 7 + idx[3] * 3) % 5 < 3).to(dtype)
+
+    def fake_dropout(x: torch.Tensor, p: float, training: bool = True, inplace: bool = False) -> torch.Tensor:
+        return x * logical_mask(tuple(x.shape), x.dtype) / (1 - p) if training else x
+
+    def fake_keep_mask(p: float, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(like).copy_(logical_mask(tuple(like.shape), like.dtype))
+
+    monkeypatch.setattr(fastops, "DFT_MIN_CHANNELS", dft_channels)
+    monkeypatch.setattr(fastops, "keep_mask", fake_keep_mask)
+    monkeypatch.setattr(torch.nn.functional, "dropout", fake_dropout)
+    torch.manual_seed(0)
+    enc = STGCN(NTU, EncoderConfig(dropout=0.5)).double()
+    _randomize(enc, 4)
+    x = torch.randn(2, 3, 16, 25, 2, dtype=torch.float64)
+    (f0, g0, _), (f1, g1, _) = _run_paths(enc, x)
     torch.testing.assert_close(f1, f0, rtol=1e-10, atol=1e-12)
-    assert len(g0) == len(g1) > 30  # every encoder weight got a gradient on both paths
-    for a, b in zip(g1, g0, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize(("frames", "kernel", "stride", "bias"),
+                         [(13, 9, 1, True), (20, 9, 2, True), (25, 9, 2, False), (1, 9, 1, True),
+                          (2, 9, 1, True), (3, 9, 2, True), (8, 3, 1, True), (12, 5, 1, False)])
+def test_temporal_conv_dft_equals_conv2d(frames: int, kernel: int, stride: int, bias: bool) -> None:
+    from training.fastops import temporal_conv_dft
+
+    g = torch.Generator().manual_seed(frames * 10 + kernel)
+    n, c, o, v = 2, 5, 6, 3
+    x = torch.randn(n, c, frames, v, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(o, c, kernel, 1, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(o, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
+    ref = torch.nn.functional.conv2d(x, w, b, (stride, 1), ((kernel - 1) // 2, 0))  # (N, O, T', V)
+    xt = x.permute(2, 0, 3, 1).reshape(frames, n * v, c)  # (T, N·V, C)
+    got = temporal_conv_dft(xt, w, b, stride).view(-1, n, v, o).permute(1, 3, 0, 2)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    gy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    inputs = [x, w] + ([b] if bias else [])
+    for a, r in zip(torch.autograd.grad(got, inputs, gy), torch.autograd.grad(ref, inputs, gy), strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_keep_mask_rate_and_layout(p: float) -> None:
+    from training.fastops import keep_mask
+
+    torch.manual_seed(0)
+    like = torch.empty(40, 50, 30, 25).contiguous(memory_format=torch.channels_last)
+    m = keep_mask(p, like)
+    assert m.shape == like.shape and m.stride() == like.stride() and m.dtype == like.dtype
+    assert set(torch.unique(m).tolist()) == {0.0, 1.0}
+    assert abs(m.mean().item() - (1 - p)) < 0.003
+    # neighbours in memory are independent (no structure in the unpacked bits)
+    flat = m.permute(0, 2, 3, 1).reshape(-1)
+    assert abs((flat[1:] * flat[:-1]).mean().item() - (1 - p) ** 2) < 0.003
 
 
 def test_fast_dropout_keeps_rate_and_scale() -> None:
