@@ -4,7 +4,7 @@
 
 Prints validation top-1 of a logistic regression and of a ridge least-squares classifier on the
 preprocessed (3, 50, 25, 2) joints flattened, next to chance; a nearest-neighbour figure is printed for
-context. The generator is tuned so that the linear figures stay well below 100% (DESIGN: learnable,
+context. The generator is tuned so that the linear figures stay well below 100% (docs/design.md: learnable,
 not trivial).
 """
 

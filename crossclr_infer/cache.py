@@ -1,4 +1,4 @@
-"""HDF5 skeleton caches (DESIGN §2.4): the one format that training and evaluation read.
+"""HDF5 skeleton caches (docs/design.md §2): the one format that training and evaluation read.
 
 File layout::
 

@@ -2,7 +2,7 @@
 
 A folder such as ``data/NTU-RGB-D/xsub/`` holds, per split ``train`` / ``val``:
 
-- ``{split}_position.npy`` (official 50-frame preprocessing, DESIGN §2.2) or ``{split}_data.npy``
+- ``{split}_position.npy`` (official 50-frame preprocessing, docs/design.md §2) or ``{split}_data.npy``
   (``ntu_gendata`` output: raw xyz zero-padded to 300 frames): float (N, 3, T, 25, 2);
 - ``{split}_label.pkl`` = ``(names, labels)`` — read with a restricted unpickler that builds only lists,
   tuples, dicts, strings, numbers and numpy scalars of numeric dtype; any other global is refused before it

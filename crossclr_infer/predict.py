@@ -1,6 +1,6 @@
 """Inputs for ``crossclr predict``: raw skeleton arrays and files made ready for a model, and the predictions.
 
-Accepted inputs (DESIGN §4):
+Accepted inputs (docs/design.md §4):
 - ``.npy`` raw coordinates, one of (T, V, C) one body, (M, T, V, C), (C, T, V, M); the axes are detected from
   the model's joint and channel counts when that is unambiguous, otherwise ``--axes`` (e.g. ``MTVC``)
   says them;

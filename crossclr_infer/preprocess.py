@@ -1,4 +1,4 @@
-"""THE skeleton preprocessing, shared by prepare, synth, training and predict (DESIGN §2.2).
+"""THE skeleton preprocessing, shared by prepare, synth, training and predict (docs/design.md §2).
 
 Modes:
 

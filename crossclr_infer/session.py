@@ -1,8 +1,8 @@
 """onnxruntime sessions for crossclr models: provider choice, metadata, checked and batched runs.
 
-A crossclr ONNX model (DESIGN §4) takes ``skeleton`` float32 (batch, C, T, V, M) and carries everything needed
-to run it in ``metadata_props`` (format ``crossclr-onnx-v1``). onnxruntime is imported lazily so that the rest
-of the runtime works without it; the message names the extra to install.
+A crossclr ONNX model (docs/design.md §4) takes ``skeleton`` float32 (batch, C, T, V, M) and carries
+everything needed to run it in ``metadata_props`` (format ``crossclr-onnx-v1``). onnxruntime is imported
+lazily so that the rest of the runtime works without it; the message names the extra to install.
 
 Threads on CPU (``plan_threads``, measured with ``benchmarks/bench_infer.py``): onnxruntime's threads never
 spin (``session.intra_op.allow_spinning`` = 0): spinning pools of several sessions, of other processes or of a

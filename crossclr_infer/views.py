@@ -1,4 +1,4 @@
-"""Views (streams) of a skeleton array (..., C, T, V, M), as numpy functions (DESIGN §2.3).
+"""Views (streams) of a skeleton array (..., C, T, V, M), as numpy functions (docs/design.md §2).
 
 Training computes the same views in torch after augmentation and the exported graphs compute them
 inside ONNX; tests hold both to these definitions.

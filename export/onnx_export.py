@@ -1,8 +1,8 @@
 """torch -> ONNX: one model per stream and one fused ensemble, with metadata, checker and parity checks.
 
-Model contract (DESIGN §4, crossclr_infer.session): input ``skeleton`` float32 (batch, C, T, V, M), dynamic
-batch axis only. Stream models output ``logits`` (batch, classes) and ``embedding`` (batch, hidden) = the
-encoder's pooled features of that stream. The ensemble computes every stream's view inside the graph and
+Model contract (docs/design.md §4, crossclr_infer.session): input ``skeleton`` float32 (batch, C, T, V, M),
+dynamic batch axis only. Stream models output ``logits`` (batch, classes) and ``embedding`` (batch, hidden) =
+the encoder's pooled features of that stream. The ensemble computes every stream's view inside the graph and
 outputs ``logits`` = Σ_v w_v·logits_v, ``probabilities`` = softmax(logits), ``logits_<view>`` per stream and
 ``embedding`` = the mean of the streams' features (batch, hidden).
 

@@ -1,4 +1,4 @@
-"""Batched, seeded training augmentations on the input's device (DESIGN §3).
+"""Batched, seeded training augmentations on the input's device (docs/design.md §3).
 
 Random draws and deterministic transforms are separate functions so each transform can be checked
 against a numpy reference given the same parameters. Order: temporal crop, then shear.
@@ -69,7 +69,8 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------------------
-# MAMP's training augmentation (DESIGN §6): random valid crop + linear resize, then a random 3-axis rotation
+# MAMP's training augmentation (docs/design.md §6): random valid crop + linear resize, then a random
+# 3-axis rotation
 
 MAMP_CROP = (0.5, 1.0)  # share of the valid frames kept, uniform
 MAMP_MIN_CROP = 64  # the crop keeps at least this many frames (or all valid frames when fewer)

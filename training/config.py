@@ -50,7 +50,7 @@ OBJECTIVES = ("crossclr", "mamp")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a pretraining run (defaults = official 3s-CrosSCLR, DESIGN §3)."""
+    """Everything that defines a pretraining run (defaults = official 3s-CrosSCLR, docs/design.md §3)."""
 
     model: EncoderConfig = field(default_factory=EncoderConfig)  # encoder architecture (every view alike)
     ssl: SSLConfig = field(default_factory=SSLConfig)  # queue, momentum, temperature, mining, cross loss

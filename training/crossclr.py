@@ -1,6 +1,6 @@
 """SkeletonCLR (one view) and CrosSCLR (several views) composed from the units in ``training.ssl``.
 
-Differences from the official code (DESIGN §3, fixed on purpose): every key encoder gets its momentum
+Differences from the official code (docs/design.md §3, fixed on purpose): every key encoder gets its momentum
 update in both stages; each view has its own projector; key encoders start as exact copies of the query
 encoders and are never re-initialised; the queue works for any batch size and all-gathers keys under DDP.
 """

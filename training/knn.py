@@ -1,4 +1,4 @@
-"""Weighted kNN evaluation on frozen features (the instance-discrimination protocol, DESIGN §3).
+"""Weighted kNN evaluation on frozen features (the instance-discrimination protocol, docs/design.md §3).
 
 For each query: cosine similarity to every training feature (both L2-normalized), the k most similar
 neighbours vote for their class with weight exp(sim / t); the class scores are the summed votes.

@@ -5,8 +5,8 @@ are encoded once and the heads train on those cached features. ``ReencodingFeatu
 for every batch instead (the official way); with the same seed both give the same heads (tested), and
 ``benchmarks/bench_linear.py`` measures the speed-up.
 
-Official schedule (DESIGN §3): SGD lr 3.0, momentum 0.9, no weight decay, lr × 0.1 at epoch 80 of 100 (the
-milestone scales with ``epochs``), batch 128. ``fusion="joint"`` trains all heads on the mean of their
+Official schedule (docs/design.md §3): SGD lr 3.0, momentum 0.9, no weight decay, lr × 0.1 at epoch 80 of 100
+(the milestone scales with ``epochs``), batch 128. ``fusion="joint"`` trains all heads on the mean of their
 logits (official 3-stream); ``"separate"`` trains each head on its own loss and fuses with weights.
 """
 

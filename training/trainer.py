@@ -1,5 +1,6 @@
-"""The pretraining loop: SkeletonCLR single-view epochs, then CrosSCLR cross-view mining (DESIGN §3), or
-masked motion prediction (MAMP, DESIGN §6) with AdamW and a per-step warm-up + half-cycle cosine schedule.
+"""The pretraining loop: SkeletonCLR single-view epochs, then CrosSCLR cross-view mining
+(docs/design.md §3), or masked motion prediction (MAMP, docs/design.md §6) with AdamW and a per-step warm-up +
+half-cycle cosine schedule.
 
 One process, or one process per device under torch DDP (``torchrun --nproc_per_node N -m cli train ...``):
 NCCL on GPU, gloo on CPU, initialised from the environment when ``WORLD_SIZE > 1``. Keys are all-gathered
@@ -9,7 +10,7 @@ progress and saves.
 Official-code schedule details kept or changed (``cfg`` documents each): SGD without Nesterov, weight decay
 on every parameter; the official loop uses 0-based epochs with ``epoch <= cross_epoch`` single-view and lr
 decay when ``epoch > step`` (one extra epoch each); here epoch ``e`` (0-based) is cross-view when
-``e >= cross_epoch`` and the lr drops from epoch ``lr_steps[i]`` on, as DESIGN §3 states them.
+``e >= cross_epoch`` and the lr drops from epoch ``lr_steps[i]`` on, as docs/design.md §3 states them.
 """
 
 from __future__ import annotations

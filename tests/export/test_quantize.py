@@ -330,7 +330,7 @@ def test_portable_weights_cannot_saturate_avx2_int16_pairs(hand, tmp_path) -> No
         avx2, pairs = vpmaddubsw_dot(a, wq)
         # full-range weights + the calibration data DO saturate: AVX2 results differ from exact arithmetic,
         # by more than the 3 % of the logit scale the accuracy tests allow (tap-major: 0.80 on calib[:8], of
-        # scale 23: the size of the deviation measured on Zen 3, issue 10)
+        # scale 23: the size of the deviation reported on a Zen 3 without VNNI)
         assert int(np.abs(pairs).max()) > INT16_MAX and (avx2 != exact).any()
         assert np.abs(hand_logits(avx2, wq, init, m) - hand_logits(exact, wq, init, m)).max() > 0.03 * scale
 

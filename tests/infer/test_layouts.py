@@ -8,7 +8,7 @@ import pytest
 
 from crossclr_infer.layouts import BUILTIN_LAYOUTS, Layout, get_layout, layout_from_toml_text, layout_to_toml
 
-# DESIGN §2.3: NTU bone pairs (v1, v2), 1-based, bone[v1] = x[v1] - x[v2]
+# docs/design.md §2: NTU bone pairs (v1, v2), 1-based, bone[v1] = x[v1] - x[v2]
 DESIGN_BONES = [
     (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10), (12, 11),
     (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19), (21, 21), (22, 23), (23, 8),

@@ -1,4 +1,4 @@
-"""Preprocessing against independent plain-Python references and hand-computed values (DESIGN §2.2)."""
+"""Preprocessing against independent plain-Python references and hand values (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _resize_loop(seq: list[list[float]], length: int, frames: int) -> list[list[
 
 
 def _official_loop(raw: RawSkeleton, frames: int = 50) -> np.ndarray:
-    """Steps 1-5 of DESIGN §2.2 with explicit loops over frames, bodies and joints."""
+    """Steps 1-5 of docs/design.md §2 with explicit loops over frames, bodies and joints."""
     x = _select_loop(raw).astype(np.float64)  # (3, T, V, 2)
     t_all, v = x.shape[1], x.shape[2]
     length = sum(1 for t in range(t_all) if abs(x[:, t, 0, 0]).sum() != 0)

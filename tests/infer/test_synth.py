@@ -17,7 +17,8 @@ from crossclr_infer.preprocess import normalize_sequence
 
 NTU = get_layout("ntu-rgb+d")
 NAME = re.compile(r"S\d{3}C00[1-3]P0[0-4]\dR00[12]A\d{3}")
-NTU60_XSUB_TRAIN = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}  # DESIGN §2.1
+# NTU-60 cross-subject training subjects (docs/design.md §2)
+NTU60_XSUB_TRAIN = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
 
 
 def test_tiny_cache_names_splits_and_shapes(tiny_cache: Path) -> None:

@@ -1,4 +1,4 @@
-"""Numpy views (DESIGN §2.3) against hand-computed values."""
+"""Numpy views (docs/design.md §2) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def test_accel_hand_computed() -> None:
 def test_bone_hand_computed() -> None:
     x = _quadratic_in_time()
     b = bone(x, NTU)
-    # joint values differ by 10 per joint index: bone(v) = 10·(v − parent(v)), 1-based pairs from DESIGN §2.3
+    # joint values differ by 10 per joint index: bone(v) = 10·(v − parent(v)), 1-based NTU pairs
+    # (docs/design.md §2)
     assert b[0, 0, 0, 2 - 1, 0] == 10 * (2 - 21)  # (2, 21)
     assert b[0, 0, 0, 22 - 1, 0] == 10 * (22 - 23)  # (22, 23)
     assert b[0, 0, 0, 23 - 1, 0] == 10 * (23 - 8)  # (23, 8)
