@@ -234,9 +234,10 @@ def calibrate_bn(encoders: Any, x: Any, layout: Any, batch: int = 512) -> None:
             enc.eval()
 
 
-def random_init(cache: Path, out: Path, hp: SmallData, num_train: int) -> Path:
-    """A pretrain checkpoint holding the encoders exactly as the 3s-SkeletonCLR run initialises them,
-    with BatchNorm statistics measured on the training split (see the module docstring)."""
+def initial_checkpoint(cache: Path, out: Path, cfg: Any, calibrate: bool) -> Path:
+    """A pretrain checkpoint holding the model of ``cfg`` exactly as its training run initialises it
+    (same seed); ``calibrate``: with the encoders' BatchNorm statistics measured on the training split
+    (see the module docstring)."""
     import torch
 
     from training.checkpoint import atomic_torch_save, make_checkpoint
@@ -244,13 +245,13 @@ def random_init(cache: Path, out: Path, hp: SmallData, num_train: int) -> Path:
     from training.data import open_train_data
     from training.trainer import build_model, get_layout_text, seed_everything
 
-    cfg = train_config(Run("random", "ssl", JMB), hp, num_train)
     data = open_train_data(cache, batch_size=cfg.batch_size, preload=False)
     try:
         seed_everything(cfg.seed)
         model = build_model(cfg, data)
-        x = torch.as_tensor(data.cache.split("train").read_all())  # (N, C, T, V, M)
-        calibrate_bn(model.encoders_q, x, data.layout)
+        if calibrate:
+            x = torch.as_tensor(data.cache.split("train").read_all())  # (N, C, T, V, M)
+            calibrate_bn(model.encoders_q, x, data.layout)
         ckpt = make_checkpoint(
             model_state={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer_state=None,
             scheduler_state=None, epoch=0, rng=[], config=config_to_dict(cfg), streams=list(cfg.streams),
@@ -260,6 +261,12 @@ def random_init(cache: Path, out: Path, hp: SmallData, num_train: int) -> Path:
         data.cache.close()
     out.mkdir(parents=True, exist_ok=True)
     return atomic_torch_save(ckpt, out / "pretrain.pt")
+
+
+def random_init(cache: Path, out: Path, hp: SmallData, num_train: int) -> Path:
+    """The encoders as the 3s-SkeletonCLR run initialises them, BatchNorm measured on the training split."""
+    cfg = train_config(Run("random", "ssl", JMB), hp, num_train)
+    return initial_checkpoint(cache, out, cfg, calibrate=True)
 
 
 def recalibrate(ckpt: Path, cache: Path) -> Path:
@@ -455,29 +462,6 @@ def transformer_config(kind: str, hp: SmallData, th: SmallTransformer, num_train
                        **common)
 
 
-def transformer_random(cache: Path, out: Path, cfg: Any) -> Path:
-    """The MAMP run's encoders as initialised (same seed), as a pretrain checkpoint (no BatchNorm to
-    calibrate: the transformer uses LayerNorm)."""
-    from training.checkpoint import atomic_torch_save, make_checkpoint
-    from training.config import config_to_dict
-    from training.data import open_train_data
-    from training.trainer import build_model, get_layout_text, seed_everything
-
-    data = open_train_data(cache, batch_size=cfg.batch_size, preload=False)
-    try:
-        seed_everything(cfg.seed)
-        model = build_model(cfg, data)
-        ckpt = make_checkpoint(
-            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()}, optimizer_state=None,
-            scheduler_state=None, epoch=0, rng=[], config=config_to_dict(cfg), streams=list(cfg.streams),
-            layout_toml=get_layout_text(data), num_person=data.cache.num_person, frames=data.cache.frames,
-            class_names=list(data.cache.class_names), preprocess=dict(data.cache.preprocess))
-    finally:
-        data.cache.close()
-    out.mkdir(parents=True, exist_ok=True)
-    return atomic_torch_save(ckpt, out / "pretrain.pt")
-
-
 def run_transformer_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData,
                           th: SmallTransformer) -> list[dict[str, Any]]:
     """The transformer rows on one split: random init, 3-stream MAMP, and MAMP + cross-view stage."""
@@ -493,7 +477,8 @@ def run_transformer_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: S
     ckpts: dict[str, Path] = {}
     mamp_cfg = transformer_config("mamp", hp, th, n_train)
     t = time.perf_counter()
-    ckpts["t-random"] = transformer_random(cache, base / "t-random", mamp_cfg)
+    # the transformer has LayerNorm only: nothing to calibrate
+    ckpts["t-random"] = initial_checkpoint(cache, base / "t-random", mamp_cfg, calibrate=False)
     times["t-random"] = time.perf_counter() - t
     for key, cfg in (("t-mamp", mamp_cfg), ("t-cross", None)):
         log.info("%s %s: %s", ds.name, split.name, key)
