@@ -2,7 +2,7 @@
 
 A TOML file holds the top-level ``TrainConfig`` fields and the tables ``[model]`` (``EncoderConfig``) and
 ``[ssl]`` (``SSLConfig``). Unknown keys and values of the wrong type are refused with one line naming the
-key and the expected type. ``PRESETS`` maps preset names to the files in ``configs/``.
+key and the expected type. ``PRESETS`` maps preset names to the files in ``training/presets/``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +27,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Presets are package data (training/presets/*.toml), found through importlib.resources so that they
+# resolve the same way from a checkout, an editable install and a wheel.
+CONFIG_DIR = Path(str(resources.files("training").joinpath("presets")))
 
-# Preset name -> TOML file in configs/ (plain data, no registry).
+# Preset name -> TOML file in training/presets/ (plain data, no registry).
 PRESETS: dict[str, Path] = {
     "crossclr-ntu60-xsub": CONFIG_DIR / "crossclr_ntu60_xsub.toml",
     "crossclr-ntu60-xview": CONFIG_DIR / "crossclr_ntu60_xview.toml",
