@@ -17,31 +17,46 @@ unpickled). Axes are always C (coordinates), T (frames), V (joints, in the order
 ``train``).
 ``class_names`` (K,) strings (optional; default ``class 0`` … up to the largest label).
 
-Preprocessing (``preprocess`` argument, ``--preprocess``): ``official``/``none``/``energy`` pass every
-sample through ``preprocess.normalize_sequence(x, layout, mode=..., frames=frames)`` (the one preprocessing:
-``official`` needs C = 3); ``as-is`` stores the samples unchanged and needs equal lengths (fixed layout, or
-sequences that all have ``frames`` frames). Default: ``as-is`` for the fixed layout, ``official`` otherwise.
+Preprocessing (``preprocess`` argument, ``--preprocess``): every mode (official, none, energy, mamp,
+pose2d) passes every sample through ``preprocess.normalize_sequence(x, layout, mode=..., frames=frames)``
+(the one preprocessing; ``official`` needs C = 3); ``as-is`` stores the samples unchanged and needs equal
+lengths (fixed layout, or sequences that all have ``frames`` frames). Default: ``as-is`` for the fixed
+layout, ``pose2d`` for the 2-D built-in layouts with scores (coco-17, openpose-body25), ``official``
+otherwise.
 Note: an ``.npz`` member is read whole when first touched; per-sample keys keep memory to one sample.
+
+Limits (checked before anything is read or written): every member's ``.npy`` header is read first and an
+array declaring more than ``MAX_ARRAY_BYTES`` (2 GiB) is refused (use per-sample keys for larger data); every
+coordinate must be finite and within ±``MAX_ABS_COORDINATE`` (1e5: 100 m in millimetres, 100 km in metres,
+far beyond any image in pixels); the output cache may not be the input file. The same header and
+coordinate checks guard ``crossclr predict``'s inputs and ``prepare official`` / ``prepare ntu``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from tqdm import tqdm
 
-from .cache import CacheWriter
+from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
-from .layouts import Layout, get_layout
+from .layouts import SCORED_2D_LAYOUTS, Layout, get_layout
 
 log = logging.getLogger(__name__)
 
+MAX_ARRAY_BYTES = 2 * 1024**3  # largest array read whole from a .npy file or an .npz member
+# Largest |coordinate| accepted from any input. Units differ by source (metres: NTU, Kinect v1; millimetres:
+# Azure Kinect; pixels: 2-D pose estimators), so the bound is the physical one of the largest unit: 100 m in
+# millimetres. It refuses corrupt or forged values (×1e30, float64 beyond float32) before preprocessing.
+MAX_ABS_COORDINATE = 1e5
 AS_IS = "as-is"
 _PER_SAMPLE = re.compile(r"data_(\d+)")
 KNOWN_KEYS = {"data", "lengths", "offsets", "label", "name", "split", "class_names"}
@@ -71,19 +86,24 @@ class ArraySource:
         if self.kind == "fixed":
             data = self._get("data")
             for i in range(len(self)):
-                yield np.asarray(data[i], np.float32)
+                yield self._checked(data[i], i, "data")
         elif self.kind == "concatenated":
             data = self._get("data")
             assert self.starts is not None
             for i in range(len(self)):
-                yield np.asarray(data[:, self.starts[i]:self.starts[i + 1]], np.float32)
+                yield self._checked(data[:, self.starts[i]:self.starts[i + 1]], i, "data")
         else:
             for i in range(len(self)):
                 x = self._get(f"data_{i}")
                 if x.ndim != 4 or x.shape[0] != self.channels or x.shape[2:] != (self.joints, self.bodies):
                     raise CrossclrError(f"{self.path}: data_{i} has shape {x.shape}, expected (C, T, V, M) = "
                                         f"({self.channels}, T, {self.joints}, {self.bodies}) like data_0")
-                yield np.asarray(x, np.float32)
+                yield self._checked(x, i, f"data_{i}")
+
+    def _checked(self, x: np.ndarray, i: int, key: str) -> np.ndarray:
+        """Sample ``i`` as float32 once its coordinates passed ``check_coordinates``."""
+        check_coordinates(x, f"{self.path}: sample {self.names[i]!r} (key {key!r})")
+        return np.asarray(x, np.float32)
 
     def lengths(self) -> np.ndarray | None:
         """Frames per sample when known without reading the data (fixed / concatenated)."""
@@ -99,9 +119,66 @@ class ArraySource:
         self.npz.close()
 
 
+def read_npy_header(f: IO[bytes], source: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of the ``.npy`` stream ``f`` (positioned at its start), refusing an
+    array that would take more than MAX_ARRAY_BYTES before any of it is allocated."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CrossclrError(f"{source}: not a readable .npy array ({text}); expected numpy.save "
+                            "output") from None
+    if dtype.hasobject:
+        raise CrossclrError(f"{source}: cannot be read, an array of Python objects (dtype {dtype}); expected "
+                            "plain numeric or string arrays")
+    size = math.prod(shape) * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise CrossclrError(f"{source}: array header declares shape {tuple(shape)} {dtype} = "
+                            f"{size / 2**30:.1f} GiB, above the limit of {MAX_ARRAY_BYTES / 2**30:g} GiB per "
+                            "array; split the data into smaller arrays")
+    return tuple(shape), dtype
+
+
+def check_npz_headers(npz: np.lib.npyio.NpzFile, path: Path) -> None:
+    """Every member of an ``.npz`` is a ``.npy`` array within MAX_ARRAY_BYTES (headers only are read)."""
+    for name in npz.zip.namelist():
+        key = name[:-4] if name.endswith(".npy") else name
+        try:
+            with npz.zip.open(name) as f:
+                read_npy_header(f, f"{path}: key {key!r}")
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            raise CrossclrError(f"{path}: key {key!r} is damaged ({e})") from None
+
+
+def check_coordinates(x: np.ndarray, source: str) -> None:
+    """Real, finite coordinates within ±MAX_ABS_COORDINATE, else a CrossclrError naming ``source``."""
+    if x.dtype.kind not in "iuf":
+        raise CrossclrError(f"{source}: array dtype {x.dtype}, expected real numbers (float32)")
+    if x.size == 0:
+        return
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
+    peak = float(np.abs(x).max())
+    if peak > MAX_ABS_COORDINATE:
+        raise CrossclrError(f"{source}: coordinate of magnitude {peak:.3g} beyond ±{MAX_ABS_COORDINATE:g} "
+                            "(MAX_ABS_COORDINATE); expected skeleton coordinates in metres, millimetres or "
+                            "pixels")
+
+
 def _member(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
     try:
         arr = npz[key]
+        if not isinstance(arr, np.ndarray):  # a member that is not a .npy array comes back as bytes
+            raise CrossclrError(f"{path}: key {key!r} is not a .npy array; expected numpy.savez output")
+    except CrossclrError:
+        raise
     except ValueError as e:  # object arrays with allow_pickle=False
         raise CrossclrError(f"{path}: key {key!r} cannot be read ({e}); expected plain numeric or string "
                             "arrays (no Python objects)") from None
@@ -135,6 +212,7 @@ def open_arrays(path: str | Path, layout: Layout) -> ArraySource:
         raise CrossclrError(f"{path}: a single .npy array, expected an .npz archive with keys data, "
                             "label, ...")
     try:
+        check_npz_headers(npz, path)
         return _validate(npz, path, layout)
     except BaseException:
         npz.close()
@@ -266,9 +344,11 @@ def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, pr
             lay = get_layout(layout)
         except ValueError as e:
             raise CrossclrError(str(e)) from None
+    check_not_input(out, [path])
     src = open_arrays(path, lay)
     try:
-        mode = preprocess or (AS_IS if src.kind == "fixed" else "official")
+        mode = preprocess or (AS_IS if src.kind == "fixed" else
+                              "pose2d" if lay.name in SCORED_2D_LAYOUTS else "official")
         if mode != AS_IS and mode not in PREPROCESS_MODES:
             raise CrossclrError(f"unknown preprocessing {mode!r}; expected one of "
                                 f"{[AS_IS, *PREPROCESS_MODES]}")

@@ -22,6 +22,7 @@ process id, so a ``CacheSplit`` can be handed to torch DataLoader worker process
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from . import __version__
 from .errors import CrossclrError
 from .fileio import atomic_output
 from .layouts import Layout, layout_from_toml_text, layout_to_toml
+from .views import check_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,23 @@ REQUIRED_ATTRS = ("format", "format_version", "layout", "num_class", "class_name
                   "num_person", "num_channels", "preprocess", "splits")
 SPLIT_DATASETS = ("data", "label", "name", "length")
 _STR = h5py.string_dtype("utf-8")
+
+
+def check_not_input(out: str | Path, inputs: Sequence[str | Path], option: str = "--out") -> None:
+    """Refuse an output path that is one of the input files (same file after resolving links, or the same
+    inode): writing it would destroy the input."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for inp in inputs:
+        inp = Path(inp)
+        try:
+            same = inp.exists() and os.path.samefile(out, inp)
+        except OSError:
+            same = False
+        if same:
+            raise CrossclrError(f"{option} {out}: is the input file {inp}; writing it would destroy the "
+                                "input, choose another output path")
 
 
 def _split_order(splits: Sequence[str]) -> list[str]:
@@ -389,6 +408,18 @@ class Cache:
             raise CrossclrError(f"{self.path}: no split {name!r}; available: {', '.join(self.splits)}")
         return CacheSplit(self._handle, name, self._labels[name], self.sample_shape)
 
+    def identity(self, split: str) -> dict[str, Any]:
+        """What tells this cache split from another, cheaply (no sample data is read): the file size, the
+        split name, its sample count and the SHA-256 of the benchmark, the preprocessing and the split's
+        sample names and labels. Evaluation reports carry it so that ``merge-reports`` refuses shards of
+        different caches."""
+        sp = self.split(split)
+        h = hashlib.sha256(json.dumps([self.benchmark, self.preprocess], sort_keys=True).encode() + b"\n")
+        for name, label in zip(sp.names, sp.labels.tolist(), strict=True):
+            h.update(f"{name}\t{label}\n".encode())
+        return {"file_size": self.path.stat().st_size, "split": split, "num_samples": len(sp),
+                "samples_sha256": h.hexdigest()}
+
     def close(self) -> None:
         self._handle.close()
 
@@ -439,6 +470,8 @@ def _read_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
             raise CrossclrError(f"{path}: attribute {key!r} is not valid JSON") from None
     if not (isinstance(out["class_names"], list) and all(isinstance(c, str) for c in out["class_names"])):
         raise CrossclrError(f"{path}: attribute 'class_names' must be a JSON list of strings")
+    for name in out["class_names"]:
+        check_name(name, f"{path}: attribute 'class_names'", "class name")
     if len(out["class_names"]) != out["num_class"]:
         raise CrossclrError(f"{path}: {len(out['class_names'])} class names for num_class {out['num_class']}")
     if not isinstance(out["preprocess"], dict):
@@ -489,6 +522,7 @@ def open_cache(path: str | Path) -> Cache:
             layout = layout_from_toml_text(attrs["layout"], f"{path} (layout attribute)")
         except ValueError as e:
             raise CrossclrError(str(e)) from None
+        check_name(layout.name, f"{path}: attribute 'layout'", "layout name")
         shape = (attrs["num_channels"], attrs["frames"], layout.num_joints, attrs["num_person"])
         groups = sorted(k for k in f if isinstance(f[k], h5py.Group))
         if sorted(attrs["splits"]) != groups:

@@ -12,6 +12,8 @@ logits) uses ``w_v = 1 / S``; ``fusion="separate"`` uses the user's weights, def
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -96,6 +98,27 @@ def parse_weights(text: str) -> dict[str, float]:
                                 "commas, e.g. joint=0.6,motion=0.4,bone=0.6") from None
     if not out:
         raise CrossclrError("--weights: no weights given; expected e.g. joint=0.6,motion=0.4,bone=0.6")
+    return check_fusion_weights(out, "--weights", partial=True)
+
+
+def check_fusion_weights(weights: Mapping[str, object], source: str, *, partial: bool = False
+                         ) -> dict[str, float]:
+    """Fusion weights as {stream: float}: each a finite real number >= 0 and (unless ``partial``: a subset
+    that defaults complete) not all zero; else a CrossclrError naming ``source`` (an option or a file).
+
+    The one check of fusion weights: ``--weights`` of evaluate / linear / finetune, model metadata, and
+    linear checkpoints before they are stored."""
+    out: dict[str, float] = {}
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, numbers.Real):
+            raise CrossclrError(f"{source}: fusion weight of {name!r:.40} is {w!r:.40}, expected a number")
+        if not math.isfinite(float(w)) or float(w) < 0:
+            raise CrossclrError(f"{source}: fusion weight of {name!r:.40} is {float(w)!r}; expected a finite "
+                                "number >= 0")
+        out[str(name)] = float(w)
+    if not partial and (not out or not any(out.values())):
+        raise CrossclrError(f"{source}: fusion weights {str(out):.200} are all zero; expected at least one "
+                            "weight > 0")
     return out
 
 
@@ -113,7 +136,8 @@ def fusion_weights_for(
         if weights:
             log.warning("--fusion joint fuses by the mean of the logits; --weights is ignored")
         return {v: 1.0 / len(streams) for v in streams}
-    return {v: float(weights.get(v, DEFAULT_FUSION_WEIGHTS.get(v, 1.0))) for v in streams}
+    return check_fusion_weights({v: weights.get(v, DEFAULT_FUSION_WEIGHTS.get(v, 1.0)) for v in streams},
+                                "--weights")
 
 
 def fuse_logits(logits: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:

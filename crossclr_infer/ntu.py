@@ -493,11 +493,13 @@ class _Result:
 
 def _process(job: _Job) -> _Result:
     """Parse and preprocess one file (runs in worker processes)."""
+    from crossclr_infer.arrays import check_coordinates
     from crossclr_infer.layouts import get_layout
     from crossclr_infer.preprocess import normalize_sequence, select_bodies, sequence_length
 
     try:
         raw = read_skeleton(job.path)
+        check_coordinates(raw.xyz, str(job.path))
     except CrossclrError as e:
         return _Result(job.name, job.split, None, 0, "parse error", str(e))
     if int(np.count_nonzero(raw.bodies_per_frame)) < job.min_frames:
@@ -528,14 +530,16 @@ def prepare_ntu(raw_dir: str | Path, benchmark: str, out: str | Path, *, preproc
                 min_frames: int = MIN_VALID_FRAMES, progress: bool = True) -> PrepareSummary:
     """Raw NTU ``.skeleton`` files -> an HDF5 cache of one benchmark (splits train / val).
 
-    Files outside the benchmark, in the ignore list, unparseable or without a skeleton (no body in
+    Files outside the benchmark, in the ignore list, unparseable (including non-finite coordinates or
+    coordinates beyond ±``arrays.MAX_ABS_COORDINATE``) or without a skeleton (no body in
     any frame, fewer than ``min_frames`` frames with a body, or no valid frame for the preprocessing)
-    are skipped and counted by reason. ``workers`` > 1 parses in a process pool (results in order)
+    are skipped and counted by reason. ``out`` may not be one of the input files.
+    ``workers`` > 1 parses in a process pool (results in order)
     while this process writes. The cache appears at ``out`` only when complete.
     """
     from tqdm import tqdm
 
-    from crossclr_infer.cache import CacheWriter
+    from crossclr_infer.cache import CacheWriter, check_not_input
     from crossclr_infer.layouts import get_layout
     from crossclr_infer.preprocess import PREPROCESS_MODES
 
@@ -546,6 +550,7 @@ def prepare_ntu(raw_dir: str | Path, benchmark: str, out: str | Path, *, preproc
         raise CrossclrError(f"frames and workers must be >= 1, got frames={frames}, workers={workers}")
     out = Path(out)
     files = find_skeleton_files(raw_dir)
+    check_not_input(out, [*files, *([ignore_list] if ignore_list is not None else [])])
     ignored = read_name_list(ignore_list) if ignore_list is not None else set()
     skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
     errors: dict[str, str] = {}
@@ -590,7 +595,9 @@ def prepare_ntu(raw_dir: str | Path, benchmark: str, out: str | Path, *, preproc
                 writer.add(res.split, res.data, parse_ntu_name(res.name).label, res.name, res.length)
                 written[res.split] += 1
             if not any(written.values()):
-                raise CrossclrError(f"{raw_dir}: no usable sample of {benchmark} (all {len(jobs)} skipped)")
+                first = next((errors[j.name] for j in jobs if errors.get(j.name)), "")
+                raise CrossclrError(f"{raw_dir}: no usable sample of {benchmark} (all {len(jobs)} skipped; "
+                                    f"first: {first})")
     finally:
         if pool is not None:
             pool.terminate()

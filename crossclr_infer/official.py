@@ -9,7 +9,10 @@ A folder such as ``data/NTU-RGB-D/xsub/`` holds, per split ``train`` / ``val``:
   is resolved, so no code from the file ever runs — or ``{split}_label.npy`` (N,) integers;
 - optionally ``{split}_num_frame.npy`` (N,) valid frame counts.
 
-Arrays are memory-mapped and copied sample by sample through ``CacheWriter`` (bounded memory).
+Arrays are memory-mapped and copied sample by sample through ``CacheWriter`` (bounded memory). Each sample
+must hold finite coordinates within ±``arrays.MAX_ABS_COORDINATE`` (the error names the file and the
+sample); the small label and frame-count arrays are read whole only after their ``.npy`` header passed the
+size limit (``arrays.MAX_ARRAY_BYTES``); the output cache may not be one of the input files.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .cache import CacheWriter
+from .arrays import check_coordinates, read_npy_header
+from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
 from .layouts import Layout, get_layout
 from .preprocess import valid_length
@@ -102,8 +106,14 @@ def read_label_pickle(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 def _load_npy(path: Path, mmap: bool = True) -> np.ndarray:
+    """A memory-mapped array, or (``mmap`` False) an array read whole once its header passed the limit."""
     try:
+        if not mmap:
+            with open(path, "rb") as f:
+                read_npy_header(f, str(path))
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except CrossclrError:
+        raise
     except (OSError, ValueError, EOFError) as e:
         raise CrossclrError(f"{path}: not a readable .npy array ({str(e).splitlines()[0] if str(e) else e}); "
                             "expected a numeric array written by numpy.save") from None
@@ -181,6 +191,8 @@ def import_official(folder: str | Path, out: str | Path, *, layout: str = "ntu-r
         lay = get_layout(layout)
     except ValueError as e:
         raise CrossclrError(str(e)) from None
+    inputs = [q for sp in SPLITS for q in folder.glob(f"{sp}_*")]
+    check_not_input(out, inputs)
     splits = [s for s in (find_official_split(folder, sp, lay) for sp in SPLITS) if s is not None]
     if not splits:
         raise CrossclrError(f"{folder}: no train/val data found; expected train_position.npy or "
@@ -202,7 +214,9 @@ def import_official(folder: str | Path, out: str | Path, *, layout: str = "ntu-r
             bar = tqdm(range(len(s.labels)), desc=f"import {s.split}", unit="sample", leave=False,
                        disable=None if progress else True)  # None: only on a terminal
             for i in bar:
-                x = np.asarray(s.data[i], np.float32)  # (C, T, V, M), one sample from the memory map
+                x = np.asarray(s.data[i])  # (C, T, V, M), one sample from the memory map
+                check_coordinates(x, f"{s.data_path}: sample {s.names[i]!r} (index {i})")
+                x = x.astype(np.float32)
                 length = int(s.lengths[i]) if s.lengths is not None else valid_length(x)
                 w.add(s.split, x, int(s.labels[i]), s.names[i], length)
     return w.counts

@@ -8,6 +8,12 @@ Accepted inputs (docs/design.md §4):
 - a folder holding such files;
 - with ``preprocessed=True``, ``.npy`` arrays already prepared for the model: (C, T, V, M) or (N, C, T, V, M).
 Raw inputs go through the one preprocessing function that ``prepare`` uses, with the model's parameters.
+
+Every input is checked before the model runs: a ``.npy`` header declaring more than ``MAX_ARRAY_BYTES``
+(2 GiB) is refused before anything is allocated, and coordinates must be finite and within
+±``MAX_ABS_COORDINATE`` (1e5) (``crossclr_infer.arrays``). Errors name the file. With ``errors`` given,
+``load_inputs`` skips a bad file and records its one-line message, so ``crossclr predict`` on a folder
+predicts the good files, reports each bad one on stderr and exits non-zero.
 """
 
 from __future__ import annotations
@@ -107,17 +113,31 @@ def to_ctvm(x: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _check_finite(x: np.ndarray, source: str) -> None:
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise CrossclrError(f"{source}: array dtype {x.dtype}, expected real numbers (float32)")
-    if not np.isfinite(x).all():
-        raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
+    """Real, finite coordinates within the physical bound (``arrays.check_coordinates``)."""
+    from .arrays import check_coordinates
+
+    check_coordinates(x, source)
 
 
 def load_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file whose header was checked first (``arrays.read_npy_header``: size limit, no objects)."""
+    from .arrays import read_npy_header
+
     try:
+        with open(path, "rb") as f:
+            read_npy_header(f, str(path))
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise CrossclrError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:160]})") from None
+        if isinstance(e, CrossclrError):
+            raise
+        text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CrossclrError(f"{path}: not a readable .npy array ({text})") from None
+
+
+def _named(error: CrossclrError, source: str) -> CrossclrError:
+    """``error`` with ``source`` in front unless its message names it already."""
+    msg = str(error)
+    return error if msg.startswith(source) else CrossclrError(f"{source}: {msg}")
 
 
 def _preprocess_params(info: ModelInfo) -> tuple[str, int, int]:
@@ -149,7 +169,10 @@ def preprocess_ctvm(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
                       body_ids=np.nonzero(present)[1].astype(np.int64),
                       xyz=bodies[present])  # (B_total, V, 3), frame by frame, bodies in order
     mode, frames, max_bodies = _preprocess_params(info)
-    out = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
+    try:
+        out = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
+    except CrossclrError as e:
+        raise _named(e, source) from None
     return _fit_persons(out, info, source)
 
 
@@ -171,6 +194,10 @@ def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
     from .preprocess import preprocess_raw
 
     raw = read_skeleton(path)
+    if raw.num_frames == 0 or len(raw.xyz) == 0:
+        what = "no frames" if raw.num_frames == 0 else f"{raw.num_frames} frames but no body in any of them"
+        raise CrossclrError(f"{path}: skeleton file holds {what}; expected a recorded skeleton sequence")
+    _check_finite(raw.xyz, str(path))
     v = raw.xyz.shape[1] if raw.xyz.ndim == 3 else -1
     if v != info.layout.num_joints:
         raise CrossclrError(f"{path}: skeleton has {v} joints, the model's layout {info.layout.name!r} has "
@@ -179,40 +206,56 @@ def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
         raise CrossclrError(f"{path}: the model takes {info.num_channels} channels, a .skeleton file gives 3 "
                             f"(x, y, z)")
     mode, frames, max_bodies = _preprocess_params(info)
-    x = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
+    try:
+        x = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
+    except CrossclrError as e:
+        raise _named(e, str(path)) from None
     _check_finite(x, str(path))
     return _fit_persons(x, info, str(path))
 
 
-def load_inputs(paths: Sequence[str | Path], info: ModelInfo, *, axes: str | None = None,
-                preprocessed: bool = False) -> list[SkeletonInput]:
-    """Every input made ready for the model described by ``info``."""
-    out: list[SkeletonInput] = []
-    shape = info.input_shape
-    for path in collect_files(paths):
-        src = str(path)
-        if path.suffix.lower() == ".skeleton":
-            if preprocessed:
-                raise CrossclrError(f"{path}: --preprocessed applies to .npy arrays, a .skeleton file is raw")
-            out.append(SkeletonInput(src, read_raw_skeleton(path, info)))
-            continue
-        x = load_npy(path)
-        _check_finite(x, src)
+def load_file(path: Path, info: ModelInfo, *, axes: str | None = None,
+              preprocessed: bool = False) -> list[SkeletonInput]:
+    """The samples of one input file made ready for the model described by ``info``."""
+    src = str(path)
+    if path.suffix.lower() == ".skeleton":
         if preprocessed:
-            if x.ndim == 4:
-                x = x[None]
-            if x.ndim != 5 or x.shape[1:] != shape:
-                raise CrossclrError(f"{path}: preprocessed array has shape {x.shape}, expected (C, T, V, M) "
-                                    f"= {shape} or (N, *{shape}) as the model's metadata fixes it")
-            names = [src] if len(x) == 1 else [f"{src}[{i}]" for i in range(len(x))]
-            out.extend(SkeletonInput(n, s.astype(np.float32)) for n, s in zip(names, x, strict=True))
-            continue
-        a = parse_axes(axes, x.ndim, src) if axes else detect_axes(x.shape, info.layout.num_joints, 3, src)
-        ctvm = to_ctvm(x, a)
-        if ctvm.shape[2] != info.layout.num_joints:
-            raise CrossclrError(f"{path}: skeleton has {ctvm.shape[2]} joints, the model's layout "
-                                f"{info.layout.name!r} has {info.layout.num_joints}")
-        out.append(SkeletonInput(src, preprocess_ctvm(ctvm, info, src)))
+            raise CrossclrError(f"{path}: --preprocessed applies to .npy arrays, a .skeleton file is raw")
+        return [SkeletonInput(src, read_raw_skeleton(path, info))]
+    x = load_npy(path)
+    _check_finite(x, src)
+    if preprocessed:
+        shape = info.input_shape
+        if x.ndim == 4:
+            x = x[None]
+        if x.ndim != 5 or x.shape[1:] != shape:
+            raise CrossclrError(f"{path}: preprocessed array has shape {x.shape}, expected (C, T, V, M) "
+                                f"= {shape} or (N, *{shape}) as the model's metadata fixes it")
+        names = [src] if len(x) == 1 else [f"{src}[{i}]" for i in range(len(x))]
+        return [SkeletonInput(n, s.astype(np.float32)) for n, s in zip(names, x, strict=True)]
+    a = parse_axes(axes, x.ndim, src) if axes else detect_axes(x.shape, info.layout.num_joints, 3, src)
+    ctvm = to_ctvm(x, a)
+    if ctvm.shape[2] != info.layout.num_joints:
+        raise CrossclrError(f"{path}: skeleton has {ctvm.shape[2]} joints, the model's layout "
+                            f"{info.layout.name!r} has {info.layout.num_joints}")
+    return [SkeletonInput(src, preprocess_ctvm(ctvm, info, src))]
+
+
+def load_inputs(paths: Sequence[str | Path], info: ModelInfo, *, axes: str | None = None,
+                preprocessed: bool = False, errors: list[str] | None = None) -> list[SkeletonInput]:
+    """Every input made ready for the model described by ``info``.
+
+    A missing path or an empty folder always raises. A bad file raises too, unless ``errors`` is given:
+    then its one-line message (naming the file) is appended there and the file is skipped."""
+    out: list[SkeletonInput] = []
+    for path in collect_files(paths):
+        try:
+            out.extend(load_file(path, info, axes=axes, preprocessed=preprocessed))
+        except CrossclrError as e:
+            if errors is None:
+                raise
+            errors.append(str(_named(e, str(path))))
+            log.debug("skipped %s: %s", path, e)
     return out
 
 
@@ -227,6 +270,8 @@ def predict(session: ModelSession, inputs: Sequence[SkeletonInput], *, top_k: in
     """Per input: the fused top-k classes with probabilities and each stream's top-k."""
     if top_k < 1:
         raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
+    if not inputs:
+        raise CrossclrError("no inputs to predict")
     info = session.info
     x = np.stack([s.data for s in inputs])  # (N, C, T, V, M)
     names = ", ".join(s.name for s in inputs[:3]) + (" …" if len(inputs) > 3 else "")

@@ -3,6 +3,12 @@
 A report is a JSON dict. Everything except its ``run`` section (timing, providers, shard bookkeeping) is a
 deterministic function of integer counts (correct top-1/top-5, confusion matrices), so the reports of the
 shards ``0/n … n-1/n`` merge into exactly the report of the whole split.
+
+A report names the cache split it was computed on (``data_id``: file size, split, sample count, hash of
+the sample names and labels; ``Cache.identity``), and ``merge_reports`` refuses shards of different caches.
+An empty shard (more shards than samples, e.g. ``--shard 50/100`` of 16 samples) gives a valid report with
+``num_samples`` 0, zero counts and ``top1``/``top5`` null (no accuracy is claimed); it merges like any
+other shard. Reports read from files are checked field by field (``check_report``) before they are used.
 """
 
 from __future__ import annotations
@@ -21,8 +27,17 @@ from tqdm import tqdm
 
 from .errors import CrossclrError
 from .fileio import atomic_output
-from .metrics import FUSED, confusion_matrix, fuse_logits, per_class_accuracy, ranked_classes, topk_correct
+from .metrics import (
+    FUSED,
+    check_fusion_weights,
+    confusion_matrix,
+    fuse_logits,
+    per_class_accuracy,
+    ranked_classes,
+    topk_correct,
+)
 from .session import ModelInfo, ModelSession, iter_batches
+from .views import check_name, check_view_name
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +79,7 @@ def stream_result(logits: np.ndarray, labels: np.ndarray, num_class: int) -> dic
 def finish_result(counts: Mapping[str, Any], num_samples: int) -> dict[str, Any]:
     """Counts -> the reported result (accuracies in percent derived from the counts)."""
     cm = np.asarray(counts["confusion"], dtype=np.int64)
-    pct = (lambda c: 100.0 * c / num_samples) if num_samples else (lambda c: 0.0)
+    pct = (lambda c: 100.0 * c / num_samples) if num_samples else (lambda c: None)  # empty: no accuracy
     return {"top1": pct(counts["correct_top1"]), "top5": pct(counts["correct_top5"]),
             "correct_top1": int(counts["correct_top1"]), "correct_top5": int(counts["correct_top5"]),
             "per_class_accuracy": [None if a is None else 100.0 * a for a in per_class_accuracy(cm)],
@@ -74,14 +89,15 @@ def finish_result(counts: Mapping[str, Any], num_samples: int) -> dict[str, Any]
 def build_report(*, data: str, split: str, model_ids: Sequence[Mapping[str, str]], streams: Sequence[str],
                  weights: Mapping[str, float], class_names: Sequence[str], labels: np.ndarray,
                  logits: Mapping[str, np.ndarray], num_samples_total: int, shard: Shard | None,
-                 run: Mapping[str, Any]) -> dict[str, Any]:
-    """The report dict from per-stream and fused logits (keys: the streams and FUSED)."""
+                 run: Mapping[str, Any], data_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report dict from per-stream and fused logits (keys: the streams and FUSED); ``data_id`` is
+    ``Cache.identity(split)``."""
     k = len(class_names)
     results = {name: finish_result(stream_result(value, labels, k), len(labels)) for name,
                value in logits.items()}
     return {
-        "format": REPORT_FORMAT, "data": data, "split": split, "models": [dict(m) for m in model_ids],
-        "streams": list(streams),
+        "format": REPORT_FORMAT, "data": data, "split": split, "data_id": dict(data_id or {}),
+        "models": [dict(m) for m in model_ids], "streams": list(streams),
             "fusion_weights": {s: float(weights[s]) for s in streams} if weights else {},
         "class_names": list(class_names), "num_samples_total": int(num_samples_total),
         "num_samples": int(len(labels)),
@@ -92,25 +108,27 @@ def build_report(*, data: str, split: str, model_ids: Sequence[Mapping[str, str]
 
 def merge_reports(reports: Sequence[Mapping[str, Any]], sources: Sequence[str] | None = None) -> dict[str,
                                                                                                       Any]:
-    """Combine the reports of shards 0/n … n-1/n (any order) into the report of the whole split."""
+    """Combine the reports of shards 0/n … n-1/n (any order) into the report of the whole split.
+
+    Every report is checked (``check_report``); the shards must come from one evaluation: the same models,
+    cache split (``data_id``), streams, weights and classes. Empty shards merge like any other."""
     sources = list(sources) if sources is not None else [f"report {i}" for i in range(len(reports))]
     if not reports:
         raise CrossclrError("merge-reports: no reports given")
     for src, r in zip(sources, reports, strict=True):
-        if r.get("format") != REPORT_FORMAT:
-            raise CrossclrError(f"{src}: not a crossclr evaluation report (format {r.get('format')!r}, "
-                                f"expected {REPORT_FORMAT})")
+        check_report(r, src)
         if r.get("shard") is None:
             raise CrossclrError(f"{src}: report of a whole split, not a shard; merge only --shard reports")
     first = reports[0]
-    same = ("split", "streams", "fusion_weights", "class_names", "num_samples_total")
+    same = ("split", "data_id", "streams", "fusion_weights", "class_names", "num_samples_total")
     for src, r in zip(sources, reports, strict=True):
         if [m["sha256"] for m in r["models"]] != [m["sha256"] for m in first["models"]]:
             raise CrossclrError(f"{src}: models differ from {sources[0]}'s (sha256); merge reports of one "
                                 f"evaluation")
         for key in same:
             if r[key] != first[key]:
-                raise CrossclrError(f"{src}: {key!r} differs from {sources[0]}'s; merge reports of one "
+                what = " (the shards were evaluated on different caches)" if key == "data_id" else ""
+                raise CrossclrError(f"{src}: {key!r} differs from {sources[0]}'s{what}; merge reports of one "
                                     f"evaluation")
     count = first["shard"]["count"]
     seen = sorted(r["shard"]["index"] for r in reports)
@@ -128,10 +146,10 @@ def merge_reports(reports: Sequence[Mapping[str, Any]], sources: Sequence[str] |
                   "confusion": np.sum([np.asarray(r["results"][name]["confusion"], dtype=np.int64)
                                        for r in reports], axis=0)}
         results[name] = finish_result(counts, total)
-    inf_s = sum(r["run"].get("inference_seconds", 0.0) for r in reports)
+    inf_s = sum(float(r.get("run", {}).get("inference_seconds") or 0.0) for r in reports)
     run = {"inference_seconds": inf_s, "samples_per_s": total / inf_s if inf_s > 0 else None,
-           "merged_from": len(reports), "providers": first["run"].get("providers")}
-    keep = ("format", "data", "split", "models", "streams", "fusion_weights", "class_names",
+           "merged_from": len(reports), "providers": first.get("run", {}).get("providers")}
+    keep = ("format", "data", "split", "data_id", "models", "streams", "fusion_weights", "class_names",
             "num_samples_total")
     out = {k: first[k] for k in keep}
     out.update({"num_samples": total, "shard": None, "results": results, "run": run})
@@ -154,8 +172,106 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise CrossclrError(f"{path}: report file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CrossclrError(f"{path}: not a JSON report ({e})") from None
+    except (OSError, RecursionError) as e:
+        raise CrossclrError(f"{path}: cannot read the report ({type(e).__name__}: {e})") from None
+    return check_report(obj, str(path))
+
+
+def _field(src: str, name: str, problem: str) -> CrossclrError:
+    return CrossclrError(f"{src}: field {name!r} {problem}; expected a report written by `crossclr evaluate`")
+
+
+def _brief(value: Any) -> str:
+    """A value for a message: its repr, cut at 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(r: Mapping[str, Any], key: str, src: str, name: str, limit: int | None = None) -> int:
+    """An integer field >= 0 (and <= limit)."""
+    v = r.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (limit is not None and v > limit):
+        bound = f" and <= {limit}" if limit is not None else ""
+        raise _field(src, name, f"is {_brief(v)}, not an integer >= 0{bound}")
+    return v
+
+
+def _check_result(res: Any, src: str, name: str, k: int, n: int) -> None:
+    """One result's counts: correct top-1 <= top-5 <= n, a K × K confusion matrix of counts summing to n
+    whose diagonal is the correct top-1 count."""
+    if not isinstance(res, dict):
+        raise _field(src, name, f"is a {type(res).__name__}, not an object")
+    top1 = _count(res, "correct_top1", src, f"{name}.correct_top1", n)
+    top5 = _count(res, "correct_top5", src, f"{name}.correct_top5", n)
+    if top5 < top1:
+        raise _field(src, f"{name}.correct_top5", f"is {top5}, below correct_top1 {top1}")
+    cm = res.get("confusion")
+    if (not isinstance(cm, list) or len(cm) != k
+            or not all(isinstance(row, list) and len(row) == k for row in cm)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for row in cm for c in row)):
+        raise _field(src, f"{name}.confusion",
+                     f"is not a {k} × {k} matrix of counts >= 0 (one row and column per class)")
+    total, trace = sum(map(sum, cm)), sum(cm[i][i] for i in range(k))
+    if total != n or trace != top1:
+        raise _field(src, f"{name}.confusion", f"sums to {total} with {trace} on the diagonal, inconsistent "
+                                               f"with num_samples {n} and correct_top1 {top1}")
+
+
+def check_report(obj: Any, src: str) -> dict[str, Any]:
+    """``obj`` when it is a well-formed evaluation report, else a CrossclrError naming ``src`` and the field.
+
+    Checked: format, data and split text, data_id object, models with sha256, streams (known views),
+    fusion_weights (finite, >= 0), class_names, sample counts, shard (null or {index, count} with
+    0 <= index < count), results per stream (and fused) with consistent counts, run object."""
     if not isinstance(obj, dict) or obj.get("format") != REPORT_FORMAT:
-        raise CrossclrError(f"{path}: not a crossclr evaluation report (expected format {REPORT_FORMAT})")
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CrossclrError(f"{src}: not a crossclr evaluation report (format {_brief(found)}, expected "
+                            f"{REPORT_FORMAT})")
+    for key in ("data", "split"):
+        if not isinstance(obj.get(key), str):
+            raise _field(src, key, f"is {_brief(obj.get(key))}, not a string")
+    if not isinstance(obj.get("data_id"), dict):
+        raise _field(src, "data_id", f"is {_brief(obj.get('data_id'))}, not an object (reports of older "
+                                     "crossclr versions: evaluate again)")
+    models = obj.get("models")
+    if (not isinstance(models, list) or not models
+            or not all(isinstance(m, dict) and isinstance(m.get("sha256"), str) for m in models)):
+        raise _field(src, "models", "is not a list of {path, sha256} objects")
+    streams = obj.get("streams")
+    if not isinstance(streams, list) or not streams:
+        raise _field(src, "streams", f"is {_brief(streams)}, not a list of stream names")
+    for v in streams:
+        check_view_name(v, f"{src}: field 'streams'")
+    weights = obj.get("fusion_weights")
+    if not isinstance(weights, dict):
+        raise _field(src, "fusion_weights", f"is {_brief(weights)}, not an object")
+    check_fusion_weights(weights, f"{src}: field 'fusion_weights'", partial=True)
+    classes = obj.get("class_names")
+    if not isinstance(classes, list) or not classes:
+        raise _field(src, "class_names", f"is {_brief(classes)}, not a list of class names")
+    for c in classes:
+        check_name(c, f"{src}: field 'class_names'", "class name")
+    total = _count(obj, "num_samples_total", src, "num_samples_total")
+    n = _count(obj, "num_samples", src, "num_samples", total)
+    shard = obj.get("shard")
+    if shard is not None:
+        if not isinstance(shard, dict):
+            raise _field(src, "shard", f"is {_brief(shard)}, not null or an object {{index, count}}")
+        count = _count(shard, "count", src, "shard.count")
+        if count < 1:
+            raise _field(src, "shard.count", "is 0, expected at least 1 shard")
+        _count(shard, "index", src, "shard.index", count - 1)
+    results = obj.get("results")
+    if not isinstance(results, dict):
+        raise _field(src, "results", f"is {_brief(results)}, not an object with one result per stream")
+    want = [*streams, *([FUSED] if FUSED in results else [])]
+    if sorted(results) != sorted(want):
+        raise _field(src, "results", f"has keys {_brief(list(results))}, expected {want} (the streams and "
+                                     "fused)")
+    for name, res in results.items():
+        _check_result(res, src, f"results.{name}", len(classes), n)
+    if not isinstance(obj.get("run", {}), dict):
+        raise _field(src, "run", f"is {_brief(obj.get('run'))}, not an object")
     return obj
 
 
@@ -248,7 +364,7 @@ def resolve_weights(models: ModelSet, weights: Mapping[str, float] | None) -> di
         if extra or missing:
             raise CrossclrError(f"--weights: streams {list(models.streams)} need one weight each "
                                 f"(missing {missing}, unknown {extra})")
-        return {v: float(weights[v]) for v in models.streams}
+        return check_fusion_weights({v: weights[v] for v in models.streams}, "--weights")
     out = {}
     for s in models.sessions:
         for v in s.info.streams:
@@ -256,7 +372,8 @@ def resolve_weights(models: ModelSet, weights: Mapping[str, float] | None) -> di
                 raise CrossclrError(f"{s.info.path}: metadata has no fusion weight for stream {v!r}; pass "
                                     f"--weights")
             out[v] = s.info.fusion_weights[v]
-    return out
+    paths = ", ".join(s.info.path for s in models.sessions)
+    return check_fusion_weights(out, f"{paths}: model metadata 'fusion_weights' (pass --weights)")
 
 
 def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights: Mapping[str,
@@ -271,7 +388,12 @@ def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights:
         check_cache_fits(cache, models.info, data)
         sp = cache.split(split)
         n_total = len(sp)
+        data_id = cache.identity(split)
         idx = shard.indices(n_total) if shard is not None else np.arange(n_total)
+        if len(idx) == 0:
+            where = f"shard {shard.index}/{shard.count} of " if shard is not None else ""
+            log.warning("%s%s split %r (%d samples) is empty: the report holds 0 samples and no accuracy",
+                        where, data, split, n_total)
         labels = np.asarray(sp.labels, dtype=np.int64)[idx]
         parts: dict[str, list[np.ndarray]] = {}
         inference_s = 0.0
@@ -296,7 +418,7 @@ def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights:
     model_ids = [{"path": s.path, "sha256": file_sha256(s.path)} for s in models.sessions]
     return build_report(data=data, split=split, model_ids=model_ids, streams=models.streams, weights=w,
                         class_names=models.info.class_names, labels=labels, logits=logits,
-                        num_samples_total=n_total, shard=shard, run=run)
+                        num_samples_total=n_total, shard=shard, run=run, data_id=data_id)
 
 
 def summary_markdown(report: Mapping[str, Any], worst: int = 5) -> str:
@@ -309,8 +431,10 @@ def summary_markdown(report: Mapping[str, Any], worst: int = 5) -> str:
              f"{report['num_samples']} samples, streams {', '.join(report['streams'])}, fusion weights "
              + (", ".join(f"{k}={v:g}" for k, v in report["fusion_weights"].items()) or "-"), "",
              "| stream | top-1 (%) | top-5 (%) |", "|---|---:|---:|"]
+    if not report["num_samples"]:
+        lines[2] = f"0 samples: {'this shard' if shard else 'the split'} is empty, no accuracy to report"
     for name, r in report["results"].items():
-        lines.append(f"| {name} | {r['top1']:.2f} | {r['top5']:.2f} |")
+        lines.append(f"| {name} | {_percent(r['top1'])} | {_percent(r['top5'])} |")
     sps = report.get("run", {}).get("samples_per_s")
     if sps:
         lines += ["", f"throughput: {sps:.1f} samples/s on {', '.join(report['run'].get('providers') or [])}"]
@@ -324,8 +448,22 @@ def summary_markdown(report: Mapping[str, Any], worst: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def plot_path(out_dir: Path, name: str) -> Path:
+    """``out_dir/confusion_<name>.png`` for a stream (a known view) or the fusion; any other name (it came
+    from a file) is refused, so no file name is built from unchecked text."""
+    if name != FUSED:
+        check_view_name(name, f"--plots {out_dir}: report result")
+    return out_dir / f"confusion_{name}.png"
+
+
 def save_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Confusion-matrix PNGs (one per stream and the fusion); needs matplotlib (extra `viz`)."""
+    """Confusion-matrix PNGs (one per stream and the fusion); needs matplotlib (extra `viz`).
+
+    File names are checked (``plot_path``) before anything is written."""
     try:
         import matplotlib
 
@@ -334,6 +472,7 @@ def save_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     except ImportError:
         raise CrossclrError("--plots needs matplotlib: pip install 'crossclr[viz]'") from None
     out_dir = Path(out_dir)
+    paths = {name: plot_path(out_dir, name) for name in report["results"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, r in report["results"].items():
@@ -344,13 +483,13 @@ def save_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
-        ax.set_title(f"{name}: top-1 {r['top1']:.2f}%")
+        ax.set_title(f"{name}: top-1 {r['top1']:.2f}%" if r["top1"] is not None else f"{name}: no samples")
         if k <= 30:
             ax.set_xticks(range(k), report["class_names"], rotation=90, fontsize=6)
             ax.set_yticks(range(k), report["class_names"], fontsize=6)
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
-        path = out_dir / f"confusion_{name}.png"
+        path = paths[name]
         try:
             with atomic_output(path, suffix=".png") as tmp:
                 fig.savefig(tmp, dpi=120)

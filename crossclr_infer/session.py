@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,8 @@ import numpy as np
 
 from .errors import CrossclrError
 from .layouts import Layout, layout_from_toml_text
+from .metrics import check_fusion_weights
+from .views import check_name, check_view_name
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +166,17 @@ def parse_metadata(path: str, props: dict[str, str], input_shape: Sequence[Any],
     except ValueError as e:
         msg = str(e) if str(e).startswith(path) else f"{path}: bad model metadata ({e})"
         raise CrossclrError(msg) from None
-    streams = _json_field(path, props, "streams", list)
+    check_name(layout.name, f"{path}: model metadata 'layout'", "layout name")
+    streams = _check_streams(path, kind, _json_field(path, props, "streams", list), output_names)
     class_names = _json_field(path, props, "class_names", list)
-    weights = _json_field(path, props, "fusion_weights", dict)
+    if not class_names:
+        raise CrossclrError(f"{path}: model metadata 'class_names' is empty; expected one name per class")
+    for name in class_names:
+        check_name(name, f"{path}: model metadata 'class_names'", "class name")
+    weights = check_fusion_weights(_json_field(path, props, "fusion_weights", dict),
+                                   f"{path}: model metadata 'fusion_weights'", partial=True)
+    if kind == "ensemble" and all(v in weights for v in streams):
+        check_fusion_weights({v: weights[v] for v in streams}, f"{path}: model metadata 'fusion_weights'")
     preprocess = _json_field(path, props, "preprocess", dict)
     config = _json_field(path, props, "config", dict)
     if len(input_shape) != 5:
@@ -177,11 +187,52 @@ def parse_metadata(path: str, props: dict[str, str], input_shape: Sequence[Any],
         raise CrossclrError(f"{path}: model input shape {list(input_shape)} disagrees with its metadata "
                             f"(frames {frames}, {layout.num_joints} joints, {num_person} persons)")
     return ModelInfo(path=path, kind=kind, layout=layout, frames=frames, num_person=num_person,
-                     num_channels=c,
-                     streams=tuple(str(s) for s in streams), class_names=tuple(str(s) for s in class_names),
-                     fusion_weights={str(k): float(w) for k, w in weights.items()}, preprocess=preprocess,
+                     num_channels=c, streams=streams, class_names=tuple(class_names),
+                     fusion_weights=weights, preprocess=preprocess,
                      config=config, version=str(props["version"]), output_names=tuple(output_names),
                      precision=model_precision(props))
+
+
+def class_outputs(kind: str, streams: Sequence[str]) -> tuple[str, ...]:
+    """The outputs of a crossclr model that hold one score per class (batch, K)."""
+    if kind == "ensemble":
+        return ("logits", "probabilities", *(f"logits_{v}" for v in streams))
+    return ("logits",)
+
+
+def _check_streams(path: str, kind: str, streams: list[Any], output_names: Sequence[str]) -> tuple[str, ...]:
+    """The metadata's stream names, checked against what can be checked (docs: ``ModelSession``).
+
+    Each must be a known view (``views.VIEWS``), named once; a stream model has exactly one, an ensemble at
+    least one and an output ``logits_<view>`` per stream. Whether a stream model's graph really computes
+    the view it is named after cannot be read from the file: the name is trusted once it passes these
+    checks.
+    """
+    where = f"{path}: model metadata 'streams'"
+    names = tuple(check_view_name(v, where) for v in streams)
+    if not names or len(set(names)) != len(names):
+        raise CrossclrError(f"{where} is {list(names)}; expected distinct stream names, at least one")
+    if kind == "stream" and len(names) != 1:
+        raise CrossclrError(f"{where} names {len(names)} streams {list(names)}; a stream model has exactly "
+                            "one")
+    missing = [o for o in class_outputs(kind, names) if o not in output_names]
+    if missing:
+        raise CrossclrError(f"{path}: model outputs {list(output_names)} lack {missing} for its {kind} "
+                            f"metadata (streams {list(names)}); re-export the model with `crossclr export`")
+    return names
+
+
+def check_output_shapes(info: ModelInfo, shapes: Mapping[str, Sequence[Any]]) -> None:
+    """The class-score outputs must be (batch, K) with K = the metadata's class count (when the graph fixes
+    K; otherwise ``ModelSession.run`` checks each result)."""
+    for name in class_outputs(info.kind, info.streams):
+        shape = list(shapes.get(name, []))
+        if len(shape) != 2:
+            raise CrossclrError(f"{info.path}: model output {name!r} has shape {shape}, expected (batch, "
+                                f"{info.num_class})")
+        if isinstance(shape[1], int) and shape[1] != info.num_class:
+            raise CrossclrError(f"{info.path}: model output {name!r} gives {shape[1]} class scores but the "
+                                f"metadata 'class_names' names {info.num_class} classes; re-export the model")
 
 
 def model_precision(props: dict[str, str]) -> str:
@@ -265,7 +316,14 @@ class ModelSession:
     ``providers`` = None picks CUDA when available, then CPU. ``use`` (``latency`` / ``throughput``) chooses
     the CPU thread plan (``plan_threads``) unless ``plan`` is given; ``intra_op_threads`` > 0 sets the cores
     the plan may use (``--threads``), ``inter_op_threads`` onnxruntime's inter-op pool. ``run`` checks
-    inputs against the metadata.
+    inputs against the metadata and the class-score outputs against the class count.
+
+    Opening checks the metadata against the graph: input shape (C, T, V, M) against layout, frames and
+    persons; stream names are known views, each named once, one for a stream model, and the outputs
+    ``logits`` (and for an ensemble ``probabilities`` and ``logits_<view>`` per stream) exist with one score
+    per metadata class name; class and layout names are printable text; fusion weights are finite and
+    >= 0. Not checkable: that a stream model's graph computes the view its metadata names (a joint model
+    relabelled ``motion`` passes every check above).
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
@@ -306,8 +364,9 @@ class ModelSession:
             raise CrossclrError(f"{p}: model inputs {[i.name for i in inputs]}, expected one input "
                                 f"{INPUT_NAME!r}; expected a model exported by `crossclr export`")
         props = dict(self._sess.get_modelmeta().custom_metadata_map)
-        self.info = parse_metadata(str(p), props, list(inputs[0].shape),
-                                   [o.name for o in self._sess.get_outputs()])
+        outputs = self._sess.get_outputs()
+        self.info = parse_metadata(str(p), props, list(inputs[0].shape), [o.name for o in outputs])
+        check_output_shapes(self.info, {o.name: list(o.shape) for o in outputs})
         from .int8 import warn_int8_target_mismatch
 
         warn_int8_target_mismatch(str(p), props)
@@ -335,7 +394,13 @@ class ModelSession:
             values = self._run_sliced(x, names)
         else:
             values = self._sess.run(names, {INPUT_NAME: x})
-        return dict(zip(names, values, strict=True))
+        out = dict(zip(names, values, strict=True))
+        for name in [n for n in names if n in class_outputs(self.info.kind, self.info.streams)]:
+            if out[name].shape != (len(x), self.info.num_class):
+                raise CrossclrError(f"{self.path}: model output {name!r} has shape {out[name].shape}, "
+                                    f"expected ({len(x)}, {self.info.num_class}) for the metadata's "
+                                    f"{self.info.num_class} class names; re-export the model")
+        return out
 
     def _run_sliced(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
         """The batch as slices of ``plan.slice_size`` samples on the shared worker threads, in order."""
@@ -390,9 +455,3 @@ def check_skeleton_batch(x: np.ndarray, info: ModelInfo, source: str = "input") 
         raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
     return np.ascontiguousarray(x, dtype=np.float32)
 
-
-def open_model(path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
-               inter_op_threads: int = 0, use: str = "latency") -> ModelSession:
-    """A ModelSession (see its docstring)."""
-    return ModelSession(path, providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
-                        use=use)

@@ -388,7 +388,7 @@ def tsne_cmd(
         format_table,
         load_any_encoders,
     )
-    from training.plots import plot_tsne, tsne_embed
+    from training.plots import plot_tsne, stream_png, tsne_embed
 
     dev = default_device(device)
     encoders, _, meta = load_any_encoders(checkpoint, _parse_streams(streams), dev)
@@ -404,9 +404,10 @@ def tsne_cmd(
         )
         class_names = list(cache.class_names)
     rows, files = [], []
+    pngs = {v: stream_png(out, "tsne", v, f"{checkpoint}: stream") for v in feats}
     for v, f in feats.items():
         pts = tsne_embed(f.numpy(), seed=seed, perplexity=perplexity)
-        path = plot_tsne(pts, labels[idx], class_names, out / f"tsne_{v}.png", title=f"t-SNE ({v}, {split})")
+        path = plot_tsne(pts, labels[idx], class_names, pngs[v], title=f"t-SNE ({v}, {split})")
         rows.append([v, len(idx), len(np.unique(labels[idx])), str(path)])
         files.append(str(path))
     report = {

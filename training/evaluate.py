@@ -22,6 +22,7 @@ from tqdm import tqdm
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import atomic_output, write_json_atomic
 from crossclr_infer.layouts import Layout, layout_from_toml_text, layout_to_toml
+from crossclr_infer.views import check_view_name
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,8 @@ def load_any_encoders(
         heads = None
         meta = dict(meta)
         meta.setdefault("streams", list(encoders))
+    for v in encoders:  # names from the file reach reports and plot file names: known views only
+        check_view_name(v, f"{path}: checkpoint stream")
     if streams:
         absent = [v for v in streams if v not in encoders]
         if absent:

@@ -6,10 +6,14 @@ Defaults k = 200, t = 0.1; k = 1, 10, 20 are reported too.
 
 Fused streams: the per-stream normalized features are concatenated and renormalized, so the fused cosine
 similarity is the mean of the per-stream cosine similarities; kNN then runs once on that similarity.
+
+A k above the training-set size N uses all N training samples: ``run_knn`` says so in one warning line and
+records the k actually used per requested k in the report (``effective_k``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,8 @@ from torch import Tensor
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.metrics import FUSED, confusion_matrix, topk_percent
 from training.evaluate import encode_split, to_numpy
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 10, 20, 200)
 
@@ -124,6 +130,11 @@ def run_knn(
         tr_y = torch.as_tensor(np.asarray(tr.labels), dtype=torch.long)
         ev_y = torch.as_tensor(np.asarray(ev.labels), dtype=torch.long)
         class_names, num_class = list(cache.class_names), cache.num_class
+    n_train = len(tr_y)
+    capped = sorted(k for k in set(ks) if k > n_train)
+    if capped:
+        log.warning("-k %s: the training split %r has only %d samples; a k above %d uses all of them",
+                    ",".join(map(str, capped)), train_split, n_train, n_train)
     results, scores = knn_evaluate(tr_feats, tr_y, ev_feats, ev_y, num_class, ks=ks, t=t)
     report: dict[str, Any] = {
         "protocol": "knn",
@@ -132,6 +143,7 @@ def run_knn(
         "streams": list(encoders),
         "t": t,
         "ks": sorted(ks),
+        "effective_k": {str(k): min(k, n_train) for k in sorted(ks)},
         "num_train": len(tr_y),
         "num_eval": len(ev_y),
         "fusion": "concatenated L2-normalized features (cosine = mean of per-stream cosines)",

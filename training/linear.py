@@ -29,6 +29,7 @@ from crossclr_infer.layouts import Layout
 from crossclr_infer.metrics import (
     FUSED,
     FUSIONS,
+    check_fusion_weights,
     confusion_matrix,
     fuse_logits,
     fusion_weights_for,
@@ -278,7 +279,8 @@ def train_linear(
 ) -> LinearResult:
     """Train one head per stream on ``train`` features; score per stream and fused on ``val`` every epoch."""
     device = torch.device(device)
-    weights = dict(fusion_weights) if fusion_weights else fusion_weights_for(cfg.fusion, streams)
+    weights = (check_fusion_weights(fusion_weights, "fusion weights") if fusion_weights
+               else fusion_weights_for(cfg.fusion, streams))
     heads: dict[str, nn.Module] = dict(init_heads(streams, train.in_features, num_classes, cfg.seed, device))
     if cfg.standardize:
         stats = feature_stats(train, streams)
@@ -342,8 +344,11 @@ def save_result(
     extra: Mapping[str, Any],
 ) -> Path:
     """Write encoders + trained heads in the linear checkpoint format (``save_linear``): the source
-    checkpoint's encoder config, the cache ``info``, best/last metrics and ``extra`` fields."""
+    checkpoint's encoder config, the cache ``info``, best/last metrics and ``extra`` fields. The fusion
+    weights are checked (finite, >= 0, not all zero) before anything is written."""
     from training.evaluate import save_linear
+
+    check_fusion_weights(result.fusion_weights, f"{path}: fusion weights")
 
     save_meta = {
         **info,
@@ -470,7 +475,8 @@ def evaluate_linear(
         feats = encode_split(encoders, sp, layout, batch_size=batch_size, device=dev, desc=f"encode {split}")
         src = CachedFeatures(feats, torch.as_tensor(np.asarray(sp.labels), dtype=torch.long), dev)
         class_names = list(cache.class_names)
-    weights = {v: float(meta["fusion_weights"][v]) for v in encoders}
+    weights = check_fusion_weights({v: meta["fusion_weights"][v] for v in encoders},
+                                   f"{checkpoint}: fusion weights")
     logits = predict_logits(heads, src, weights)
     report: dict[str, Any] = {
         "protocol": "linear-eval",

@@ -31,6 +31,17 @@ def _pyplot() -> Any:
     return plt
 
 
+def stream_png(folder: str | Path, prefix: str, stream: str, source: str) -> Path:
+    """``folder/<prefix>_<stream>.png`` once ``stream`` (read from ``source``, e.g. a checkpoint) is a known
+    view or "fused": no file name is built from unchecked text."""
+    from crossclr_infer.metrics import FUSED
+    from crossclr_infer.views import check_view_name
+
+    if stream != FUSED:
+        check_view_name(stream, source)
+    return Path(folder) / f"{prefix}_{stream}.png"
+
+
 def _save(fig: Any, out: str | Path) -> Path:
     out = Path(out)
     try:

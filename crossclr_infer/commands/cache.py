@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from ..cache import open_cache
+from ..layouts import BUILTIN_LAYOUTS
+from ..preprocess import DEFAULT_FRAMES, PREPROCESS_MODES
 
-_PREPROCESS_CHOICES = ["official", "none", "energy", "mamp", "as-is"]
+_PREPROCESS_CHOICES = [*PREPROCESS_MODES, "as-is"]
 _out_option = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                            help="Cache file to write (appears only when complete).")
 
@@ -21,19 +23,19 @@ def _summary(out: Path, counts: dict[str, int]) -> str:
 @click.command("arrays")
 @click.argument("npz", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--layout", required=True,
-              help="Built-in layout name (ntu-rgb+d, kinect-v1) or a layout .toml file.")
+              help=f"Built-in layout name ({', '.join(sorted(BUILTIN_LAYOUTS))}) or a layout .toml file.")
 @_out_option
 @click.option("--preprocess", type=click.Choice(_PREPROCESS_CHOICES), default=None,
               help="Preprocessing of each sample (default: as-is for fixed-size data, official for "
-                   "sequences).")
+                   "sequences; pose2d for 2-D keypoints with scores).")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
-              help="Frames per sample after preprocessing (default: 120 for mamp, else 50).")
+              help="Frames per sample after preprocessing (default: 120 for mamp, 300 for none, else 50).")
 @click.option("--benchmark", default="custom", show_default=True, help="Benchmark name stored in the cache.")
 def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, frames: int | None,
                    benchmark: str) -> None:
     """Import generic skeleton arrays from an .npz (fixed-size or variable-length; keys: data, label, name,
     split, class_names; see crossclr_infer.arrays)."""
-    frames = frames or (120 if preprocess == "mamp" else 50)
+    frames = frames or DEFAULT_FRAMES.get(preprocess or "official", 50)
     from ..arrays import import_arrays
 
     counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames, benchmark=benchmark)
@@ -98,11 +100,13 @@ def info(cache: Path | None, system: bool) -> None:
 @click.option("--per-class", type=click.IntRange(min=2), default=60, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True)
-def synth(out: Path, classes: int, per_class: int, seed: int, frames: int) -> None:
-    """Generate a synthetic NTU-layout cache of procedurally animated actions (train/val by xsub subjects)."""
+@click.option("--layout", type=click.Choice(["ntu-rgb+d", "coco-17"]), default="ntu-rgb+d", show_default=True,
+              help="ntu-rgb+d: 3-D Kinect joints; coco-17: their 2-D projection with scores (pose2d).")
+def synth(out: Path, classes: int, per_class: int, seed: int, frames: int, layout: str) -> None:
+    """Generate a synthetic cache of procedurally animated actions (train/val by xsub subjects)."""
     from ..synth import generate_synthetic
 
-    generate_synthetic(out, classes=classes, per_class=per_class, seed=seed, frames=frames)
+    generate_synthetic(out, classes=classes, per_class=per_class, seed=seed, frames=frames, layout=layout)
     with open_cache(out) as c:
         click.echo(_summary(out, {s: len(c.split(s)) for s in c.splits}))
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from ..errors import CrossclrError
+from .stream import run_stream_command, stream_options
 
 _PROVIDERS_HELP = ("onnxruntime execution providers in order, comma-separated (cpu, cuda, tensorrt or full "
                    "names); default: CUDA when available, then CPU")
@@ -17,7 +19,7 @@ def _providers(text: str | None) -> list[str] | None:
 
 
 @click.command("predict")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, required=False, type=click.Path(path_type=str))
 @click.option("--model", "model", required=True, type=click.Path(path_type=str),
               help="An .onnx model written by `crossclr export` (ensemble.onnx or a stream model).")
 @click.option("--top-k", default=5, show_default=True, type=int, help="Classes to show per input.")
@@ -29,22 +31,41 @@ def _providers(text: str | None) -> list[str] | None:
 @click.option("--providers", default=None, help=_PROVIDERS_HELP)
 @click.option("--threads", default=0, show_default=True, type=int,
               help="Cores to use (0 = every core this process may run on): onnxruntime intra-op threads.")
+@stream_options
 def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, axes: str | None,
-                preprocessed: bool, providers: str | None, threads: int) -> None:
+                preprocessed: bool, providers: str | None, threads: int, **stream_opts: Any) -> None:
     """Classify skeletons: .npy arrays, raw .skeleton files, or folders of them.
 
     Raw inputs get the same preprocessing as `crossclr prepare`, with the model's parameters. Prints the fused
-    top-k classes with probabilities and each stream's best class.
+    top-k classes with probabilities and each stream's best class. An input that cannot be read (e.g. one bad
+    file in a folder) is reported on stderr, one line each, after the others are predicted; the exit status
+    is then 1.
     """
+    if stream_opts["stream"] or stream_opts["replay"] or stream_opts["emit_frames"]:  # crossclr_infer.stream
+        return run_stream_command(inputs, model=model, top_k=top_k, axes=axes, preprocessed=preprocessed,
+                                  providers=_providers(providers), threads=threads, **stream_opts)
     from ..predict import format_predictions, load_inputs, predict
     from ..session import ModelSession
 
     if top_k < 1:
         raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
     session = ModelSession(model, _providers(providers), intra_op_threads=threads, use="latency")
-    samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed)
-    preds = predict(session, samples, top_k=top_k)
-    click.echo(json.dumps(preds, indent=1) if as_json else format_predictions(preds))
+    errors: list[str] = []
+    samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed, errors=errors)
+    if samples:
+        preds = predict(session, samples, top_k=top_k)
+        click.echo(json.dumps(preds, indent=1) if as_json else format_predictions(preds))
+    _exit_on_bad_inputs(errors)
+
+
+def _exit_on_bad_inputs(errors: list[str]) -> None:
+    """One line on stderr per input that could not be read, then exit status 1 (the good inputs have been
+    predicted already)."""
+    if not errors:
+        return
+    for msg in errors[:-1]:
+        click.echo(f"error: {msg}", err=True)
+    raise CrossclrError(errors[-1])  # printed like the others by the CLI, which then exits with status 1
 
 
 @click.command("evaluate")
@@ -96,9 +117,11 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="The merged report JSON.")
 def merge_reports_cmd(reports: tuple[str, ...], out: str) -> None:
     """Combine the reports of `evaluate --shard 0/N … N-1/N` into the report of the whole split."""
+    from ..cache import check_not_input
     from ..fileio import write_json_atomic
     from ..report import merge_reports, read_report, summary_markdown
 
+    check_not_input(out, reports)
     merged = merge_reports([read_report(p) for p in reports], list(reports))
     write_json_atomic(out, merged)
     click.echo(summary_markdown(merged), nl=False)
