@@ -24,6 +24,8 @@ class Layout:
     following parents. ``shoulders`` = (left, right) joint indices, used to rotate sequences.
     ``origin``: the joint whose first-frame position becomes the coordinate origin in the ``mamp``
     preprocessing (NTU: spine_mid, as in MAMP/CTR-GCN); None = the center joint.
+    ``hips`` = (left, right) joint indices: the ``pose2d`` preprocessing centres each body on their
+    midpoint and scales by the shoulder-to-hip (torso) length; None = centre on the center joint.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Layout:
     center: int
     shoulders: tuple[int, int] | None = None
     origin: int | None = None
+    hips: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         v = len(self.joint_names)
@@ -57,10 +60,10 @@ class Layout:
                 if seen > v:
                     raise ValueError(f"layout {self.name!r}: joint {self.joint_names[j]!r} does not reach "
                                      "the center joint through its parents (cycle)")
-        if self.shoulders is not None:
-            for s in self.shoulders:
+        for what, pair in (("shoulder", self.shoulders), ("hip", self.hips)):
+            for s in pair or ():
                 if not 0 <= s < v:
-                    raise ValueError(f"layout {self.name!r}: shoulder joint {s} outside 0..{v - 1}")
+                    raise ValueError(f"layout {self.name!r}: {what} joint {s} outside 0..{v - 1}")
         if self.origin is not None and not 0 <= self.origin < v:
             raise ValueError(f"layout {self.name!r}: origin joint {self.origin} outside 0..{v - 1}")
 
@@ -114,11 +117,107 @@ KINECT_V1_JOINTS = [
 _KINECT_V1_PAIRS = [(1, 2), (2, 3), (3, 3), (4, 3), (5, 3), (6, 5), (7, 6), (8, 7), (9, 3), (10, 9), (11, 10),
                     (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19)]
 
+
+
+def _from_names(name: str, names: list[str], parent: dict[str, str], center: str, shoulders: tuple[str, str],
+                hips: tuple[str, str], origin: str | None = None) -> Layout:
+    """A layout from joint names and {joint: parent} (the center joint is left out of ``parent``)."""
+    idx = {n: i for i, n in enumerate(names)}
+    parents = tuple(idx[parent.get(n, n)] for n in names)
+    return Layout(name, tuple(names), parents, idx[center], (idx[shoulders[0]], idx[shoulders[1]]),
+                  None if origin is None else idx[origin], (idx[hips[0]], idx[hips[1]]))
+
+
+# Pose estimators. 2-D layouts (COCO-17, OpenPose BODY_25) give (x, y, score) per joint: the three channels
+# of the model input, as ST-GCN feeds OpenPose skeletons; they go with the ``pose2d`` preprocessing.
+#
+# COCO-17 (COCO keypoints; MMPose, Detectron2, YOLO-pose, ViTPose), names and order as in the COCO
+# annotations' "keypoints" list. COCO's drawing "skeleton" has cycles; the tree and its center (the nose)
+# are pyskl's ``coco`` graph (pyskl/utils/graph.py: inward edges (15,13),(13,11),(16,14),(14,12),(11,5),
+# (12,6),(9,7),(7,5),(10,8),(8,6),(5,0),(6,0),(1,0),(3,1),(2,0),(4,2), center 0).
+COCO17_JOINTS = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee",
+    "left_ankle", "right_ankle",
+]
+_COCO17_PARENT = {
+    "left_eye": "nose", "right_eye": "nose", "left_ear": "left_eye", "right_ear": "right_eye",
+    "left_shoulder": "nose", "right_shoulder": "nose", "left_elbow": "left_shoulder",
+    "right_elbow": "right_shoulder", "left_wrist": "left_elbow", "right_wrist": "right_elbow",
+    "left_hip": "left_shoulder", "right_hip": "right_shoulder", "left_knee": "left_hip",
+    "right_knee": "right_hip", "left_ankle": "left_knee", "right_ankle": "right_knee",
+}
+# MediaPipe Pose (BlazePose) 33 landmarks, 3-D (world landmarks, metres; visibility as the score), names
+# and order of mediapipe's PoseLandmark enum. Its POSE_CONNECTIONS is not a tree (cycles at the shoulders,
+# hips, hands and feet; the face and the mouth are not joined to the body): the tree below keeps every
+# connection except the cycle-closing (11,12), (23,24), (17,19), (18,20), (29,31), (30,32) and (9,10), and
+# joins the mouth corners and the shoulders to the nose, as pyskl's COCO tree joins the shoulders.
+MEDIAPIPE33_JOINTS = [
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky",
+    "left_index", "right_index", "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle", "left_heel", "right_heel", "left_foot_index",
+    "right_foot_index",
+]
+_MEDIAPIPE33_PARENT = {
+    "left_eye_inner": "nose", "left_eye": "left_eye_inner", "left_eye_outer": "left_eye",
+    "left_ear": "left_eye_outer", "right_eye_inner": "nose", "right_eye": "right_eye_inner",
+    "right_eye_outer": "right_eye", "right_ear": "right_eye_outer", "mouth_left": "nose",
+    "mouth_right": "nose", "left_shoulder": "nose", "right_shoulder": "nose",
+    **{f"{s}_{j}": f"{s}_{p}" for s in ("left", "right") for j, p in (
+        ("elbow", "shoulder"), ("wrist", "elbow"), ("pinky", "wrist"), ("index", "wrist"), ("thumb", "wrist"),
+        ("hip", "shoulder"), ("knee", "hip"), ("ankle", "knee"), ("heel", "ankle"), ("foot_index", "ankle"))},
+}
+# OpenPose BODY_25 (2-D with scores), names and order of OpenPose's POSE_BODY_25_BODY_PARTS; the tree is
+# its POSE_BODY_25_PAIRS_RENDER (24 pairs, already a tree), rooted at the neck as ST-GCN roots OpenPose.
+BODY25_JOINTS = [
+    "Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip", "RHip",
+    "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar", "LBigToe", "LSmallToe",
+    "LHeel", "RBigToe", "RSmallToe", "RHeel",
+]
+_BODY25_PARENT = {
+    "Nose": "Neck", "RShoulder": "Neck", "RElbow": "RShoulder", "RWrist": "RElbow", "LShoulder": "Neck",
+    "LElbow": "LShoulder", "LWrist": "LElbow", "MidHip": "Neck", "RHip": "MidHip", "RKnee": "RHip",
+    "RAnkle": "RKnee", "LHip": "MidHip", "LKnee": "LHip", "LAnkle": "LKnee", "REye": "Nose", "LEye": "Nose",
+    "REar": "REye", "LEar": "LEye", "LBigToe": "LAnkle", "LSmallToe": "LBigToe", "LHeel": "LAnkle",
+    "RBigToe": "RAnkle", "RSmallToe": "RBigToe", "RHeel": "RAnkle",
+}
+# Azure Kinect Body Tracking SDK, 32 joints (3-D, millimetres), order of k4abt_joint_id_t (names lower-case
+# without the K4ABT_JOINT_ prefix); parents from the SDK's joint hierarchy table (root: the pelvis).
+AZURE_KINECT32_JOINTS = [
+    "pelvis", "spine_navel", "spine_chest", "neck", "clavicle_left", "shoulder_left", "elbow_left",
+    "wrist_left", "hand_left", "handtip_left", "thumb_left", "clavicle_right", "shoulder_right",
+    "elbow_right", "wrist_right", "hand_right", "handtip_right", "thumb_right", "hip_left", "knee_left",
+    "ankle_left", "foot_left", "hip_right", "knee_right", "ankle_right", "foot_right", "head", "nose",
+    "eye_left", "ear_left", "eye_right", "ear_right",
+]
+_AZURE_KINECT32_PARENT = {
+    "spine_navel": "pelvis", "spine_chest": "spine_navel", "neck": "spine_chest", "head": "neck",
+    "nose": "head", "eye_left": "head", "ear_left": "head", "eye_right": "head", "ear_right": "head",
+    **{f"{j}_{s}": f"{p}_{s}" for s in ("left", "right") for j, p in (
+        ("shoulder", "clavicle"), ("elbow", "shoulder"), ("wrist", "elbow"), ("hand", "wrist"),
+        ("handtip", "hand"), ("thumb", "wrist"), ("knee", "hip"), ("ankle", "knee"), ("foot", "ankle"))},
+    "clavicle_left": "spine_chest", "clavicle_right": "spine_chest", "hip_left": "pelvis",
+    "hip_right": "pelvis",
+}
+
 BUILTIN_LAYOUTS: dict[str, Layout] = {
     "ntu-rgb+d": _from_one_based("ntu-rgb+d", NTU_JOINTS, _NTU_PAIRS, center=21, shoulders=(5, 9), origin=2),
     "kinect-v1": _from_one_based("kinect-v1", KINECT_V1_JOINTS, _KINECT_V1_PAIRS, center=3, shoulders=(5, 9),
                                  origin=2),
+    "coco-17": _from_names("coco-17", COCO17_JOINTS, _COCO17_PARENT, "nose",
+                           ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")),
+    "mediapipe-pose-33": _from_names("mediapipe-pose-33", MEDIAPIPE33_JOINTS, _MEDIAPIPE33_PARENT, "nose",
+                                     ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")),
+    "openpose-body25": _from_names("openpose-body25", BODY25_JOINTS, _BODY25_PARENT, "Neck",
+                                   ("LShoulder", "RShoulder"), ("LHip", "RHip"), origin="MidHip"),
+    "azure-kinect-32": _from_names("azure-kinect-32", AZURE_KINECT32_JOINTS, _AZURE_KINECT32_PARENT, "pelvis",
+                                   ("shoulder_left", "shoulder_right"), ("hip_left", "hip_right")),
 }
+
+# Built-in layouts whose third channel is a detection score, not depth: their default preprocessing is pose2d.
+SCORED_2D_LAYOUTS = frozenset({"coco-17", "openpose-body25"})
 
 
 def load_layout_toml(path: str | Path) -> Layout:
@@ -130,6 +229,7 @@ def load_layout_toml(path: str | Path) -> Layout:
         center = "chest"
         shoulders = ["l_shoulder", "r_shoulder"]      # optional, for the rotation step
         origin = "pelvis"                             # optional, origin of the mamp preprocessing
+        hips = ["l_hip", "r_hip"]                     # optional, root and torso length of pose2d
     """
     path = Path(path)
     try:
@@ -145,7 +245,7 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: not valid TOML ({e})") from None
-    known = {"name", "joints", "parents", "center", "shoulders", "origin"}
+    known = {"name", "joints", "parents", "center", "shoulders", "origin", "hips"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ValueError(f"{source}: unknown layout keys {unknown}; expected {sorted(known)}")
@@ -168,18 +268,21 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
     parents = doc["parents"]
     if not isinstance(parents, list):
         raise ValueError(f"{source}: 'parents' must be a list of joint names, one per joint")
-    shoulders = doc.get("shoulders")
-    if shoulders is not None and (not isinstance(shoulders, list) or len(shoulders) != 2):
-        raise ValueError(f"{source}: 'shoulders' must be [left, right]")
+    pairs: dict[str, tuple[int, int] | None] = {}
+    for key, what in (("shoulders", "shoulder"), ("hips", "hip")):
+        pair = doc.get(key)
+        if pair is not None and (not isinstance(pair, list) or len(pair) != 2):
+            raise ValueError(f"{source}: {key!r} must be [left, right]")
+        pairs[key] = None if pair is None else (idx(pair[0], what), idx(pair[1], what))
     try:
         return Layout(
             name=str(doc.get("name", default_name)),
             joint_names=tuple(joints),
             parents=tuple(idx(p, "parent") for p in parents),
             center=idx(doc["center"], "center"),
-            shoulders=None if shoulders is None
-            else (idx(shoulders[0], "shoulder"), idx(shoulders[1], "shoulder")),
+            shoulders=pairs["shoulders"],
             origin=None if doc.get("origin") is None else idx(doc["origin"], "origin"),
+            hips=pairs["hips"],
         )
     except ValueError as e:
         msg = str(e)
@@ -208,4 +311,6 @@ def layout_to_toml(layout: Layout) -> str:
         lines.append(f"shoulders = {q([names[s] for s in layout.shoulders])}")
     if layout.origin is not None:
         lines.append(f'origin = "{names[layout.origin]}"')
+    if layout.hips is not None:
+        lines.append(f"hips = {q([names[h] for h in layout.hips])}")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,15 @@ Modes:
   present body in every frame (no per-frame centering, no rotation), the central 95 % of the frames kept
   and linearly resized (half-pixel centres, as torch's bilinear ``align_corners=False``) to ``frames``
   (120 by default). Training then crops and rotates at random (``training.augment.augment_mamp``).
+* ``pose2d`` — 2-D pose-estimator skeletons whose three channels are (x, y, score) (COCO-17, OpenPose
+  BODY_25; ST-GCN's input for OpenPose): a joint is missing where its score is <= 0 (or a value is not
+  finite) and is (0, 0, 0) in the output; slot m holds the body ID with the m-th highest summed score;
+  frames without any kept body are removed; per frame and body, x and y are centred on the root (the
+  midpoint of the layout's hips when both are seen, else the center joint when seen, else the mean of the
+  seen joints) and divided by one scale for the whole sequence (the median torso length |mid-shoulder −
+  mid-hip| over the frames and bodies where all four joints are seen; else the median shoulder width;
+  else the median bounding-box diagonal; else 1); the score channel is kept; no rotation; then the linear
+  resize of ``official`` to ``frames``.
 
 Everything is driven by the layout (center joint, shoulders), so other skeletons use the same code.
 Arrays are (C, T, V, M) = (3, frames, joints, bodies).
@@ -34,14 +43,16 @@ from crossclr_infer.ntu import RawSkeleton
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_MODES: tuple[str, ...] = ("official", "none", "energy", "mamp")
-Mode = Literal["official", "none", "energy", "mamp"]
-DEFAULT_FRAMES = {"official": 50, "none": 300, "energy": 50, "mamp": 120}  # frames per mode by default
+PREPROCESS_MODES: tuple[str, ...] = ("official", "none", "energy", "mamp", "pose2d")
+Mode = Literal["official", "none", "energy", "mamp", "pose2d"]
+DEFAULT_FRAMES = {"official": 50, "none": 300, "energy": 50, "mamp": 120, "pose2d": 50}  # per mode by default
+SCORED_MODES = ("pose2d",)  # modes whose third channel is a detection score, not z
 MAMP_CENTER_CROP = 0.95  # share of the valid frames MAMP's evaluation keeps (centre crop)
 
 ROTATION_EPS = 1e-4  # added to |v| in the official angle, as in the official code
 MIN_BODY_FRAMES = 11  # "energy": a body seen in fewer frames is noise (when another body remains)
 MAX_SPREAD_RATIO = 0.8  # "energy": x-spread > 0.8 × y-spread is not a standing/sitting person
+POSE2D_MIN_SCALE = 1e-6  # "pose2d": body lengths at or below this are not used as the scale
 
 
 def _check_mode(mode: str) -> None:
@@ -57,7 +68,8 @@ def select_bodies(raw: RawSkeleton, mode: str = "official", max_bodies: int = 2)
 
     ``official``/``none``: slot m of frame t holds the m-th body listed in that frame (no tracking).
     ``energy``: slot m holds the body ID with the m-th highest motion energy after noise removal,
-    zero in the frames where that body is absent.
+    zero in the frames where that body is absent. ``pose2d``: slot m holds the body ID with the m-th
+    highest summed score (channel 2), zero where that body is absent.
     """
     _check_mode(mode)
     if max_bodies < 1:
@@ -67,16 +79,25 @@ def select_bodies(raw: RawSkeleton, mode: str = "official", max_bodies: int = 2)
     if raw.body_ids.size == 0:
         return out
     frame = raw.frame_index  # (B_total,)
-    if mode not in ("energy", "mamp"):
+    if mode not in ("energy", "mamp", "pose2d"):
         rank = raw.rank_in_frame  # (B_total,)
         keep = rank < max_bodies
         # the indexed target is (B_kept, 3, V) (advanced axes first): (B_kept, V, 3) -> (B_kept, 3, V)
         out[:, frame[keep], :, rank[keep]] = raw.xyz[keep].transpose(0, 2, 1)
         return out
-    for slot, body in enumerate(_energy_order(raw)[:max_bodies]):
+    order = _score_order(raw) if mode == "pose2d" else _energy_order(raw)
+    for slot, body in enumerate(order[:max_bodies]):
         sel = raw.body_ids == body
         out[:, frame[sel], :, slot] = raw.xyz[sel].transpose(0, 2, 1)  # (n, V, 3) -> (n, 3, V)
     return out
+
+
+def _score_order(raw: RawSkeleton) -> list[int]:
+    """Body IDs by summed score (channel 2, values <= 0 or not finite count 0), highest first, then by ID."""
+    ids, inverse = np.unique(raw.body_ids, return_inverse=True)
+    score = np.nan_to_num(raw.xyz[:, :, 2], nan=0.0, posinf=0.0, neginf=0.0).clip(min=0).sum(axis=1)  # (B,)
+    total = np.bincount(inverse, weights=score, minlength=len(ids))
+    return [int(ids[i]) for i in sorted(range(len(ids)), key=lambda i: (-total[i], ids[i]))]
 
 
 def _energy_order(raw: RawSkeleton) -> list[int]:
@@ -110,7 +131,7 @@ def sequence_length(x: np.ndarray, mode: str) -> int:
     _check_mode(mode)
     if mode == "official":
         return valid_length(x)
-    if mode in ("energy", "mamp"):
+    if mode in ("energy", "mamp", "pose2d"):
         return int(np.count_nonzero(np.any(x != 0, axis=(0, 2, 3))))
     return int(x.shape[1])
 
@@ -199,6 +220,8 @@ def normalize_sequence(x: np.ndarray, layout: Layout, *, mode: str = "official",
         return pad_or_crop(x, frames)
     if mode == "mamp":
         return mamp_sequence(x, layout, frames)
+    if mode == "pose2d":
+        return pose2d_sequence(x, layout, frames)
     if mode == "official":
         length = valid_length(x)
         if length == 0:
@@ -230,6 +253,117 @@ def mamp_sequence(x: np.ndarray, layout: Layout, frames: int = 120,
     x = np.where(body[None, :, None, :], x - origin[:, None, None, None], 0).astype(np.float32)
     bias = int((1 - crop) * length / 2)
     return resize_frames(x[:, bias:length - bias], length - 2 * bias, frames)
+
+
+def _root_first(layout: Layout) -> list[int]:
+    """Joints ordered by their depth in the layout's tree (the center first)."""
+    def depth(j: int) -> int:
+        d = 0
+        while j != layout.center:
+            j, d = layout.parents[j], d + 1
+        return d
+
+    return sorted(range(layout.num_joints), key=depth)
+
+
+def fill_missing_joints(x: np.ndarray, seen: np.ndarray, layout: Layout) -> np.ndarray:
+    """3-D coordinates (3, T, V, M) with undetected joints (``seen`` (T, V, M) False) -> filled copy.
+
+    Per body, a body being present in the frames where any of its joints is seen: a missing joint takes its
+    position in the nearest frame (in time) where it was seen, the earlier one on a tie; a joint seen in no
+    frame takes its parent's filled position (a zero-length bone), the center joint the mean of the body's
+    seen joints in that frame. Frames where the body is absent stay 0, as absent bodies are everywhere.
+    """
+    out = np.where(seen[None], x, 0).astype(np.float32)
+    _, t, v, m = x.shape
+    frames = np.arange(t)
+    for b in range(m):
+        present = seen[:, :, b].any(axis=1)  # (T,)
+        if not present.any() or seen[present, :, b].all():
+            continue
+        never = []
+        for j in range(v):
+            obs = np.flatnonzero(seen[:, j, b])
+            if obs.size == 0:
+                never.append(j)
+                continue
+            pos = np.searchsorted(obs, frames)  # first observation at or after each frame
+            before, after = obs[np.maximum(pos - 1, 0)], obs[np.minimum(pos, obs.size - 1)]
+            nearest = np.where((pos > 0) & (frames - before <= after - frames), before, after)  # (T,)
+            out[:, :, j, b] = x[:, nearest, j, b]
+        if never:
+            mean = (out[:, :, :, b] * seen[None, :, :, b]).sum(axis=2) / np.maximum(
+                seen[:, :, b].sum(axis=1), 1)  # (3, T) the body's seen joints
+            for j in (k for k in _root_first(layout) if k in never):
+                out[:, :, j, b] = mean if j == layout.center else out[:, :, layout.parents[j], b]
+        out[:, ~present, :, b] = 0
+    return out
+
+
+def joints_seen(x: np.ndarray) -> np.ndarray:
+    """(T, V, M): the joints of (x, y, score) data (3, T, V, M) that were detected (score > 0, all finite)."""
+    return (np.nan_to_num(x[2], nan=0.0) > 0) & np.isfinite(x).all(axis=0)
+
+
+def root_points(xy: np.ndarray, seen: np.ndarray, layout: Layout) -> np.ndarray:
+    """(2, T, M) per frame and body: the midpoint of the hips when both are seen, else the center joint when
+    seen, else the mean of the seen joints (0 where none is). xy: (2, T, V, M), seen: (T, V, M)."""
+    cnt = seen.sum(axis=1)  # (T, M)
+    root = (xy * seen[None]).sum(axis=2) / np.maximum(cnt, 1)[None]  # (2, T, M) mean of the seen joints
+    c = layout.center
+    root = np.where(seen[None, :, c], xy[:, :, c], root)
+    if layout.hips is not None:
+        left, right = layout.hips
+        both = seen[:, left] & seen[:, right]  # (T, M)
+        root = np.where(both[None], (xy[:, :, left] + xy[:, :, right]) / 2, root)
+    return root
+
+
+def _pair_lengths(xy: np.ndarray, seen: np.ndarray, a: tuple[int, int], b: tuple[int, int] | None
+                  ) -> np.ndarray:
+    """Lengths |mid(a) − mid(b)| (or |a0 − a1| when b is None) where all those joints are seen, flattened."""
+    joints = list(a) + (list(b) if b else [])
+    ok = seen[:, joints].all(axis=1)  # (T, M)
+    pa = (xy[:, :, a[0]] + xy[:, :, a[1]]) / 2 if b else xy[:, :, a[0]]  # (2, T, M)
+    pb = (xy[:, :, b[0]] + xy[:, :, b[1]]) / 2 if b else xy[:, :, a[1]]
+    return np.linalg.norm(pa - pb, axis=0)[ok]
+
+
+def body_scale(xy: np.ndarray, seen: np.ndarray, layout: Layout) -> float:
+    """One length for the whole sequence: the median torso length (mid-shoulder to mid-hip), else the median
+    shoulder width, else the median bounding-box diagonal of the seen joints; 1.0 when none is > 0."""
+    candidates = []
+    if layout.shoulders is not None and layout.hips is not None:
+        candidates.append(_pair_lengths(xy, seen, layout.shoulders, layout.hips))
+    if layout.shoulders is not None:
+        candidates.append(_pair_lengths(xy, seen, layout.shoulders, None))
+    lo = np.where(seen[None], xy, np.inf).min(axis=2)  # (2, T, M) box corners of the seen joints
+    hi = np.where(seen[None], xy, -np.inf).max(axis=2)
+    ok = seen.sum(axis=1) >= 2  # (T, M) bodies with an extent
+    diag = np.linalg.norm(np.where(ok[None], hi - lo, 0), axis=0)  # (T, M)
+    candidates.append(diag[ok])
+    for lengths in candidates:
+        lengths = lengths[lengths > POSE2D_MIN_SCALE]
+        if lengths.size:
+            return float(np.median(lengths))
+    return 1.0
+
+
+def pose2d_sequence(x: np.ndarray, layout: Layout, frames: int = 50) -> np.ndarray:
+    """(3, T, V, M) selected bodies of (x, y, score) -> (3, frames, V, M): the ``pose2d`` mode (module
+    docstring)."""
+    seen = joints_seen(x)  # (T, V, M)
+    keep = seen.any(axis=(1, 2))  # (T,) frames with any kept body
+    length = int(keep.sum())
+    if length == 0:
+        raise CrossclrError("no skeleton: no joint with a score > 0 in any frame")
+    seen = seen[keep]
+    xy = np.where(seen[None], x[:2, keep], 0).astype(np.float64)  # (2, T', V, M)
+    root = root_points(xy, seen, layout)  # (2, T', M)
+    xy = (xy - root[:, :, None, :]) / body_scale(xy, seen, layout)
+    out = np.concatenate([xy, x[2:3, keep].astype(np.float64)])  # (3, T', V, M): x, y, score
+    out = np.where(seen[None], out, 0.0).astype(np.float32)
+    return resize_frames(out, length, frames)
 
 
 def preprocess_raw(raw: RawSkeleton, layout: Layout, mode: str = "official", frames: int = 50,

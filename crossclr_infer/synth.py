@@ -7,6 +7,11 @@ yaw, distance, sensor noise, one or two bodies and raw length. Raw 3-D sequences
 kinematics over the layout's joint tree in camera coordinates (metres, y up, z depth), then go through the
 one preprocessing, ``preprocess.normalize_sequence(..., mode="official")``, exactly like real NTU files.
 
+``layout="coco-17"`` turns the same 3-D performances into what a 2-D pose estimator would give
+(``project_coco17``): COCO-17 keypoints (the face points from the head joint and the head's axes), projected
+by a pinhole camera to pixels, with a detection score per joint and a few undetected joints (score 0,
+coordinates 0); such samples go through the ``pose2d`` preprocessing.
+
 Names follow NTU's ``SsssCcccPpppRrrrAaaa`` so the benchmark splits apply: the split of a sample is given by
 ``ntu.split_of(name, "ntu60-xsub")`` (``ntu120-xsub`` beyond 60 classes), i.e. by its performer.
 Generation is vectorized over samples and frames and deterministic in ``seed``.
@@ -56,6 +61,20 @@ REST_POSE: dict[str, tuple[float, float, float]] = {
     "hip_right": (0.09, 0.90, 0.0), "knee_right": (0.09, 0.48, 0.0), "ankle_right": (0.09, 0.06, 0.0),
     "foot_right": (0.09, 0.01, 0.12),
 }
+# COCO-17 (2-D) from the 3-D performances: body joints taken from the NTU joint of the same place; face
+# points as offsets from the head joint along (forward, up, the body's right), metres.
+COCO_FROM_NTU = {f"{side}_{j}": f"{nj}_{side}" for side in ("left", "right") for j, nj in (
+    ("shoulder", "shoulder"), ("elbow", "elbow"), ("wrist", "wrist"), ("hip", "hip"), ("knee", "knee"),
+    ("ankle", "ankle"))}
+FACE_OFFSETS = {"nose": (0.09, -0.02, 0.0),
+                "left_eye": (0.07, 0.02, -0.035), "right_eye": (0.07, 0.02, 0.035),
+                "left_ear": (0.0, 0.0, -0.075), "right_ear": (0.0, 0.0, 0.075)}
+CAMERA_FOCAL = 500.0  # pinhole camera of the 2-D projection, pixels (640 × 480 image, centre (320, 240))
+CAMERA_CENTER = (320.0, 240.0)
+SCORE_RANGE = (0.5, 1.0)  # detection scores of the 2-D keypoints
+MISSED_RATE = 0.03  # share of 2-D keypoints not detected (score 0, coordinates 0)
+SYNTH_MODES = {LAYOUT_NAME: "official", "coco-17": "pose2d"}  # layouts the generator writes -> preprocessing
+
 _ARM = ("elbow", "wrist", "hand", "thumb", "hand_tip")
 _LEG = ("knee", "ankle", "foot")
 
@@ -431,26 +450,70 @@ def _render(plan: _Plan, idx: np.ndarray, rng: np.random.Generator) -> list[np.n
     return [np.ascontiguousarray(both[i, : lengths[i]].transpose(2, 0, 1, 3)) for i in range(n)]
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=0, keepdims=True), 1e-9)
+
+
+def project_coco17(seq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An NTU-25 sequence in camera coordinates (3, T, 25, M) -> COCO-17 keypoints (3, T, 17, M) as a 2-D
+    pose estimator gives them: (u, v) pixels (v down) and a score; absent bodies and missed joints are 0."""
+    ntu, coco = BUILTIN_LAYOUTS[LAYOUT_NAME], BUILTIN_LAYOUTS["coco-17"]
+    j = {n: seq[:, :, i].astype(np.float64) for i, n in enumerate(ntu.joint_names)}  # each (3, T, M)
+    head = j["head"]
+    right = _unit(j["shoulder_right"] - j["shoulder_left"])  # (3, T, M) the body's right
+    up = _unit(head - j["neck"])
+    forward = _unit(np.cross(right, up, axis=0))
+    pts = []
+    for name in coco.joint_names:
+        if name in FACE_OFFSETS:
+            f, u, r = FACE_OFFSETS[name]
+            pts.append(head + f * forward + u * up + r * right)
+        else:
+            pts.append(j[COCO_FROM_NTU[name]])
+    xyz = np.stack(pts, axis=2)  # (3, T, 17, M)
+    z = np.maximum(xyz[2], 1e-3)
+    uv = np.stack([CAMERA_CENTER[0] + CAMERA_FOCAL * xyz[0] / z,
+                   CAMERA_CENTER[1] - CAMERA_FOCAL * xyz[1] / z])  # (2, T, 17, M) pixels, v down
+    _, t, v, m = xyz.shape
+    score = rng.uniform(*SCORE_RANGE, (t, v, m))
+    present = np.any(seq != 0, axis=(0, 2))[:, None, :]  # (T, 1, M) bodies in each frame
+    detected = present & (rng.random((t, v, m)) >= MISSED_RATE)
+    out = np.concatenate([uv, score[None]])  # (3, T, 17, M): u, v, score
+    return np.where(detected[None], out, 0.0).astype(np.float32)
+
+
 def iter_raw(classes: int, per_class: int, seed: int = 0, *, chunk: int = CHUNK,
-             train_subjects: list[int] | None = None) -> tuple[_Meta, Iterator[np.ndarray]]:
+             train_subjects: list[int] | None = None, layout: str = LAYOUT_NAME
+             ) -> tuple[_Meta, Iterator[np.ndarray]]:
     """Sample metadata and a generator of raw sequences (3, T_i, V, 2), rendered ``chunk`` at a time.
 
-    Memory stays bounded by the chunk; the result depends only on ``seed`` (and ``chunk``).
+    ``layout``: ``ntu-rgb+d`` (3-D camera coordinates, metres) or ``coco-17`` (``project_coco17``: 2-D
+    keypoints with scores). Memory stays bounded by the chunk; the result depends only on ``seed`` (and
+    ``chunk``); the 3-D performances are the same for both layouts.
     """
+    if layout not in SYNTH_MODES:
+        raise CrossclrError(f"synthetic data: layout {layout!r}, expected one of {sorted(SYNTH_MODES)}")
     plan = _plan(classes, per_class, seed, train_subjects)
 
     def gen() -> Iterator[np.ndarray]:
         n = len(plan.meta.label)
         for k, lo in enumerate(range(0, n, chunk)):
-            yield from _render(plan, np.arange(lo, min(lo + chunk, n)), np.random.default_rng([seed, 1 + k]))
+            seqs = _render(plan, np.arange(lo, min(lo + chunk, n)), np.random.default_rng([seed, 1 + k]))
+            if layout == LAYOUT_NAME:
+                yield from seqs
+            else:
+                rng = np.random.default_rng([seed, 1 + k, 2])
+                yield from (project_coco17(x, rng) for x in seqs)
 
     return plan.meta, gen()
 
 
 def synthesize_raw(classes: int, per_class: int, seed: int = 0,
-                   train_subjects: list[int] | None = None) -> tuple[list[np.ndarray], _Meta]:
-    """All raw sequences in camera coordinates, each (3, T_i, V, 2) float32 (second body zero when absent)."""
-    meta, seqs = iter_raw(classes, per_class, seed, train_subjects=train_subjects)
+                   train_subjects: list[int] | None = None, layout: str = LAYOUT_NAME
+                   ) -> tuple[list[np.ndarray], _Meta]:
+    """All raw sequences, each (3, T_i, V, 2) float32 (second body zero when absent): camera coordinates
+    (``ntu-rgb+d``) or 2-D keypoints with scores (``coco-17``)."""
+    meta, seqs = iter_raw(classes, per_class, seed, train_subjects=train_subjects, layout=layout)
     return list(seqs), meta
 
 
@@ -460,24 +523,27 @@ def sample_name(meta: _Meta, i: int) -> str:
 
 
 def generate_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 60, seed: int = 0,
-                       frames: int = 50) -> Path:
-    """Write a synthetic NTU-layout cache (splits train/val by the xsub subject rule) and return its path."""
+                       frames: int = 50, layout: str = LAYOUT_NAME) -> Path:
+    """Write a synthetic cache (splits train/val by the xsub subject rule) and return its path.
+
+    ``layout``: ``ntu-rgb+d`` (``official`` preprocessing) or ``coco-17`` (2-D, ``pose2d`` preprocessing)."""
     from .ntu import split_of
     from .preprocess import normalize_sequence
 
     out = Path(out)
-    layout = BUILTIN_LAYOUTS[LAYOUT_NAME]
+    meta, seqs = iter_raw(classes, per_class, seed, layout=layout)
+    mode = SYNTH_MODES[layout]
+    lay = BUILTIN_LAYOUTS[layout]
     benchmark = "ntu60-xsub" if classes <= 60 else "ntu120-xsub"
-    meta, seqs = iter_raw(classes, per_class, seed)
-    preprocess = {"mode": "official", "frames": frames, "source": "synthetic", "seed": seed}
-    with CacheWriter(out, layout=layout, class_names=class_names(classes), benchmark=benchmark, frames=frames,
+    preprocess = {"mode": mode, "frames": frames, "source": "synthetic", "seed": seed}
+    with CacheWriter(out, layout=lay, class_names=class_names(classes), benchmark=benchmark, frames=frames,
                      num_person=2, preprocess=preprocess) as w:
         bar = tqdm(seqs, total=len(meta.label), desc="synth", unit="sample", leave=False, disable=None)
         for i, raw in enumerate(bar):
             name = sample_name(meta, i)
             split = split_of(name, benchmark)
             assert split is not None, name
-            x = normalize_sequence(raw, layout, mode="official", frames=frames)
+            x = normalize_sequence(raw, lay, mode=mode, frames=frames)
             w.add(split, x, int(meta.label[i]), name, raw.shape[1])
     log.info("synthetic cache %s: %s", out, w.counts)
     return out

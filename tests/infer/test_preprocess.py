@@ -14,6 +14,7 @@ from crossclr_infer.ntu import RawSkeleton, read_skeleton
 from crossclr_infer.preprocess import (
     PREPROCESS_MODES,
     center_sequence,
+    fill_missing_joints,
     normalize_sequence,
     preprocess_raw,
     resize_frames,
@@ -282,13 +283,13 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(CrossclrError, match="20"):
         preprocess_raw(raw, get_layout("kinect-v1"))
     empty = RawSkeleton(4, np.zeros(4, np.int64), np.zeros(0, np.int64), np.zeros((0, 25, 3), np.float32))
-    for mode in ("official", "energy", "mamp"):
+    for mode in ("official", "energy", "mamp", "pose2d"):
         with pytest.raises(CrossclrError, match="no skeleton"):
             preprocess_raw(empty, NTU, mode)
     assert preprocess_raw(empty, NTU, "none", 10).shape == (3, 10, 25, 2)
     with pytest.raises(CrossclrError, match="expected a"):
         normalize_sequence(np.zeros((3, 5, 24, 2)), NTU)
-    assert set(PREPROCESS_MODES) == {"official", "none", "energy", "mamp"}
+    assert set(PREPROCESS_MODES) == {"official", "none", "energy", "mamp", "pose2d"}
 
 
 def _mamp_reference(x: np.ndarray, origin_joint: int, frames: int) -> np.ndarray:
@@ -324,3 +325,119 @@ def test_mamp_mode_matches_a_loop_reference_on_real_files() -> None:
         assert y.shape == (3, 120, 25, 2), name
         np.testing.assert_allclose(y, ref, atol=2e-6, err_msg=name)
         assert NTU.origin_joint == 1 and NTU.joint_names[1] == "spine_mid"
+
+
+# ------------------------------------------------------------------------------------------ pose2d (2-D)
+COCO = get_layout("coco-17")
+
+
+def _pose2d_loop(x: np.ndarray, layout, frames: int) -> np.ndarray:
+    """The pose2d steps as plain loops (scale: the median torso length, present in the test data)."""
+    _, t_len, v, m = x.shape
+    seen = [[[bool(x[2, t, j, b] > 0) for b in range(m)] for j in range(v)] for t in range(t_len)]
+    keep = [t for t in range(t_len) if any(seen[t][j][b] for j in range(v) for b in range(m))]
+    (ls, rs), (lh, rh) = layout.shoulders, layout.hips
+    lengths = []
+    for t in keep:
+        for b in range(m):
+            if all(seen[t][j][b] for j in (ls, rs, lh, rh)):
+                mid_s = (x[:2, t, ls, b].astype(np.float64) + x[:2, t, rs, b]) / 2
+                mid_h = (x[:2, t, lh, b].astype(np.float64) + x[:2, t, rh, b]) / 2
+                lengths.append(math.dist(mid_s, mid_h))
+    scale = float(np.median(lengths))
+    out = np.zeros((3, len(keep), v, m))
+    for k, t in enumerate(keep):
+        for b in range(m):
+            js = [j for j in range(v) if seen[t][j][b]]
+            if not js:
+                continue
+            if seen[t][lh][b] and seen[t][rh][b]:
+                root = (x[:2, t, lh, b].astype(np.float64) + x[:2, t, rh, b]) / 2
+            elif seen[t][layout.center][b]:
+                root = x[:2, t, layout.center, b].astype(np.float64)
+            else:
+                root = np.mean([x[:2, t, j, b] for j in js], axis=0)
+            for j in js:
+                out[:2, k, j, b] = (x[:2, t, j, b] - root) / scale
+                out[2, k, j, b] = x[2, t, j, b]
+    return resize_frames(out.astype(np.float32), len(keep), frames)
+
+
+def _coco_sequence(seed: int = 0, frames: int = 30) -> np.ndarray:
+    """(3, T, 17, 2) pixels and scores: missing joints, a body that leaves, an empty frame, a lost hip."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((3, frames, 17, 2), np.float32)
+    x[:2] = rng.uniform(50, 600, (2, frames, 17, 2))
+    x[2] = rng.uniform(0.2, 1.0, (frames, 17, 2))
+    miss = rng.random((frames, 17, 2)) < 0.1
+    x[:, miss] = 0  # undetected joints: (0, 0, 0)
+    x[:, 20:, :, 1] = 0  # the second body leaves
+    x[:, 7] = 0  # nobody in frame 7
+    x[:, 3, 11, 0] = 0  # frame 3: left hip lost -> the nose is the root
+    x[:, 4, [0, 11], 0] = 0  # frame 4: nose and a hip lost -> the mean of the seen joints
+    x[:, 5, [5, 6, 11, 12], 0] = 0
+    return x
+
+
+def test_pose2d_matches_a_loop_reference() -> None:
+    x = _coco_sequence()
+    y = normalize_sequence(x, COCO, mode="pose2d", frames=40)
+    np.testing.assert_allclose(y, _pose2d_loop(x, COCO, 40), atol=1e-5)
+    assert y.shape == (3, 40, 17, 2)
+    assert sequence_length(x, "pose2d") == 29
+
+
+def test_pose2d_ignores_position_and_image_scale_keeps_scores() -> None:
+    x = _coco_sequence(1)
+    moved = x.copy()
+    seen = x[2] > 0
+    moved[:2] = np.where(seen, 3.5 * x[:2] + np.array([40.0, -25.0])[:, None, None, None], 0)
+    y, y2 = (normalize_sequence(a, COCO, mode="pose2d", frames=29) for a in (x, moved))
+    np.testing.assert_allclose(y2, y, atol=1e-5)
+    keep = np.any(x[2] > 0, axis=(1, 2))
+    np.testing.assert_array_equal(y[2], x[2, keep])  # 29 kept frames -> 29 frames: scores as given
+    assert np.all(y[:, ~(x[2, keep] > 0)] == 0)  # missing joints are (0, 0, 0)
+
+
+def test_pose2d_scale_fallbacks_and_no_rotation() -> None:
+    x = np.zeros((3, 2, 17, 1), np.float32)
+    x[:, 0, 5, 0], x[:, 0, 6, 0] = (10, 0, 1), (30, 0, 1)  # only the shoulders: width 20 is the scale
+    x[:, 1, 5, 0], x[:, 1, 6, 0] = (10, 5, 1), (30, 5, 1)
+    y = normalize_sequence(x, COCO, mode="pose2d", frames=2)
+    np.testing.assert_allclose(y[:2, 0, [5, 6], 0], [[-0.5, 0.5], [0.0, 0.0]], atol=1e-6)  # mean-centred
+    x[:, :, 6] = 0
+    x[:, 0, 7, 0], x[:, 1, 7, 0] = (10, 40, 0.5), (10, 45, 0.5)  # shoulder + elbow: box diagonal 40
+    y = normalize_sequence(x, COCO, mode="pose2d", frames=2)
+    np.testing.assert_allclose(y[1, 0, [5, 7], 0], [-0.5, 0.5], atol=1e-6)
+
+
+def test_select_bodies_pose2d_orders_by_summed_score() -> None:
+    xyz = np.ones((5, 17, 3), np.float32)
+    xyz[:, :, 2] = [[0.2], [0.9], [0.3], [0.9], [0.2]]  # bodies 4, 8, 4, 8, 5 by frame below
+    raw = RawSkeleton(3, np.array([2, 2, 1]), np.array([4, 8, 4, 8, 5]), xyz)
+    out = select_bodies(raw, "pose2d", 2)
+    np.testing.assert_allclose(out[2, :, 0, 0], [0.9, 0.9, 0])  # body 8 (score 30.6) first
+    np.testing.assert_allclose(out[2, :, 0, 1], [0.2, 0.3, 0])  # then body 4 (8.5); body 5 (3.4) dropped
+
+
+def test_fill_missing_joints_hand_computed() -> None:
+    from crossclr_infer.layouts import Layout
+
+    lay = Layout("chain", ("a", "b", "c", "d"), (0, 0, 1, 0), 0)
+    x = np.zeros((3, 5, 4, 1), np.float32)
+    seen = np.zeros((5, 4, 1), bool)
+    for t in range(4):  # present in frames 0..3, absent in frame 4
+        x[:, t, 0, 0], seen[t, 0, 0] = (t, 0, 0), True
+    x[:, 0, 1, 0], x[:, 3, 1, 0] = (0, 1, 0), (3, 1, 0)  # b seen in frames 0 and 3
+    seen[[0, 3], 1, 0] = True
+    x[:, 0, 3, 0], x[:, 2, 3, 0] = (0, 0, 1), (2, 0, 1)  # d seen in 0 and 2: frame 1 is a tie
+    seen[[0, 2], 3, 0] = True
+    x[:, 1, 2, 0] = 99  # c never seen: a stray value that must not survive
+    y = fill_missing_joints(x, seen, lay)
+    np.testing.assert_array_equal(y[:, :, 1, 0].T, [[0, 1, 0], [0, 1, 0], [3, 1, 0], [3, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(y[:, :, 2, 0], y[:, :, 1, 0])  # c: its parent's position
+    np.testing.assert_array_equal(y[:, 1, 3, 0], [0, 0, 1])  # tie: the earlier frame
+    np.testing.assert_array_equal(y[:, 4], 0)  # the absent frame stays empty
+    seen[:, 0] = False  # the center never seen: the mean of the seen joints of each frame
+    y = fill_missing_joints(x, seen, lay)
+    np.testing.assert_allclose(y[:, 0, 0, 0], [0, 0.5, 0.5])

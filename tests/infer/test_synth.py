@@ -145,3 +145,48 @@ def test_synth_bad_classes_exit_nonzero_without_file(tmp_path: Path, capsys) -> 
     assert e.value.code != 0
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- 2-D COCO-17 option
+def test_coco17_keypoints_are_the_pinhole_projection_of_the_3d_performances() -> None:
+    coco = get_layout("coco-17")
+    seqs3, meta3 = synth.synthesize_raw(3, 2, seed=0)
+    seqs2, meta2 = synth.synthesize_raw(3, 2, seed=0, layout="coco-17")
+    np.testing.assert_array_equal(meta2.label, meta3.label)
+    for x3, x2 in zip(seqs3, seqs2, strict=True):
+        assert x2.shape == (3, x3.shape[1], 17, 2)
+        score = x2[2]
+        detected = score > 0
+        assert ((score >= 0.5) & (score <= 1.0) | ~detected).all()
+        assert 0.9 < detected[:, :, 0].mean() <= 1.0  # a few joints of the performer are missed
+        assert np.all(x2[:, ~detected] == 0)
+        absent = ~np.any(x3 != 0, axis=(0, 2))  # (T, M) bodies not in the frame
+        assert not detected[absent.nonzero()[0], :, absent.nonzero()[1]].any()
+        for name in ("left_wrist", "right_knee", "left_shoulder"):  # body joints: the NTU joint projected
+            j2 = coco.joint_names.index(name)
+            side, part = name.split("_")
+            j3 = NTU.joint_names.index(f"{part}_{side}")
+            x, y, z = x3[:, :, j3].astype(np.float64)
+            z = np.where(z == 0, 1.0, z)  # absent bodies (not detected either)
+            ok = detected[:, j2]
+            np.testing.assert_allclose(x2[0, :, j2][ok], (320 + 500 * x / z)[ok], rtol=1e-5)
+            np.testing.assert_allclose(x2[1, :, j2][ok], (240 - 500 * y / z)[ok], rtol=1e-5)
+        nose, head = coco.joint_names.index("nose"), NTU.joint_names.index("head")
+        both = detected[:, nose, 0]
+        head_u = 320 + 500 * x3[0, :, head, 0] / x3[2, :, head, 0]
+        assert np.abs(x2[0, both, nose, 0] - head_u[both]).max() < 40  # the face sits at the head
+
+
+def test_coco17_cache_holds_the_pose2d_preprocessing(tmp_path: Path) -> None:
+    out = synth.generate_synthetic(tmp_path / "coco.h5", classes=3, per_class=4, seed=1, frames=20,
+                                   layout="coco-17")
+    seqs, meta = synth.synthesize_raw(3, 4, seed=1, layout="coco-17")
+    with open_cache(out) as c:
+        assert c.layout == get_layout("coco-17") and c.sample_shape == (3, 20, 17, 2)
+        assert c.preprocess["mode"] == "pose2d"
+        s = c.split("train")
+        i = [synth.sample_name(meta, k) for k in range(len(seqs))].index(s.names[0])
+        np.testing.assert_array_equal(s[0][0], normalize_sequence(seqs[i], get_layout("coco-17"),
+                                                                 mode="pose2d", frames=20))
+    with pytest.raises(CrossclrError, match="layout 'kinect-v1'"):
+        synth.synthesize_raw(3, 1, layout="kinect-v1")

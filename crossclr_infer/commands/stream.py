@@ -1,0 +1,114 @@
+"""Click glue of ``crossclr predict --stream`` / ``--replay`` (the stream itself: ``crossclr_infer.stream``).
+
+``stream_options`` adds the options to ``predict``; ``run_stream_command`` is its stream branch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import CrossclrError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS = [
+    click.option("--stream", is_flag=True,
+                 help="Classify a live stream: JSON-lines frames from INPUT (a file or FIFO) or stdin (no "
+                      "INPUT or -), one JSON prediction per hop on stdout (format: crossclr_infer.stream)."),
+    click.option("--replay", default=None, type=click.Path(dir_okay=False, path_type=str),
+                 help="Replay a .skeleton/.npy file as a stream at --fps and classify it like --stream (with "
+                      "--emit-frames: print the frames as JSON lines instead)."),
+    click.option("--fps", default=30.0, show_default=True, type=float,
+                 help="--replay: frames per second (timestamps and pace)."),
+    click.option("--no-wait", is_flag=True, help="--replay: do not wait between frames (timestamps still at "
+                                                 "--fps)."),
+    click.option("--emit-frames", is_flag=True,
+                 help="--replay: print the frames as JSON lines, no model run."),
+    click.option("--window", default=None, type=int,
+                 help="Stream window in frames (default: the model's frames)."),
+    click.option("--span", default=None, type=float,
+                 help="Stream window in seconds instead of frames (resampled to the model's frames)."),
+    click.option("--hop", default=None, type=int,
+                 help="Frames between stream predictions (default: a fifth of the window)."),
+    click.option("--max-gap", default=1.0, show_default=True, type=float,
+                 help="Seconds without frames after which the stream window restarts."),
+    click.option("--queue", "queue_size", default=2, show_default=True, type=int,
+                 help="Stream windows waiting for the model; when full the oldest is dropped (counted)."),
+    click.option("--lossless/--drop-late", default=None,
+                 help="Predict every window, the reader waiting for the model (default for regular files "
+                      "and --replay --no-wait) / drop the oldest waiting window when the model is behind "
+                      "(default for stdin, FIFOs and paced --replay)."),
+]
+
+
+def stream_options(f: F) -> F:
+    """The stream options of ``predict``, in one decorator."""
+    for option in reversed(_OPTIONS):
+        f = option(f)
+    return f
+
+
+def run_stream_command(inputs: tuple[str, ...], *, model: str, top_k: int, axes: str | None,
+                       preprocessed: bool, providers: list[str] | None, threads: int, stream: bool,
+                       replay: str | None, fps: float, no_wait: bool, emit_frames: bool, window: int | None,
+                       span: float | None, hop: int | None, max_gap: float, queue_size: int,
+                       lossless: bool | None) -> None:
+    """``predict --stream`` / ``--replay``: JSON lines out (predictions, or frames with ``--emit-frames``)."""
+    from ..predictor import Predictor
+    from ..stream import StreamPredictor, read_frames, replay_frames
+
+    if stream and replay:
+        raise CrossclrError("--stream reads frames from INPUT or stdin, --replay from a file: give one of "
+                            "them")
+    if preprocessed:
+        raise CrossclrError("--preprocessed does not apply to --stream/--replay: stream frames are raw "
+                            "coordinates")
+    if emit_frames and not replay:
+        raise CrossclrError("--emit-frames needs --replay FILE")
+    if replay and inputs:
+        raise CrossclrError(f"--replay takes its file as its value; unexpected INPUT {inputs[0]!r}")
+    if stream and len(inputs) > 1:
+        raise CrossclrError(f"--stream reads one source (a file, a FIFO or - for stdin), got {len(inputs)}")
+    if top_k < 1:
+        raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
+    predictor = Predictor(model, providers, threads)
+    if replay:
+        frames: Iterable[Any] = replay_frames(replay, predictor.info, fps=fps, axes=axes, wait=not no_wait)
+        if emit_frames:
+            _echo_json(frames)
+            return
+        can_wait = no_wait
+    else:
+        from ..stream import FrameSpec, open_lines
+
+        source = inputs[0] if inputs else "-"
+        lines, can_wait = open_lines(source)
+        frames = read_frames(lines, FrameSpec.for_model(predictor.info), "stdin" if source == "-" else source)
+    sp = StreamPredictor(predictor, window=window, span=span, hop=hop, top_k=top_k, max_gap=max_gap)
+    preds = sp.run(frames, queue_size=queue_size, lossless=can_wait if lossless is None else lossless)
+    _echo_json(preds, lambda p: p.to_dict())
+
+
+def _echo_json(items: Iterator[Any], to_json: Callable[[Any], Any] = lambda x: x) -> None:
+    """Print each item as one JSON line as it comes (flushed); a reader that goes away (``| head``) ends the
+    output quietly."""
+    try:
+        for item in items:
+            click.echo(json.dumps(to_json(item)))
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        log.info("stdout closed by its reader; stream stopped")
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()

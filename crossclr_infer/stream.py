@@ -1,0 +1,641 @@
+"""Live skeleton streams: frames in, one prediction per hop out (``crossclr predict --stream``), no torch.
+
+Input: JSON lines, one object per frame (UTF-8; blank lines are ignored)::
+
+    {"t": 0.000, "bodies": [{"id": 7, "joints": [[0.12, 0.31, 3.02], [0.11, 0.55, 2.98], ...]}]}
+    {"t": 0.033, "bodies": [{"id": 7, "joints": [[0.13, 0.31, 3.01], null, ...], "scores": [0.9, 0, ...]}]}
+
+- ``t``: timestamp in seconds (number, required), strictly increasing.
+- ``bodies``: the bodies of the frame (a list, may be empty). Each body:
+
+  - ``joints``: one entry per joint of the model's layout, in its order: ``[x, y, z]`` for 3-D models
+    (``[x, y, z, score]`` accepted), ``[x, y]`` or ``[x, y, score]`` for 2-D models (those prepared with the
+    ``pose2d`` preprocessing: COCO-17, OpenPose BODY_25); ``null`` = not detected;
+  - ``id``: tracking ID, an integer or a string (optional; default: the body's index in the list); the same
+    ID in two frames is the same body;
+  - ``scores``: optional detection scores, one per joint (instead of a score inside each joint); without
+    any score every given joint counts as detected with score 1.
+
+Output: JSON lines, one object per prediction::
+
+    {"window": 0, "t_start": 0.0, "t_end": 1.633, "frames": 50, "bodies": 1, "partial": false,
+     "top": [{"class": 3, "name": "waving", "probability": 0.82}, ...], "latency_ms": 6.1, "model_ms": 5.8}
+
+``t_start``/``t_end``: timestamps of the window's first and last frame; ``top``: the fused top-k classes;
+``latency_ms``: from the arrival of the window's last frame to the prediction (queue wait, preprocessing,
+model); ``model_ms``: preprocessing and model only.
+
+Windows. The window holds the last ``window`` frames (default: the model's frame count) or the frames of the
+last ``span`` seconds; the model's own preprocessing (``crossclr_infer.predict.preprocess_ctvm``, as
+``crossclr predict``) resamples them to its frames. A window is predicted every ``hop`` frames once it is
+full; at the end of the stream, one last window covers the newest frames if any arrived after the last
+prediction (``partial`` when the window never filled, e.g. a clip shorter than the window).
+
+What the stream does with imperfect input (each warning is one line; after 5 of a kind they are counted, not
+shown, and the end-of-stream summary gives the counts):
+
+- missing joints (``null``, NaN or a score <= 0): for 2-D models the joint is (0, 0, 0) — a zero score tells
+  the model, as ST-GCN does with OpenPose; for 3-D models ``preprocess.fill_missing_joints`` fills it from the
+  same body's nearest frame in the window where it was seen (else from its parent joint);
+- bodies appearing and disappearing: bodies get slots by their first appearance in the window and keep them;
+  a body is zero in the frames where it is absent (or where none of its joints is detected), exactly like a
+  (C, T, V, M) array given to ``crossclr predict``; the model's preprocessing then chooses the bodies as it
+  does for files (``official``: the first listed per frame; ``energy``: the most active; ``pose2d``: the
+  highest summed score). A window in which no body is seen is skipped with a warning;
+- gaps in time longer than ``max_gap`` seconds: the window restarts (warning), frames before and after a gap
+  are never mixed; shorter gaps just mean fewer frames per second in the window;
+- out-of-order or repeated timestamps: the frame is skipped (warning);
+- malformed lines (not JSON, not an object, a missing or non-numeric ``t``, non-numeric coordinates, a wrong
+  number of scores): the line is skipped (warning);
+- a body whose joint count or values per joint do not fit the model (wrong layout, 2-D data for a 3-D model):
+  a one-line CrossclrError that ends the stream (the model cannot be meant for this stream).
+
+Slow consumers never block the input. ``StreamPredictor.run`` reads frames on its own thread and hands full
+windows to the consumer through a bounded queue (``queue_size``, default 2); when the consumer (the model, or
+whoever reads the predictions) falls behind, the oldest waiting window is dropped (counted, warning), so a
+prediction is always about recent frames. ``lossless=True`` makes the reader wait instead (every window is
+predicted; for files and replays that can wait). ``crossclr predict --stream`` is lossless for regular files
+and drops for stdin pipes and FIFOs unless told otherwise (``--lossless`` / ``--drop-late``).
+
+Replay (``replay_frames``, ``crossclr predict --replay FILE``) turns a ``.skeleton`` or ``.npy`` file into
+this stream, frame ``i`` at ``t = i / fps`` and, unless told not to wait, at that pace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import stat
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CrossclrError
+from .layouts import Layout
+from .predictor import Predictor
+from .preprocess import PREPROCESS_MODES, SCORED_MODES, fill_missing_joints
+from .session import ModelInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_GAP = 1.0  # seconds without frames after which the window restarts
+DEFAULT_QUEUE = 2  # windows waiting for the model
+DEFAULT_FPS = 30.0  # replay frame rate
+HOPS_PER_WINDOW = 5  # default hop: a fifth of the window
+WARNINGS_SHOWN = 5  # warnings of one kind shown before they are only counted
+TIME_EPS = 1e-6  # seconds: timestamps this close count as equal when a span window is cut
+
+
+class MalformedFrame(CrossclrError):
+    """A frame that cannot be read (skipped with a warning), unlike a stream that does not fit the model."""
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """What the frames of a model's stream hold: its layout and whether channel 3 is a score (2-D)."""
+
+    layout: Layout
+    scored: bool
+
+    @staticmethod
+    def for_model(info: ModelInfo) -> FrameSpec:
+        if info.num_channels != 3:
+            raise CrossclrError(f"{info.path}: the model takes {info.num_channels} channels; streams carry 3 "
+                                "((x, y, z), or (x, y, score) for pose2d models)")
+        pre = info.preprocess if isinstance(info.preprocess, dict) else {}
+        mode = str(pre.get("mode", "official"))
+        if mode not in PREPROCESS_MODES:
+            raise CrossclrError(f"{info.path}: the model's preprocessing {mode!r} cannot be applied to raw "
+                                f"frames; streams need a model trained on one of {list(PREPROCESS_MODES)}")
+        return FrameSpec(info.layout, mode in SCORED_MODES)
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """Values per joint accepted: without and with a score."""
+        return (2, 3) if self.scored else (3, 4)
+
+
+@dataclass(frozen=True)
+class Body:
+    """One body in one frame: ``values`` (V, 3) float32 — (x, y, z), or (x, y, score) for 2-D — 0 where the
+    joint is missing; ``seen`` (V,) the detected joints."""
+
+    id: str
+    values: np.ndarray
+    seen: np.ndarray
+
+
+@dataclass(frozen=True)
+class Frame:
+    t: float
+    bodies: tuple[Body, ...]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The frames of one prediction: ``clip`` (3, T, V, M) raw coordinates as ``crossclr predict`` takes
+    them (missing joints handled), slots in ``ids`` order."""
+
+    index: int
+    t_start: float
+    t_end: float
+    clip: np.ndarray
+    ids: tuple[str, ...]
+    partial: bool
+    received: float  # time.perf_counter() when its last frame arrived
+
+
+@dataclass(frozen=True)
+class StreamPrediction:
+    window: int
+    t_start: float
+    t_end: float
+    frames: int
+    bodies: int
+    partial: bool
+    top: list[dict[str, Any]]
+    latency_ms: float
+    model_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "t_start": self.t_start, "t_end": self.t_end, "frames": self.frames,
+                "bodies": self.bodies, "partial": self.partial, "top": self.top,
+                "latency_ms": round(self.latency_ms, 3), "model_ms": round(self.model_ms, 3)}
+
+
+@dataclass
+class StreamStats:
+    """Counters of one stream (each written by one thread)."""
+
+    frames: int = 0
+    malformed: int = 0
+    out_of_order: int = 0
+    gaps: int = 0
+    empty: int = 0
+    windows: int = 0
+    dropped: int = 0
+    failed: int = 0
+    predicted: int = 0
+    shown: Counter = field(default_factory=Counter)
+
+    def warn(self, kind: str, msg: str, *args: Any) -> None:
+        """A one-line warning; after WARNINGS_SHOWN of one kind they are only counted."""
+        self.shown[kind] += 1
+        n = self.shown[kind]
+        if n < WARNINGS_SHOWN:
+            log.warning(msg, *args)
+        elif n == WARNINGS_SHOWN:
+            log.warning(msg + " (further %s warnings are counted, not shown)", *args, kind)
+
+    def summary(self) -> str:
+        return (f"stream ended: {self.frames} frames, {self.predicted} predictions, {self.dropped} windows "
+                f"dropped (model behind), {self.malformed} malformed lines, {self.out_of_order} out-of-order "
+                f"frames, {self.gaps} gaps, {self.empty} windows without bodies, {self.failed} windows "
+                "failed")
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _joint_rows(joints: list[Any], spec: FrameSpec, where: str) -> np.ndarray:
+    """The ``joints`` list -> (V, D) float64, NaN rows for ``null`` joints."""
+    try:
+        arr = np.asarray(joints, dtype=np.float64)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is not None and arr.ndim == 2:
+        return arr
+    rows: list[np.ndarray | None] = []
+    for j in joints:
+        if j is None:
+            rows.append(None)
+            continue
+        try:
+            row = np.asarray(j, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise MalformedFrame(f"{where}: joint values {str(j)[:40]} are not numbers") from None
+        if row.ndim != 1:
+            raise MalformedFrame(f"{where}: a joint is {str(j)[:40]}, expected a list of numbers or null")
+        rows.append(row)
+    widths = {len(r) for r in rows if r is not None}
+    if len(widths) > 1:
+        raise MalformedFrame(f"{where}: joints have different numbers of values {sorted(widths)}")
+    width = widths.pop() if widths else spec.widths[0]
+    return np.stack([np.full(width, np.nan) if r is None else r for r in rows])  # (V, D)
+
+
+def parse_body(obj: Any, index: int, spec: FrameSpec, where: str) -> Body:
+    """One body object of a frame (see the module docstring)."""
+    where = f"{where}: body {index}"
+    if not isinstance(obj, dict):
+        raise MalformedFrame(f"{where} is {type(obj).__name__}, expected an object with 'joints'")
+    joints = obj.get("joints")
+    if not isinstance(joints, list):
+        raise MalformedFrame(f"{where}: 'joints' missing or not a list")
+    v = spec.layout.num_joints
+    if len(joints) != v:
+        raise CrossclrError(f"{where} has {len(joints)} joints, the model's layout {spec.layout.name!r} has "
+                            f"{v}; use a model of this skeleton layout")
+    arr = _joint_rows(joints, spec, where)  # (V, D)
+    plain, with_score = spec.widths
+    if arr.shape[1] not in spec.widths:
+        kind = "2-D (x, y[, score])" if spec.scored else "3-D (x, y, z[, score])"
+        raise CrossclrError(f"{where}: joints have {arr.shape[1]} values, the model takes {kind} joints "
+                            f"({plain} or {with_score} values)")
+    score = arr[:, plain] if arr.shape[1] == with_score else None
+    if obj.get("scores") is not None:
+        if score is not None:
+            raise MalformedFrame(f"{where}: scores given both in the joints and in 'scores'; give one")
+        try:
+            score = np.asarray(obj["scores"], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise MalformedFrame(f"{where}: 'scores' is not a list of numbers") from None
+        if score.shape != (v,):
+            raise MalformedFrame(f"{where}: 'scores' has shape {score.shape}, expected {v} numbers")
+    coords = arr[:, :2] if spec.scored else arr[:, :3]
+    if score is None:
+        score = np.ones(v)
+    seen = np.isfinite(coords).all(axis=1) & (np.nan_to_num(score, nan=0.0) > 0)  # (V,)
+    values = np.column_stack([coords, score]) if spec.scored else coords  # (V, 3)
+    values = np.where(seen[:, None], values, 0.0).astype(np.float32)
+    body_id = obj.get("id", index)
+    if isinstance(body_id, bool) or not isinstance(body_id, (int, str)):
+        raise MalformedFrame(f"{where}: 'id' is {body_id!r}, expected an integer or a string")
+    return Body(str(body_id), values, seen)
+
+
+def parse_frame(obj: Any, spec: FrameSpec, where: str = "frame") -> Frame:
+    """A frame object (see the module docstring) -> Frame; MalformedFrame or CrossclrError."""
+    if not isinstance(obj, dict):
+        raise MalformedFrame(f"{where}: a JSON {type(obj).__name__}, expected an object with 't' and "
+                             "'bodies'")
+    t = obj.get("t")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise MalformedFrame(f"{where}: 't' is {t!r}, expected a finite timestamp in seconds")
+    bodies = obj.get("bodies")
+    if not isinstance(bodies, list):
+        raise MalformedFrame(f"{where}: 'bodies' missing or not a list")
+    parsed = tuple(parse_body(b, i, spec, where) for i, b in enumerate(bodies))
+    if len({b.id for b in parsed}) != len(parsed):
+        raise MalformedFrame(f"{where}: two bodies share an id")
+    return Frame(float(t), parsed)
+
+
+def read_frames(lines: Iterable[str], spec: FrameSpec, source: str,
+                stats: StreamStats | None = None) -> Iterator[Frame]:
+    """Frames of JSON lines; malformed lines are skipped with a warning (counted in ``stats``)."""
+    stats = stats if stats is not None else StreamStats()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}: line {n}"
+        try:
+            yield parse_frame(json.loads(line), spec, where)
+        except json.JSONDecodeError as e:
+            stats.malformed += 1
+            stats.warn("malformed", "%s: not JSON (%s); line skipped", where, e.msg)
+        except MalformedFrame as e:
+            stats.malformed += 1
+            stats.warn("malformed", "%s; line skipped", e)
+
+
+# ----------------------------------------------------------------------------------------- the stream
+class _WindowQueue:
+    """Bounded hand-over of windows from the reader thread to the consumer: full -> the oldest is dropped
+    (``lossless`` -> the reader waits)."""
+
+    def __init__(self, size: int, lossless: bool) -> None:
+        self._items: deque[Window] = deque()
+        self._size, self._lossless = size, lossless
+        self._cond = threading.Condition()
+        self.closed = False
+        self.error: BaseException | None = None
+
+    def put(self, item: Window) -> Window | None:
+        """Add ``item``; returns the window dropped to make room, if any."""
+        with self._cond:
+            while self._lossless and len(self._items) >= self._size and not self.closed:
+                self._cond.wait()
+            if self.closed:  # the consumer has stopped: nothing more to hand over
+                return None
+            dropped = self._items.popleft() if len(self._items) >= self._size else None
+            self._items.append(item)
+            self._cond.notify_all()
+            return dropped
+
+    def get(self) -> Window | None:
+        """The oldest window; None once closed and empty (or failed)."""
+        with self._cond:
+            while not self._items and not self.closed:
+                self._cond.wait()
+            if self.error is not None or not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def close(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self.error = self.error or error
+            self.closed = True
+            self._cond.notify_all()
+
+
+class StreamPredictor:
+    """A sliding window over incoming frames and a prediction per hop (see the module docstring).
+
+    ``window``: frames per window (default: the model's frames) or ``span``: seconds per window (not both);
+    ``hop``: frames between predictions (default: a fifth of the window, at least 1); ``max_gap``: seconds
+    without frames after which the window restarts.
+
+    Push-based use: ``push(frame)`` returns a Window when one is due (cheap, no inference),
+    ``predict(window)`` runs the model, ``flush()`` gives the last window at the end. ``run(frames)`` does all
+    of it with the reading on its own thread (module docstring: slow consumers).
+    """
+
+    def __init__(self, predictor: Predictor, *, window: int | None = None, span: float | None = None,
+                 hop: int | None = None, top_k: int = 5, max_gap: float = DEFAULT_MAX_GAP) -> None:
+        self.predictor = predictor
+        self.spec = FrameSpec.for_model(predictor.info)
+        if window is not None and span is not None:
+            raise CrossclrError("give a window in frames (--window) or in seconds (--span), not both")
+        if window is not None and window < 1:
+            raise CrossclrError(f"--window must be >= 1 frame, got {window}")
+        if span is not None and not span > 0:
+            raise CrossclrError(f"--span must be > 0 seconds, got {span}")
+        if hop is not None and hop < 1:
+            raise CrossclrError(f"--hop must be >= 1 frame, got {hop}")
+        if top_k < 1:
+            raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
+        if not max_gap > 0:
+            raise CrossclrError(f"--max-gap must be > 0 seconds, got {max_gap}")
+        self.span = span
+        self.window = None if span is not None else (window or predictor.info.frames)
+        self.hop = hop or max(1, (self.window or predictor.info.frames) // HOPS_PER_WINDOW)
+        self.top_k, self.max_gap = top_k, max_gap
+        self.stats = StreamStats()
+        self._frames: deque[Frame] = deque()
+        self._since_window = 0  # frames pushed since the last window (or the last restart)
+        self._t_last: float | None = None
+        self._t_first: float | None = None  # first frame since the last restart
+        self._next_index = 0
+
+    # -- the window -------------------------------------------------------------------------------------
+    def push(self, frame: Frame | Mapping[str, Any]) -> Window | None:
+        """Add one frame (a Frame or a frame object of the JSON format); returns a Window when one is due."""
+        if not isinstance(frame, Frame):
+            frame = parse_frame(frame, self.spec)
+        t = frame.t
+        if self._t_last is not None and t <= self._t_last:
+            self.stats.out_of_order += 1
+            self.stats.warn("out-of-order", "stream: frame at t=%.6g s is not after the previous one "
+                            "(t=%.6g s); frame skipped", t, self._t_last)
+            return None
+        if self._t_last is not None and t - self._t_last > self.max_gap:
+            self.stats.gaps += 1
+            self.stats.warn("gap", "stream: no frame for %.3g s before t=%.6g s (more than --max-gap %.3g "
+                            "s); window restarted", t - self._t_last, t, self.max_gap)
+            self._frames.clear()
+            self._since_window, self._t_first = 0, None
+        self._t_last = t
+        self._t_first = t if self._t_first is None else self._t_first
+        self._frames.append(frame)
+        self.stats.frames += 1
+        self._since_window += 1
+        if self.window is not None:
+            while len(self._frames) > self.window:
+                self._frames.popleft()
+            full = len(self._frames) == self.window
+        else:
+            assert self.span is not None
+            while self._frames[0].t <= t - self.span + TIME_EPS:
+                self._frames.popleft()
+            full = t - self._t_first >= self.span - TIME_EPS
+        if full and self._since_window >= self.hop:
+            return self._make_window(partial=False)
+        return None
+
+    def flush(self) -> Window | None:
+        """At the end of the stream: the window of the newest frames if any arrived since the last one."""
+        if not self._frames or self._since_window == 0:
+            return None
+        if self.window is not None:
+            full = len(self._frames) == self.window
+        else:
+            assert self.span is not None and self._t_first is not None and self._t_last is not None
+            full = self._t_last - self._t_first >= self.span - TIME_EPS
+        return self._make_window(partial=not full)
+
+    def _make_window(self, partial: bool) -> Window | None:
+        self._since_window = 0
+        frames = list(self._frames)
+        clip, ids = frames_to_clip(frames, self.spec)
+        if not ids:
+            self.stats.empty += 1
+            self.stats.warn("empty", "stream: no body seen in t=%.6g..%.6g s; no prediction", frames[0].t,
+                            frames[-1].t)
+            return None
+        self.stats.windows += 1
+        index, self._next_index = self._next_index, self._next_index + 1
+        return Window(index, frames[0].t, frames[-1].t, clip, ids, partial, time.perf_counter())
+
+    # -- the model --------------------------------------------------------------------------------------
+    def predict(self, window: Window) -> StreamPrediction | None:
+        """The prediction of one window (None, with a warning, when the preprocessing finds no skeleton)."""
+        t0 = time.perf_counter()
+        name = f"window {window.index} (t={window.t_start:.6g}..{window.t_end:.6g} s)"
+        try:
+            x = self.predictor.prepare(window.clip, "CTVM", name)
+        except CrossclrError as e:
+            self.stats.failed += 1
+            self.stats.warn("failed", "stream: %s; no prediction", e)
+            return None
+        result = self.predictor.predict_prepared(x, top_k=self.top_k, name=name)
+        done = time.perf_counter()
+        self.stats.predicted += 1
+        return StreamPrediction(window.index, window.t_start, window.t_end, window.clip.shape[1],
+                                len(window.ids), window.partial, result["fused"],
+                                (done - window.received) * 1e3, (done - t0) * 1e3)
+
+    def run(self, frames: Iterable[Frame | Mapping[str, Any]], *, queue_size: int = DEFAULT_QUEUE,
+            lossless: bool = False) -> Iterator[StreamPrediction]:
+        """Predictions of a stream of frames; ``frames`` is read on a thread of its own (it may block, e.g. on
+        a pipe) and never waits for the consumer unless ``lossless``. Errors of the reader (a stream that
+        does not fit the model) are raised here."""
+        if queue_size < 1:
+            raise CrossclrError(f"--queue must be >= 1 window, got {queue_size}")
+        queue = _WindowQueue(queue_size, lossless)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                for frame in frames:
+                    if stop.is_set():
+                        return
+                    try:
+                        window = self.push(frame)
+                    except MalformedFrame as e:
+                        self.stats.malformed += 1
+                        self.stats.warn("malformed", "%s; frame skipped", e)
+                        continue
+                    if window is not None:
+                        self._hand_over(queue, window)
+                last = self.flush()
+                if last is not None:
+                    self._hand_over(queue, last)
+                queue.close()
+            except BaseException as e:  # handed to the consumer, which raises it
+                queue.close(e)
+
+        reader = threading.Thread(target=read, name="crossclr-stream-reader", daemon=True)
+        reader.start()
+        try:
+            while (window := queue.get()) is not None:
+                pred = self.predict(window)
+                if pred is not None:
+                    yield pred
+            if queue.error is not None:
+                raise queue.error
+        finally:
+            stop.set()
+            queue.close()
+            s = self.stats
+            if s.dropped or s.malformed or s.out_of_order or s.gaps or s.empty or s.failed:
+                log.warning("%s", s.summary())
+            else:
+                log.info("%s", s.summary())
+
+    def _hand_over(self, queue: _WindowQueue, window: Window) -> None:
+        dropped = queue.put(window)
+        if dropped is not None:
+            self.stats.dropped += 1
+            self.stats.warn("dropped", "stream: the model is behind the input; dropped window %d "
+                            "(t=%.6g..%.6g s), %d dropped so far", dropped.index, dropped.t_start,
+                            dropped.t_end, self.stats.dropped)
+
+
+def frames_to_clip(frames: list[Frame], spec: FrameSpec) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Frames -> (3, T, V, M) raw coordinates for the model's preprocessing and the body ID of each slot.
+
+    Slots follow the bodies' first appearance; a body is absent (0) in frames where none of its joints is
+    seen; missing joints: 0 for 2-D data (score 0), ``preprocess.fill_missing_joints`` for 3-D."""
+    ids: dict[str, int] = {}
+    for f in frames:
+        for b in f.bodies:
+            if b.id not in ids and b.seen.any():
+                ids[b.id] = len(ids)
+    t, v = len(frames), spec.layout.num_joints
+    x = np.zeros((3, t, v, max(1, len(ids))), np.float32)
+    seen = np.zeros((t, v, max(1, len(ids))), bool)
+    for i, f in enumerate(frames):
+        for b in f.bodies:
+            if b.seen.any():
+                x[:, i, :, ids[b.id]] = b.values.T  # (V, 3) -> (3, V)
+                seen[i, :, ids[b.id]] = b.seen
+    if not spec.scored and not seen.all():
+        x = fill_missing_joints(x, seen, spec.layout)
+    return x, tuple(ids)
+
+
+# -------------------------------------------------------------------------------------------- sources
+def open_lines(source: str) -> tuple[Iterator[str], bool]:
+    """Lines of ``-`` (stdin), a file or a FIFO, and whether the source is a regular file (it can wait)."""
+    import sys
+
+    if source == "-":
+        try:
+            regular = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
+        except (OSError, ValueError, AttributeError):  # stdin replaced (tests) or closed
+            regular = False
+        return iter(sys.stdin.readline, ""), regular
+    p = Path(source)
+    if not p.exists():
+        raise CrossclrError(f"{p}: stream source not found; expected a JSON-lines file, a FIFO or - (stdin)")
+    if p.is_dir():
+        raise CrossclrError(f"{p}: is a folder; expected a JSON-lines file, a FIFO or - (stdin)")
+    regular = p.is_file()
+
+    def lines() -> Iterator[str]:
+        with open(p, encoding="utf-8", errors="replace") as f:  # a FIFO blocks here until a writer opens it
+            yield from iter(f.readline, "")
+
+    return lines(), regular
+
+
+def _short(v: np.floating) -> float:
+    """A float32 as the Python float of its shortest decimal form (reads back to the same float32)."""
+    return float(str(v))
+
+
+def clip_frames(clip: np.ndarray, spec: FrameSpec, fps: float = DEFAULT_FPS) -> Iterator[dict[str, Any]]:
+    """A raw clip (3, T, V, M) -> frame objects of the JSON format, frame i at t = i / fps; body m has id m.
+
+    A body is left out of frames where all its values are 0; a joint with a non-finite value (or, for 2-D
+    data, a score <= 0) becomes ``null``."""
+    c, t, v, m = clip.shape
+    if c != 3 or v != spec.layout.num_joints:
+        raise CrossclrError(f"clip of shape {clip.shape}, expected (3, T, {spec.layout.num_joints}, M)")
+    data = np.asarray(clip, np.float32)
+    for i in range(t):
+        bodies = []
+        for b in range(m):
+            xyz = data[:, i, :, b].T  # (3, V) -> (V, 3)
+            if not np.any(xyz != 0):
+                continue
+            ok = np.isfinite(xyz).all(axis=1)  # (V,)
+            if spec.scored:
+                ok &= np.nan_to_num(xyz[:, 2]) > 0
+            joints = [[_short(a) for a in row] if good else None for row, good in zip(xyz, ok, strict=True)]
+            bodies.append({"id": b, "joints": joints})
+        yield {"t": round(i / fps, 6), "bodies": bodies}
+
+
+def read_clip(path: str | Path, info: ModelInfo, axes: str | None = None) -> np.ndarray:
+    """A ``.skeleton`` or raw ``.npy`` file -> its raw (3, T, V, M) coordinates (not preprocessed)."""
+    from .ntu import read_skeleton
+    from .predict import detect_axes, load_npy, parse_axes, to_ctvm
+
+    p = Path(path)
+    if not p.is_file():
+        raise CrossclrError(f"{p}: replay file not found; expected a .skeleton or .npy file")
+    v = info.layout.num_joints
+    if p.suffix.lower() == ".skeleton":
+        if FrameSpec.for_model(info).scored:
+            raise CrossclrError(f"{p}: a .skeleton file holds 3-D (x, y, z) joints; the model takes 2-D "
+                                "(x, y, score)")
+        raw = read_skeleton(p, num_joints=v)
+        m = max(1, int(raw.bodies_per_frame.max(initial=0)))
+        x = np.zeros((3, raw.num_frames, v, m), np.float32)
+        # (B_total, V, 3) -> (3, V) per listed body, in its frame's slot
+        x[:, raw.frame_index, :, raw.rank_in_frame] = raw.xyz.transpose(0, 2, 1)
+        return x
+    if p.suffix.lower() != ".npy":
+        raise CrossclrError(f"{p}: unsupported replay file {p.suffix or '(no suffix)'!r}; expected .skeleton "
+                            "or .npy")
+    arr = load_npy(p)
+    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+        raise CrossclrError(f"{p}: array dtype {arr.dtype}, expected numbers")
+    a = parse_axes(axes, arr.ndim, str(p)) if axes else detect_axes(arr.shape, v, 3, str(p))
+    return np.ascontiguousarray(to_ctvm(arr, a), dtype=np.float32)  # (named axes) -> (C, T, V, M)
+
+
+def replay_frames(path: str | Path, info: ModelInfo, *, fps: float = DEFAULT_FPS, axes: str | None = None,
+                  wait: bool = True) -> Iterator[dict[str, Any]]:
+    """The frames of a ``.skeleton``/``.npy`` file as a stream (JSON-format objects), at ``fps`` frames per
+    second of timestamps, and in real time when ``wait``."""
+    if not fps > 0:
+        raise CrossclrError(f"--fps must be > 0, got {fps}")
+    frames = clip_frames(read_clip(path, info, axes), FrameSpec.for_model(info), fps)
+    start = time.perf_counter()
+    for i, frame in enumerate(frames):
+        if wait:
+            delay = start + i / fps - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        yield frame
