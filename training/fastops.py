@@ -275,8 +275,19 @@ def block_forward_nhwc(blk: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torc
     if blk.residual_kind == 1:
         res = x
     elif blk.residual_kind == 2:
-        res = blk.residual(x)
+        res = _residual_nhwc(blk.residual, x)
     return _tail(blk, y, res)
+
+
+def _residual_nhwc(residual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The conv residual (1×1 convolution with temporal stride, then BN) of a channels-last x, as a GEMM over
+    the kept frames: the same map. oneDNN's own strided 1×1 channels-last convolution corrupts the heap in
+    its backward pass under AVX2 kernels with few channels (torch 2.13, 4 → 8 channels, reproduced with
+    ``ONEDNN_MAX_CPU_ISA=AVX2``; 64 → 128 was fine), which AVX2-only CPUs would run natively."""
+    conv, bn = residual[0], residual[1]
+    xs = x.permute(0, 2, 3, 1)[:, ::conv.stride[0]]  # (N, T', V, C_in) view of the channels-last memory
+    y = F.linear(xs, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)  # (N, T', V, C_out)
+    return batch_norm(bn, y.permute(0, 3, 1, 2))  # channels-last (N, C_out, T', V)
 
 
 def block_forward(blk: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
