@@ -72,7 +72,7 @@ def demo(out_dir: str, classes: int, per_class: int, epochs: int, seed: int) -> 
 
     import numpy as np
 
-    from crossclr_infer.synth import class_names, synthesize_raw
+    from crossclr_infer.synth import synth_class_names, synthesize_raw
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def demo(out_dir: str, classes: int, per_class: int, epochs: int, seed: int) -> 
         ("linear", str(run / "linear" / "linear.pt"), _demo_linear_score(linear)),
         ("export", str(models), ", ".join(sorted(p.name for p in models.glob("*.onnx")))),
         ("evaluate", str(out / "report.json"), _demo_eval_score(report)),
-        ("predict", str(sample), f"true class: {class_names(classes)[int(meta.label[0])]}"),
+        ("predict", str(sample), f"true class: {synth_class_names(classes)[int(meta.label[0])]}"),
     ]
     click.echo("\n| step | output | result | seconds |\n|---|---|---|---|")
     for name, path, result in rows:

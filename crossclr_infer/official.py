@@ -180,7 +180,7 @@ def official_class_names(num_class: int) -> list[str]:
     return [f"class {i}" for i in range(num_class)]
 
 
-def import_official(folder: str | Path, out: str | Path, *, layout: str = "ntu-rgb+d",
+def prepare_official(folder: str | Path, out: str | Path, *, layout: str = "ntu-rgb+d",
                     benchmark: str | None = None, progress: bool = True) -> dict[str, int]:
     """Write the official processed files of ``folder`` into the cache ``out``; returns samples per split."""
     folder = Path(folder)

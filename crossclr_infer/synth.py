@@ -229,7 +229,7 @@ def class_motions(classes: int) -> list[tuple[int, ...]]:
     return [(k,) if k < len(MOTIONS) else _PAIRS[k - len(MOTIONS)] for k in range(classes)]
 
 
-def class_names(classes: int) -> list[str]:
+def synth_class_names(classes: int) -> list[str]:
     return [" + ".join(MOTIONS[m].name for m in ms) for ms in class_motions(classes)]
 
 
@@ -517,7 +517,7 @@ def synthesize_raw(classes: int, per_class: int, seed: int = 0,
     return list(seqs), meta
 
 
-def sample_name(meta: _Meta, i: int) -> str:
+def synth_sample_name(meta: _Meta, i: int) -> str:
     return (f"S{meta.setup[i]:03d}C{meta.camera[i]:03d}P{meta.performer[i]:03d}R{meta.replication[i]:03d}"
             f"A{meta.label[i] + 1:03d}")
 
@@ -536,11 +536,11 @@ def generate_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 6
     lay = BUILTIN_LAYOUTS[layout]
     benchmark = "ntu60-xsub" if classes <= 60 else "ntu120-xsub"
     preprocess = {"mode": mode, "frames": frames, "source": "synthetic", "seed": seed}
-    with CacheWriter(out, layout=lay, class_names=class_names(classes), benchmark=benchmark, frames=frames,
-                     num_person=2, preprocess=preprocess) as w:
+    with CacheWriter(out, layout=lay, class_names=synth_class_names(classes), benchmark=benchmark,
+                     frames=frames, num_person=2, preprocess=preprocess) as w:
         bar = tqdm(seqs, total=len(meta.label), desc="synth", unit="sample", leave=False, disable=None)
         for i, raw in enumerate(bar):
-            name = sample_name(meta, i)
+            name = synth_sample_name(meta, i)
             split = split_of(name, benchmark)
             assert split is not None, name
             x = normalize_sequence(raw, lay, mode=mode, frames=frames)

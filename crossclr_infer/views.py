@@ -28,6 +28,22 @@ def check_view(view: str) -> str:
     return view
 
 
+def parse_streams(text: str | None, flag: str = "--streams") -> list[str] | None:
+    """The one parser of stream lists: ``'joint, motion'`` -> ``['joint', 'motion']``; None or blank -> None;
+    an unknown or repeated view, or a list without any name, is a CrossclrError naming ``flag``."""
+    if text is None or not text.strip():
+        return None
+    streams = [s.strip() for s in text.split(",") if s.strip()]
+    if not streams:
+        raise CrossclrError(f"{flag}: expected a comma-separated list of views, e.g. joint,motion,bone")
+    bad = [s for s in streams if s not in VIEWS]
+    if bad:
+        raise CrossclrError(f"{flag}: unknown stream {bad[0]!r}; use a comma list of {', '.join(VIEWS)}")
+    if len(set(streams)) != len(streams):
+        raise CrossclrError(f"{flag}: a stream is named twice")
+    return streams
+
+
 def check_view_name(value: object, source: str, what: str = "stream") -> str:
     """A stream name read from a file (model metadata, report, checkpoint): one of VIEWS, else a CrossclrError
     naming ``source``. File names are built only from names that passed this check."""

@@ -31,13 +31,13 @@ def test_coco17_trains_exports_and_streams(tmp_path: Path, capsys) -> None:
     from crossclr_infer.cache import open_cache
     from crossclr_infer.ntu import split_of
     from crossclr_infer.predictor import Predictor
-    from crossclr_infer.synth import class_names, sample_name, synthesize_raw
+    from crossclr_infer.synth import synth_class_names, synth_sample_name, synthesize_raw
 
     # the data a 2-D pose estimator would give: (u, v, score) per joint, undetected joints (0, 0, 0)
     seqs, meta = synthesize_raw(4, 12, seed=0, layout="coco-17")
-    names = [sample_name(meta, i) for i in range(len(seqs))]
+    names = [synth_sample_name(meta, i) for i in range(len(seqs))]
     npz = tmp_path / "coco.npz"
-    np.savez(npz, label=meta.label, name=np.array(names), class_names=np.array(class_names(4)),
+    np.savez(npz, label=meta.label, name=np.array(names), class_names=np.array(synth_class_names(4)),
              split=np.array([split_of(n, "ntu60-xsub") for n in names]),
              **{f"data_{i}": s for i, s in enumerate(seqs)})
     cache = tmp_path / "coco.h5"

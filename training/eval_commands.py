@@ -13,19 +13,7 @@ from typing import Any
 import click
 
 from crossclr_infer.errors import CrossclrError
-from crossclr_infer.views import VIEWS
-
-
-def _parse_streams(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    streams = [s.strip() for s in value.split(",") if s.strip()]
-    bad = [s for s in streams if s not in VIEWS]
-    if bad:
-        raise CrossclrError(f"--streams: unknown stream {bad[0]!r}; use a comma list of {', '.join(VIEWS)}")
-    if len(set(streams)) != len(streams):
-        raise CrossclrError("--streams: a stream is named twice")
-    return streams
+from crossclr_infer.views import parse_streams
 
 
 def _int_list(value: str, flag: str, what: str) -> list[int]:
@@ -181,7 +169,7 @@ def linear_cmd(
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
     from training.linear import LinearConfig, evaluate_linear, run_linear
 
-    views = _parse_streams(streams)
+    views = parse_streams(streams)
     if eval_only:
         report = evaluate_linear(
             data, checkpoint, split=eval_split, device=device, streams=views, plots_dir=out if plots else None
@@ -249,7 +237,7 @@ def knn_cmd(
     report = run_knn(
         data,
         checkpoint,
-        streams=_parse_streams(streams),
+        streams=parse_streams(streams),
         ks=k_list,
         t=temperature,
         device=device,
@@ -331,7 +319,7 @@ def finetune_cmd(
         data,
         checkpoint,
         out,
-        streams=_parse_streams(streams),
+        streams=parse_streams(streams),
         cfg=cfg,
         weights=_weights(weights),
         device=device,
@@ -391,7 +379,7 @@ def tsne_cmd(
     from training.plots import plot_tsne, stream_png, tsne_embed
 
     dev = default_device(device)
-    encoders, _, meta = load_any_encoders(checkpoint, _parse_streams(streams), dev)
+    encoders, _, meta = load_any_encoders(checkpoint, parse_streams(streams), dev)
     with open_cache(data) as cache:
         layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
         sp = cache.split(split)

@@ -29,7 +29,7 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import BUILTIN_LAYOUTS, Layout
 
-from .stgcn import STGCN, EncoderConfig, _projector
+from .stgcn import STGCN, EncoderConfig, projector_head
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def import_official(state_dict: Mapping[str, Any], *, layout: Layout | None = No
                     if fresh_fc is None:
                         with torch.random.fork_rng(devices=[]):
                             torch.manual_seed(0)
-                            proj = _projector(cfg).state_dict()
+                            proj = projector_head(cfg).state_dict()
                         fresh_fc = {"fc." + n: t.detach().clone() for n, t in proj.items()}
                     for n, t in fresh_fc.items():
                         ours[f"{root}.{view}.{n}"] = t.clone()

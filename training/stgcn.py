@@ -233,7 +233,8 @@ class STGCNBlock(nn.Module):
         return self.relu(y)
 
 
-def _projector(cfg: EncoderConfig) -> nn.Module:
+def projector_head(cfg: EncoderConfig) -> nn.Module:
+    """The contrastive projector after the pooled features (``cfg.projector``: mlp, linear or none)."""
     if cfg.projector == "mlp":
         return nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(),
                              nn.Linear(cfg.hidden_dim, cfg.feature_dim))
@@ -274,7 +275,7 @@ class STGCN(nn.Module):
             self.edge_importance = nn.ParameterList([nn.Parameter(torch.ones(k, v, v)) for _ in blocks])
         else:
             self.edge_importance = None
-        self.fc = _projector(cfg)
+        self.fc = projector_head(cfg)
 
     @property
     def feature_dim(self) -> int:
@@ -303,8 +304,3 @@ class STGCN(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def normalize_features(f: torch.Tensor) -> torch.Tensor:
-    """L2-normalise along the last axis in fp32."""
-    return F.normalize(f.float(), dim=-1)

@@ -22,7 +22,7 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 
-from .stgcn import EncoderConfig, _projector
+from .stgcn import EncoderConfig, projector_head
 
 
 class DropPath(nn.Module):
@@ -163,7 +163,7 @@ class SkeletonTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks.apply(init_vit_weights)
         self.norm.apply(init_vit_weights)
-        self.fc = _projector(cfg)
+        self.fc = projector_head(cfg)
 
     @property
     def feature_dim(self) -> int:

@@ -50,9 +50,9 @@ def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, fr
               help="Benchmark name stored in the cache (default: the folder name).")
 def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None) -> None:
     """Import the official code's processed files ({train,val}_position.npy or _data.npy + _label.pkl)."""
-    from ..official import import_official
+    from ..official import prepare_official
 
-    counts = import_official(folder, out, layout=layout, benchmark=benchmark)
+    counts = prepare_official(folder, out, layout=layout, benchmark=benchmark)
     click.echo(_summary(out, counts))
 
 

@@ -15,7 +15,7 @@ import pytest
 from crossclr_infer.cache import open_cache
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.ntu import NTU_ACTION_NAMES
-from crossclr_infer.official import import_official, read_label_pickle, restricted_load
+from crossclr_infer.official import prepare_official, read_label_pickle, restricted_load
 
 
 def _official_folder(folder: Path, *, kind: str = "position", frames: int = 50, n=(5, 3), labels="pkl",
@@ -40,7 +40,7 @@ def _official_folder(folder: Path, *, kind: str = "position", frames: int = 50, 
 
 def test_import_position_files(tmp_path: Path) -> None:
     ref = _official_folder(tmp_path / "xsub")
-    counts = import_official(tmp_path / "xsub", tmp_path / "c.h5", progress=False)
+    counts = prepare_official(tmp_path / "xsub", tmp_path / "c.h5", progress=False)
     assert counts == {"train": 5, "val": 3}
     with open_cache(tmp_path / "c.h5") as c:
         assert c.benchmark == "xsub" and c.frames == 50 and c.num_person == 2
@@ -55,7 +55,7 @@ def test_import_position_files(tmp_path: Path) -> None:
 
 def test_import_data_files_with_npy_labels(tmp_path: Path) -> None:
     ref = _official_folder(tmp_path / "d", kind="data", frames=30, labels="npy")
-    import_official(tmp_path / "d", tmp_path / "c.h5", benchmark="ntu60-xview", progress=False)
+    prepare_official(tmp_path / "d", tmp_path / "c.h5", benchmark="ntu60-xview", progress=False)
     with open_cache(tmp_path / "c.h5") as c:
         assert c.preprocess["mode"] == "none" and c.frames == 30 and c.benchmark == "ntu60-xview"
         np.testing.assert_array_equal(c.split("val").read_all(), ref["val"][0])

@@ -52,7 +52,7 @@ def test_cache_holds_the_official_preprocessing_of_the_raw_sequences(tiny_cache:
             s = c.split(split)
             by_name.update({n: (s, i) for i, n in enumerate(s.names)})
         for i in (0, 13, 47):
-            s, k = by_name[synth.sample_name(meta, i)]
+            s, k = by_name[synth.synth_sample_name(meta, i)]
             expected = normalize_sequence(seqs[i], NTU, mode="official", frames=50)
             np.testing.assert_array_equal(s[k][0], expected)
             assert s.lengths[k] == seqs[i].shape[1]
@@ -97,10 +97,10 @@ def test_deterministic_by_seed(tmp_path: Path) -> None:
 
 
 def test_classes_beyond_the_basic_motions_combine_two() -> None:
-    names = synth.class_names(14)
+    names = synth.synth_class_names(14)
     assert names[:12] == [m.name for m in synth.MOTIONS]
     assert names[12] == "waving + clapping" and names[13] == "waving + kicking"
-    assert len(set(synth.class_names(synth.MAX_CLASSES))) == synth.MAX_CLASSES
+    assert len(set(synth.synth_class_names(synth.MAX_CLASSES))) == synth.MAX_CLASSES
     with pytest.raises(CrossclrError, match="expected 1..78"):
         synth.class_motions(synth.MAX_CLASSES + 1)
 
@@ -185,7 +185,7 @@ def test_coco17_cache_holds_the_pose2d_preprocessing(tmp_path: Path) -> None:
         assert c.layout == get_layout("coco-17") and c.sample_shape == (3, 20, 17, 2)
         assert c.preprocess["mode"] == "pose2d"
         s = c.split("train")
-        i = [synth.sample_name(meta, k) for k in range(len(seqs))].index(s.names[0])
+        i = [synth.synth_sample_name(meta, k) for k in range(len(seqs))].index(s.names[0])
         np.testing.assert_array_equal(s[0][0], normalize_sequence(seqs[i], get_layout("coco-17"),
                                                                  mode="pose2d", frames=20))
     with pytest.raises(CrossclrError, match="layout 'kinect-v1'"):

@@ -58,3 +58,15 @@ def test_compute_view_dispatch_and_errors() -> None:
         compute_view(x, "speed", NTU)
     with pytest.raises(ValueError, match="array has 20 joints, layout 'ntu-rgb\\+d' has 25"):
         bone(x[:, :, :20], NTU)
+
+
+def test_parse_streams_is_the_one_stream_list_parser() -> None:
+    from crossclr_infer.errors import CrossclrError
+    from crossclr_infer.views import parse_streams
+
+    assert parse_streams(" joint, bone ,") == ["joint", "bone"]
+    assert parse_streams(None) is None and parse_streams("  ") is None
+    for text, part in ((",", "comma-separated"), ("joint,legs", "'legs'"), ("joint,joint", "twice")):
+        with pytest.raises(CrossclrError, match=part) as e:
+            parse_streams(text, "--views")
+        assert str(e.value).startswith("--views:")
