@@ -164,6 +164,11 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch) -> None:
 def test_thread_settings_are_applied(model) -> None:
     path, w = model
     s = ModelSession(path, ["cpu"], intra_op_threads=1, inter_op_threads=1)
+    opts = s._sess.get_session_options()  # what onnxruntime itself was given
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    two = ModelSession(path, ["cpu"], intra_op_threads=2)
+    assert two._sess.get_session_options().intra_op_num_threads == two.plan.intra_op_threads >= 1
     x = np.random.default_rng(1).standard_normal((2, 3, 50, 25, 2)).astype(np.float32)
     np.testing.assert_allclose(s.run(x)["logits_joint"], reference_logits(x, w)["joint"], rtol=1e-5,
                                atol=1e-5)
