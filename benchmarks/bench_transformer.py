@@ -2,12 +2,14 @@
 
     python benchmarks/bench_transformer.py [--threads 2] [--min-time 1.0] [--frames 120]
 
-Both encoders at their official size with random weights, one stream (joint) plus a linear head, 2 bodies:
-the ST-GCN at 50 frames (CrosSCLR's input), the transformer at ``--frames`` (MAMP's 120). Prints the CPU probe
-line, then
+``--batches 1,8`` keeps a run short on 2 cores (batch 64 of 120-frame transformer inputs takes tens of
+seconds per call in torch eager there). Both encoders at their official size with random weights, one
+stream (joint) plus a linear head, 2 bodies: the ST-GCN at 50 frames (CrosSCLR's input), the transformer at
+``--frames`` (MAMP's 120). Prints the CPU probe line, then
 
 - inference: ORT vs torch eager for each encoder at batch 1 and 64, and the transformer's samples/s as a share
-  of the ST-GCN's (ORT, same batch), with the FLOPs per sample of each;
+  of the ST-GCN's (ORT, same batch), with the FLOPs per sample of each; dynamic int8 of the transformer
+  (MatMul/Gemm) vs its fp32 ORT model;
 - training: samples/s of one optimizer step of MAMP pretraining (one view) and of SkeletonCLR (one view, two
   augmented copies), fp32, at batch 8, and their ratio.
 
@@ -46,6 +48,29 @@ def interleaved(fns: dict[str, Callable[[], object]], batch: int, min_time: floa
     return {k: batch / float(np.median(v)) for k, v in times.items()}
 
 
+def int8_rows(ort: object, so: object, path: Path, td: Path, frames: int, batches: list[int],
+              min_time: float) -> dict:
+    """Dynamic int8 (onnxruntime's quantize_dynamic on MatMul/Gemm, per-channel weights) of the transformer
+    model at ``path`` vs the fp32 model: samples/s ratio per batch and the largest logit deviation."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    q = td / "transformer.int8.onnx"
+    quantize_dynamic(str(path), str(q), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                     weight_type=QuantType.QInt8)
+    s32 = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    out: dict = {}
+    rng = np.random.default_rng(0)
+    for b in batches:
+        x = (rng.standard_normal((b, 3, frames, 25, 2)) * 0.3).astype(np.float32)
+        r = interleaved({"fp32": lambda x=x: s32.run(None, {"skeleton": x}),
+                         "int8": lambda x=x: s8.run(None, {"skeleton": x})}, b, min_time)
+        out[b] = r["int8"] / r["fp32"]
+        a, c = s32.run(None, {"skeleton": x})[0], s8.run(None, {"skeleton": x})[0]
+        out["err"] = max(out.get("err", 0.0), float(np.abs(a - c).max() / max(np.abs(a).max(), 1e-6)))
+    return out
+
+
 def flops(module: object, x: object) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -61,7 +86,9 @@ def main() -> None:
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement (split in rounds)")
     p.add_argument("--frames", type=int, default=120, help="transformer input frames (multiple of 4)")
     p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--batches", default="1,64", help="inference batch sizes, comma-separated")
     args = p.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
 
     import onnxruntime as ort
     import torch
@@ -104,7 +131,7 @@ def main() -> None:
             torch.onnx.export(net, (x1,), str(path), input_names=["skeleton"], output_names=["logits"],
                               dynamic_axes={"skeleton": {0: "batch"}}, opset_version=17, dynamo=False)
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            for batch in (1, 64):
+            for batch in batches:
                 x = torch.randn(batch, 3, frames, 25, 2) * 0.3
                 xn = x.numpy()
 
@@ -117,14 +144,20 @@ def main() -> None:
 
                 rows[(name, batch)] = interleaved({"torch": eager, "ort": onnx}, batch, args.min_time)
             rows[(name, "flops")] = flops(net, torch.randn(2, 3, frames, 25, 2))
+            if name == "transformer":
+                rows["int8"] = int8_rows(ort, so, path, Path(td), frames, batches, args.min_time)
     print("\n## inference (samples/s, one stream + head)")
     for name in encoders:
         print(f"{name:12s} {rows[(name, 'flops')] / 1e9:6.2f} GFLOP/sample  " + "  ".join(
             f"b{b}: torch {rows[(name, b)]['torch']:8.1f} ort {rows[(name, b)]['ort']:8.1f} "
-            f"({rows[(name, b)]['ort'] / rows[(name, b)]['torch']:.2f}x)" for b in (1, 64)))
-    for b in (1, 64):
+            f"({rows[(name, b)]['ort'] / rows[(name, b)]['torch']:.2f}x)" for b in batches))
+    for b in batches:
         print(f"transformer / st-gcn samples/s, ORT batch {b}: "
               f"{rows[('transformer', b)]['ort'] / rows[('st-gcn', b)]['ort']:.3f}x")
+
+    print("transformer int8 (dynamic, MatMul/Gemm weights per channel) vs fp32 ORT: " + "  ".join(
+        f"b{b}: {rows['int8'][b]:.2f}x" for b in batches) + f"; logits max error {rows['int8']['err']:.2%} "
+          "of the logit scale (random weights: a speed check, not an accuracy one)")
 
     # one optimizer step of each pretraining objective, one view, fp32
     n = args.train_batch
