@@ -32,7 +32,8 @@ import click
 @click.option("--graph-form", type=click.Choice(["matmul", "einsum"]), default="matmul", show_default=True,
               help="matmul: BatchNorm folded and the graph product as MatMul (fast); einsum: the training "
                    "modules as they are.")
-@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset.")
+@click.option("--opset", default=17, show_default=True, type=int,
+              help="ONNX opset, 13 to 23 (--dynamo writes at least 18).")
 @click.option("--dynamo", is_flag=True, help="Use torch's dynamo exporter (default: the TorchScript "
                                              "exporter).")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float,

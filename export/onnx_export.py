@@ -38,6 +38,13 @@ from training.views import compute_view
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+# Opsets measured to export, pass onnx.checker and match torch in onnxruntime for every encoder (spatial,
+# flow, adaptive, transformer), both graph forms, fp16 and int8, with torch 2.13 / onnxruntime 1.32:
+# Einsum (adaptive graphs, the einsum form) needs 12, the per-channel int8 QDQ nodes 13; below 9 even the
+# serving form fails. Above 23 the TorchScript exporter has no symbolic functions.
+MIN_OPSET = 13
+MAX_OPSET = 23
+DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes at least this opset (lower requests are raised to it)
 TOLERANCE = 1e-4
 # float16 models against torch float32: relative to max(1, |logits|), like TOLERANCE (measured: see README)
 FP16_TOLERANCE = 2e-2
@@ -404,6 +411,20 @@ class ExportMeta:
         return out
 
 
+def check_opset(opset: int, dynamo: bool) -> int:
+    """The opset the models are written with: ``opset`` (or ``DYNAMO_MIN_OPSET`` for the dynamo exporter
+    when lower); one-line CrossclrError naming --opset outside ``MIN_OPSET``..``MAX_OPSET``."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        why = ("Einsum needs 12 and per-channel int8 13" if opset < MIN_OPSET
+               else "the exporter knows no later one")
+        raise CrossclrError(f"--opset {opset}: outside the opsets our models export at ({why}); expected an "
+                            f"opset from {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    if dynamo and opset < DYNAMO_MIN_OPSET:
+        log.info("--opset %d with --dynamo: the dynamo exporter writes opset %d", opset, DYNAMO_MIN_OPSET)
+        return DYNAMO_MIN_OPSET
+    return opset
+
+
 def export_graph(module: nn.Module, path: Path, names: Sequence[str], example: torch.Tensor, *, opset: int,
                  dynamo: bool) -> None:
     """torch.onnx.export with the ``skeleton`` input and a dynamic batch axis only."""
@@ -412,7 +433,7 @@ def export_graph(module: nn.Module, path: Path, names: Sequence[str], example: t
         warnings.simplefilter("ignore")
         if dynamo:
             prog = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                     output_names=list(names), opset_version=max(opset, 18),
+                                     output_names=list(names), opset_version=max(opset, DYNAMO_MIN_OPSET),
                                      dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
             prog.save(str(path))
         else:
@@ -542,6 +563,7 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
         raise CrossclrError("--quantize int8 needs --calibration CACHE.h5 (samples to calibrate on)")
     if precision not in PRECISIONS:
         raise CrossclrError(f"--precision {precision!r}: expected one of {list(PRECISIONS)}")
+    opset = check_opset(opset, dynamo)
     em = ExportMeta.from_checkpoint_meta(meta, streams, source)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -660,5 +682,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any
     """Export a linear checkpoint (EVAL's ``training.evaluate.load_linear``)."""
     from training.evaluate import load_linear
 
+    check_opset(kwargs.get("opset", DEFAULT_OPSET), kwargs.get("dynamo", False))  # before the slow part
     encoders, heads, meta = load_linear(checkpoint)
     return export_models(encoders, heads, meta, out_dir, source=str(checkpoint), **kwargs)

@@ -5,13 +5,16 @@ strings, lists and dicts only (RNG states are stored as tensors and lists, never
 
 Keys: ``format``, ``model`` (CrosSCLR state_dict, queues included), ``optimizer``, ``scheduler``,
 ``epoch`` (epochs completed), ``rng`` (list, one dict per rank), ``config`` (plain dict), ``streams``,
-``layout`` (TOML text), ``num_person``, ``frames``, ``class_names``, ``preprocess``, ``version``.
+``layout`` (TOML text), ``num_person``, ``frames``, ``class_names``, ``preprocess``, ``version``, and for
+runs of ``crossclr train`` ``data`` (the training cache's path, split, sample count and a digest of its
+sample names, checked on ``--resume``).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +91,25 @@ def torch_load_safe(path: Path, *, missing: str, unreadable: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrossclrError(f"{path}: " + unreadable.format(reason=reason[:200])) from None
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if refused is None:
+            raise CrossclrError(f"{path}: " + unreadable.format(reason=_reason(e))) from None
+        expected = unreadable[unreadable.index("expected"):] if "expected" in unreadable else (
+            "expected a checkpoint this project wrote (crossclr train, linear or import-official)")
+        raise CrossclrError(f"{path}: not a trusted checkpoint: it refers to {refused.group(1)}, not only to "
+                            "tensors and plain data, so it was refused unread (nothing in it ran); "
+                            f"{expected}") from None
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of ``error`` that is not torch's advice to load with ``weights_only=False`` (which
+    would run whatever the file holds) or its pointer to the documentation."""
+    advice = ("weights_only", "weights only load failed", "documentation of torch.load")
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line and not any(a in line.lower() for a in advice):
+            return line[:200]
+    return type(error).__name__
 
 
 def load_checkpoint(path: str | Path, *, expected_format: str = PRETRAIN_FORMAT) -> dict[str, Any]:
@@ -133,7 +153,10 @@ def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor], pa
 def make_checkpoint(*, model_state: dict, optimizer_state: dict | None, scheduler_state: dict | None,
                     epoch: int, rng: list[dict[str, Any]], config: dict[str, Any], streams: list[str],
                     layout_toml: str, num_person: int, frames: int, class_names: list[str],
-                    preprocess: dict[str, Any]) -> dict[str, Any]:
+                    preprocess: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict; ``data`` (optional): the training cache's identity (``training.data.
+    data_identity``), which a resume checks."""
+    extra = {} if data is None else {"data": dict(data)}
     return {
         "format": PRETRAIN_FORMAT,
         "version": __version__,
@@ -149,6 +172,7 @@ def make_checkpoint(*, model_state: dict, optimizer_state: dict | None, schedule
         "frames": int(frames),
         "class_names": list(class_names),
         "preprocess": dict(preprocess),
+        **extra,
     }
 
 

@@ -42,7 +42,8 @@ def _streams(value: str | None) -> list[str] | None:
                    "stage).")
 @click.option("--deterministic/--no-deterministic", default=None, help="Deterministic torch algorithms.")
 @click.option("--resume", is_flag=True,
-              help="Continue from OUT/pretrain.pt (same weights as an unbroken run).")
+              help="Continue from OUT/pretrain.pt (same weights as an unbroken run) on the same --data; "
+                   "refused when OUT has no checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(data: Path, config: str | None, out: Path, streams: str | None, epochs: int | None,
                   cross_epoch: int | None, batch_size: int | None, lr: float | None, device: str | None,
@@ -65,6 +66,10 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     result = train(cfg, data, out, resume=resume, progress=not no_progress)
     if result.checkpoint is not None:
         click.echo(f"wrote {result.checkpoint} ({result.epochs_done} epochs)")
+    elif result.epochs_done >= cfg.epochs:
+        click.echo(f"{out / CHECKPOINT_NAME}: the run already has {result.epochs_done} epochs (epochs = "
+                   f"{cfg.epochs}); nothing to train, nothing written (pass a larger --epochs to continue "
+                   "it)")
 
 
 @click.command("import-official")

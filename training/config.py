@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -208,25 +209,48 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise _Mismatch
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
+def _blamed(source: str, sources: Mapping[str, str] | None, *keys: str) -> str:
+    """Where a bad value came from: the flag that set one of ``keys`` (dotted), else the file ``source``."""
+    for key in keys:
+        if sources and key in sources:
+            return sources[key]
+    return source
+
+
+def _keys_named(message: str, prefix: str) -> list[str]:
+    """The dotted keys a validation message starts with (``"lr/weight_decay out of range"``)."""
+    head = message.split(" ", 1)[0].split("=", 1)[0]
+    return [prefix + k for k in head.split("/") if k]
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, source: str,
+               sources: Mapping[str, str] | None = None) -> Any:
+    """``cls(**data)`` with key and type checks; errors start with ``source``, or with the flag in
+    ``sources`` (dotted key -> flag) that set the offending key."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        where = _blamed(source, sources, prefix + key)
         if key not in names:
-            raise CrossclrError(f"{source}: unknown key '{prefix}{key}'; expected one of: {', '.join(names)}")
+            raise CrossclrError(f"{where}: unknown key '{prefix}{key}'; expected one of: {', '.join(names)}")
         try:
-            kwargs[key] = _convert(value, hints[key], prefix + key, source)
+            if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+                kwargs[key] = _from_dict(hints[key], value, prefix + key + ".", source, sources)
+            else:
+                kwargs[key] = _convert(value, hints[key], prefix + key, source)
         except _Mismatch:
-            raise CrossclrError(f"{source}: {prefix}{key} = {value!r} has the wrong type; "
+            raise CrossclrError(f"{where}: {prefix}{key} = {value!r} has the wrong type; "
                                 f"expected {_type_name(hints[key])}") from None
     try:
         return cls(**kwargs)
     except CrossclrError as e:
-        raise CrossclrError(f"{source}: {e}") from None
+        raise CrossclrError(f"{_blamed(source, sources, *_keys_named(str(e), prefix))}: {e}") from None
     except (ValueError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CrossclrError(f"{source}: [{prefix.rstrip('.') or 'config'}] {msg}") from None
+        table = prefix.rstrip(".")
+        where = _blamed(source, sources, *[k for k in (sources or {}) if table and k.startswith(prefix)])
+        raise CrossclrError(f"{where}: [{table or 'config'}] {msg}") from None
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -277,11 +301,13 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     """Load a TOML config (preset name or path), then apply ``overrides``.
 
     ``overrides`` maps top-level field names or dotted keys (``"model.width"``) to values; ``None`` values
-    are ignored (a flag that was not given). ``base`` (e.g. a checkpoint's config dict) is used instead of
-    defaults when ``path`` is None.
+    are ignored (a flag that was not given). A bad override is blamed on its flag (``override_label``), not
+    on the file. ``base`` (e.g. a checkpoint's config dict) is used instead of defaults when ``path`` is
+    None.
     """
     data: dict[str, Any] = {}
     source = "config"
+    sources: dict[str, str] = {}
     if path is not None:
         p = resolve_config_path(path)
         source = str(p)
@@ -298,4 +324,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
-    return _from_dict(TrainConfig, data, "", source)
+            sources[key] = override_label(key)
+    return _from_dict(TrainConfig, data, "", source, sources)
+
+
+def override_label(key: str) -> str:
+    """How an error names an override: the command-line flag of a top-level key (``cross_epoch`` ->
+    ``--cross-epoch``), ``override model.width`` for a dotted key (no flag sets those)."""
+    return f"override {key}" if "." in key else "--" + key.replace("_", "-")

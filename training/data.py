@@ -7,9 +7,12 @@ training device (``training.augment``), so the workers only read.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +39,11 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def preloaded(self) -> bool:
+        """The whole split is in memory (``preload=True``)."""
+        return self._data is not None
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data is not None:
             return self._data[i], self.labels[i]
@@ -51,6 +59,53 @@ class TrainData:
     cache: Cache
     dataset: CacheDataset
     layout: Layout
+
+
+def batch_is_finite(x: torch.Tensor) -> bool:
+    """Cheap test that a batch holds no NaN or inf: its sum is finite (one pass; the sum of finite
+    coordinates cannot overflow float32). Use ``nonfinite_rows`` to find the samples when it is not."""
+    return bool(torch.isfinite(x.sum()))
+
+
+def nonfinite_rows(x: torch.Tensor, chunk: int = 1024) -> list[int]:
+    """Indices along the first axis of the samples holding NaN or inf (in chunks of ``chunk`` samples,
+    each first summed: a finite sum clears the chunk)."""
+    rows: list[int] = []
+    for lo in range(0, len(x), chunk):
+        part = x[lo:lo + chunk].reshape(min(chunk, len(x) - lo), -1)  # (B, C·T·V·M)
+        if not batch_is_finite(part):
+            bad = ~torch.isfinite(part).all(dim=1)
+            rows += [lo + int(i) for i in torch.nonzero(bad).flatten()]
+    return rows
+
+
+def nonfinite_error(path: Path, split: CacheSplit, indices: Sequence[int]) -> CrossclrError:
+    """The error for training samples ``indices`` (of ``split``) that hold NaN or inf: the cache is at
+    fault, not the learning rate."""
+    names = split.names
+    first = int(indices[0])
+    more = f" and {len(indices) - 1} more" if len(indices) > 1 else ""
+    return CrossclrError(f"{path}: sample {names[first]!r} (split {split.name!r}, index {first}){more} holds "
+                         "NaN or inf coordinates; expected finite values (prepare the cache again from the "
+                         "source data)")
+
+
+def check_batch(x: torch.Tensor, data: TrainData, indices: Sequence[int]) -> None:
+    """Raise ``nonfinite_error`` when the batch ``x`` of the samples ``indices`` holds NaN or inf."""
+    if batch_is_finite(x):
+        return
+    rows = nonfinite_rows(x)
+    if rows:
+        raise nonfinite_error(data.path, data.dataset.split, [int(indices[r]) for r in rows])
+
+
+def data_identity(data: TrainData) -> dict[str, Any]:
+    """What a checkpoint records of its training data, for ``--resume`` to check: the cache's path, the
+    split, its sample count and a digest of its sample names."""
+    split = data.dataset.split
+    digest = hashlib.sha1("\n".join(split.names).encode("utf-8")).hexdigest()
+    return {"path": str(data.path.resolve()), "split": split.name, "samples": len(split),
+            "names_sha1": digest}
 
 
 def _same_topology(a: Layout, b: Layout) -> bool:
@@ -90,6 +145,10 @@ def open_train_data(path: str | Path, *, split: str = "train", layout: str | Lay
                                 f"than one batch of {batch_size}; expected at least a full batch (lower "
                                 "--batch-size)")
         dataset = CacheDataset(s, preload=preload)
+        if dataset.preloaded:  # in memory already: one pass over it costs little
+            bad = nonfinite_rows(dataset._data)
+            if bad:
+                raise nonfinite_error(path, s, bad)
     except BaseException:
         cache.close()
         raise
@@ -106,7 +165,7 @@ def make_loader(dataset: CacheDataset, *, batch_size: int, seed: int, num_worker
     """
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                  drop_last=drop_last)
-    if dataset._data is not None:
+    if dataset.preloaded:
         num_workers = 0  # preloaded: indexing memory is faster than IPC
     kwargs: dict = {}
     if num_workers > 0:

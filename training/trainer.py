@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,14 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, config_from_dict, config_to_dict
 from training.crossclr import CrosSCLR
-from training.data import TrainData, make_loader, open_train_data
+from training.data import (
+    TrainData,
+    batch_is_finite,
+    check_batch,
+    data_identity,
+    make_loader,
+    open_train_data,
+)
 from training.mamp import MAMP
 
 log = logging.getLogger(__name__)
@@ -373,15 +381,19 @@ class TrainResult:
     epoch_records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _timed_batches(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
-    """Yield (x, y, seconds spent waiting for the loader and the host-to-device copy)."""
+def _timed_batches(loader: Any, device: torch.device, check: Callable[[int, torch.Tensor], None] | None = None
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Yield (x, y, seconds spent waiting for the loader and the host-to-device copy); ``check(i, x)`` sees
+    batch i on the host first."""
     it = iter(loader)
-    while True:
+    for i in itertools.count():
         t0 = time.perf_counter()
         try:
             x, y = next(it)
         except StopIteration:
             return
+        if check is not None:
+            check(i, x)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         yield x, y, time.perf_counter() - t0
@@ -413,45 +425,85 @@ def _check_resume_config(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> 
                             f"({detail[:300]}); expected the same model/ssl/streams settings")
 
 
-def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
-          progress: bool = True, stop_after_epochs: int | None = None,
-          stop_after_steps: int | None = None) -> TrainResult:
-    """Pretrain with ``cfg`` on ``data_path`` (an HDF5 cache), writing ``out/pretrain.pt`` and metrics.
+# ---------------------------------------------------------------------------------------------------------
+# the run: resume state, model and optimiser, one epoch, logging, checkpointing
 
-    ``resume``: continue from ``out/pretrain.pt`` (exactly, on CPU in deterministic mode).
-    ``stop_after_epochs``: stop (after saving) once this many epochs are done, as if the run were killed.
-    ``stop_after_steps``: stop mid-epoch after this many steps in total, without saving (benchmarks).
-    """
-    out = Path(out)
+
+@dataclass
+class _Run:
+    """One run's state between steps: what trains, on what, and how far it got."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    data: TrainData
+    model: CrosSCLR | MAMP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: Any
+    sampler: Any  # DistributedSampler: the order of an epoch depends only on the seed and the epoch
+    aug_gen: torch.Generator
+    aug_kind: str
+    bf16: bool
+    ckpt_path: Path
+    net: nn.Module  # the model, DDP-wrapped when distributed
+    start_epoch: int = 0
+    global_step: int = 0
+
+
+def _setup_process(cfg: TrainConfig) -> tuple[DistInfo, torch.device]:
+    """Process group and device, glibc malloc thresholds, deterministic algorithms."""
     info, device = setup_distributed(cfg.device)
     if cfg.mallopt and device.type == "cpu":
         applied = apply_mallopt()
         log.debug("glibc mallopt thresholds %s", "applied" if applied else "not available")
     set_deterministic(cfg.deterministic)
-    ckpt_path = out / CHECKPOINT_NAME
+    return info, device
 
-    ckpt: dict[str, Any] | None = None
-    if resume:
-        if ckpt_path.is_file():
-            ckpt = load_checkpoint(ckpt_path)
-            _check_resume_config(ckpt, cfg, ckpt_path)
-        else:
-            log.warning("--resume: %s not found, starting from scratch", ckpt_path)
-    elif ckpt_path.exists():
-        raise CrossclrError(f"{ckpt_path}: a checkpoint already exists; pass --resume to continue it or "
-                            "choose another --out")
 
-    layout_choice = cfg.layout or None
-    data = open_train_data(data_path, split=cfg.split, layout=layout_choice, batch_size=cfg.batch_size,
-                           world_size=info.world_size, drop_last=cfg.drop_last, preload=cfg.preload,
-                           in_channels=3)
-    if ckpt is not None:
-        saved = ckpt["layout"]
-        if get_layout_text(data) != saved:
-            raise CrossclrError(f"{data.path}: its layout differs from the one {ckpt_path} was trained on; "
-                                "expected a cache of the same skeleton layout to resume")
+def _read_resume_checkpoint(ckpt_path: Path, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint ``resume`` continues (same architecture as ``cfg``), or None for a new run. Refused:
+    ``--resume`` with no checkpoint, and a new run over an existing one."""
+    if not resume:
+        if ckpt_path.exists():
+            raise CrossclrError(f"{ckpt_path}: a checkpoint already exists; pass --resume to continue it or "
+                                "choose another --out")
+        return None
+    if not ckpt_path.is_file():
+        raise CrossclrError(f"--resume: there is no checkpoint {ckpt_path} to continue; expected the --out "
+                            "folder of an earlier `crossclr train` run (leave out --resume to start a new "
+                            "run)")
+    ckpt = load_checkpoint(ckpt_path)
+    _check_resume_config(ckpt, cfg, ckpt_path)
+    return ckpt
 
-    # model init identical on every rank; afterwards each rank draws its own dropout and augmentation
+
+def _check_resume_data(ckpt: dict[str, Any], data: TrainData, ckpt_path: Path) -> None:
+    """A resume continues on the data the run was trained on: the same layout and the same samples."""
+    if get_layout_text(data) != ckpt["layout"]:
+        raise CrossclrError(f"{data.path}: its layout differs from the one {ckpt_path} was trained on; "
+                            "expected a cache of the same skeleton layout to resume")
+    old = ckpt.get("data")
+    if not isinstance(old, dict):
+        return  # imported, or written before checkpoints named their data: the layout is what is known
+    new = data_identity(data)
+    same = all(old.get(k) == new[k] for k in ("split", "samples", "names_sha1"))
+    if not same:
+        have = (f"{new['samples']} samples" if old.get("samples") != new["samples"]
+                else "as many samples, named differently")
+        was = f"{old.get('path')}: {old.get('samples')} samples in split {old.get('split')!r}"
+        raise CrossclrError(f"--data {data.path}: not the cache {ckpt_path} was trained on ({was}; this one: "
+                            f"{have} in split {new['split']!r}); expected that cache to resume (or another "
+                            "--out for a new run on this one)")
+    if old.get("path") != new["path"]:
+        log.warning("--data %s holds the samples %s was trained on (from %s, moved or copied): resuming",
+                    data.path, ckpt_path, old.get("path"))
+
+
+def _init_model(cfg: TrainConfig, data: TrainData, info: DistInfo, device: torch.device,
+                from_scratch: bool) -> tuple[CrosSCLR | MAMP, torch.Generator]:
+    """The model (identical initialisation on every rank) and the augmentation generator (one stream of
+    dropout and augmentation noise per rank); ``init_from`` encoders for a run started from scratch."""
     seed_everything(cfg.seed)
     try:
         model = build_model(cfg, data).to(device)
@@ -460,9 +512,15 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
     seed_everything(cfg.seed + 1000 * info.rank + 1)
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17)
-
-    if cfg.init_from and ckpt is None:
+    if cfg.init_from and from_scratch:
         init_encoders_from(model, cfg, get_layout_text(data))
+    return model, aug_gen
+
+
+def _build_run(cfg: TrainConfig, data: TrainData, info: DistInfo, device: torch.device,
+               ckpt: dict[str, Any] | None, ckpt_path: Path) -> _Run:
+    """Model, loader, optimiser and schedule of a new run, or of the checkpoint's run at its epoch."""
+    model, aug_gen = _init_model(cfg, data, info, device, from_scratch=ckpt is None)
     use_bf16 = resolve_bf16(cfg.bf16, device)
     aug_kind = augmentation_for(cfg)
     if info.is_main:
@@ -472,148 +530,284 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
                                   num_workers=cfg.num_workers, device=device, rank=info.rank,
                                   world_size=info.world_size, drop_last=cfg.drop_last)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(loader))
-    start_epoch = 0
+    run = _Run(cfg=cfg, info=info, device=device, data=data, model=model, optimizer=optimizer,
+               scheduler=build_scheduler(optimizer, cfg, len(loader)), loader=loader, sampler=sampler,
+               aug_gen=aug_gen, aug_kind=aug_kind, bf16=use_bf16, ckpt_path=ckpt_path, net=model)
     if ckpt is not None:
-        load_model_state(model, ckpt["model"], ckpt_path)
-        model.to(device)
-        if ckpt.get("optimizer") is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch = int(ckpt["epoch"])
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == info.world_size:
-            restore_rng(rngs[info.rank], aug_gen)
-        else:
-            log.warning("checkpoint RNG states are for %d processes, now %d: reseeding", len(rngs),
-                        info.world_size)
-            seed_everything(cfg.seed + 1000 * info.rank + 1 + start_epoch)
-            aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17 + start_epoch)
-        if info.is_main:
-            log.info("resuming %s at epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
-    del ckpt
-
-    net: nn.Module = model
+        _restore(run, ckpt)
     if info.distributed:
-        net = wrap_ddp(model, device)
+        run.net = wrap_ddp(model, device)
+    return run
 
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Weights, optimiser, schedule and RNG streams of ``ckpt``: the run continues where it stopped."""
+    info, cfg = run.info, run.cfg
+    load_model_state(run.model, ckpt["model"], run.ckpt_path)
+    run.model.to(run.device)
+    if ckpt.get("optimizer") is not None:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scheduler") is not None:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.start_epoch = int(ckpt["epoch"])
+    run.global_step = run.start_epoch * len(run.loader)
+    rngs = ckpt.get("rng") or []
+    if len(rngs) == info.world_size:
+        restore_rng(rngs[info.rank], run.aug_gen)
+    else:
+        log.warning("checkpoint RNG states are for %d processes, now %d: reseeding", len(rngs),
+                    info.world_size)
+        seed_everything(cfg.seed + 1000 * info.rank + 1 + run.start_epoch)
+        run.aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17 + run.start_epoch)
+    if info.is_main:
+        log.info("resuming %s at epoch %d of %d", run.ckpt_path, run.start_epoch, cfg.epochs)
+
+
+def _warn_without_cross_stage(cfg: TrainConfig) -> None:
+    """Say so when a multi-stream CrosSCLR config never reaches its cross-view stage."""
+    if cfg.objective == "crossclr" and len(cfg.streams) > 1 and cfg.cross_epoch >= cfg.epochs:
+        log.warning("cross_epoch %d >= epochs %d: the cross-view stage never starts, so the %d streams train "
+                    "as separate single-view SkeletonCLR encoders (set --cross-epoch below --epochs for "
+                    "CrosSCLR)", cfg.cross_epoch, cfg.epochs, len(cfg.streams))
+
+
+class _EpochMeans:
+    """Per-output sums over every step of an epoch, kept as detached float64 tensors on their devices (no
+    host sync per step) and reduced once at the end; non-finite values are left out, as in the step log."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, outputs: dict[str, torch.Tensor]) -> None:
+        self.steps += 1
+        for k, v in outputs.items():
+            v = v.detach().double()
+            finite = torch.isfinite(v)
+            value = torch.where(finite, v, torch.zeros_like(v))
+            if k in self.sums:
+                self.sums[k].add_(value)
+                self.counts[k].add_(finite)
+            else:
+                self.sums[k], self.counts[k] = value, finite.double()
+
+    def reduce(self, info: DistInfo, device: torch.device) -> tuple[dict[str, float], dict[str, int]]:
+        """(mean over finite values, number of finite values) per output, over every rank's steps."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}, {}
+        flat = torch.stack([self.sums[k].to(device).reshape(()) for k in keys]
+                           + [self.counts[k].to(device).reshape(()) for k in keys])  # (2K,)
+        if info.distributed:
+            dist.all_reduce(flat)
+        values = flat.cpu().tolist()
+        sums, counts = values[:len(keys)], [int(c) for c in values[len(keys):]]
+        means = {k: s / c for k, s, c in zip(keys, sums, counts, strict=True) if c > 0}
+        return means, dict(zip(keys, counts, strict=True))
+
+
+class _Throughput:
+    """Samples per second between two log steps."""
+
+    def __init__(self, step: int) -> None:
+        self.time, self.step = time.perf_counter(), step
+
+    def rate(self, step: int, samples_per_step: int) -> float:
+        now = time.perf_counter()
+        rate = samples_per_step * (step - self.step) / max(now - self.time, 1e-9)
+        self.time, self.step = now, step
+        return rate
+
+
+def _nonfinite_loss(value: float, epoch: int, step: int | None = None) -> CrossclrError:
+    where = f"at epoch {epoch + 1} step {step}" if step is not None else f"in epoch {epoch + 1}"
+    return CrossclrError(f"loss is {value} {where} although the training samples are finite (checked as they "
+                         "load), so training diverged; expected a finite loss (lower the learning rate or "
+                         "disable bf16)")
+
+
+def _batch_check(run: _Run) -> Callable[[int, torch.Tensor], None] | None:
+    """``check(i, x)`` raising a one-line error naming the cache and sample when batch ``i`` holds NaN or
+    inf; None for a preloaded split (checked whole when it was read)."""
+    if run.data.dataset.preloaded:
+        return None
+    bs = run.cfg.batch_size
+
+    def check(i: int, x: torch.Tensor) -> None:
+        if not batch_is_finite(x):
+            order = list(run.sampler)  # this epoch's order (set_epoch): batch i is its i-th slice
+            check_batch(x, run.data, order[i * bs:i * bs + len(x)])
+
+    return check
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, cross: bool) -> dict[str, torch.Tensor]:
+    """Forward (bf16 autocast when on), backward, optimiser step; a cosine schedule steps every step."""
+    with autocast_context(run.device, run.bf16):
+        outputs = _forward(run.net, run.cfg, run.aug_kind, x, y, cross, run.aug_gen)
+    run.optimizer.zero_grad(set_to_none=True)
+    outputs["loss"].backward()
+    run.optimizer.step()
+    if run.cfg.schedule == "cosine":
+        run.scheduler.step()
+    return outputs
+
+
+def _log_step(run: _Run, metrics: MetricsLog, outputs: dict[str, torch.Tensor], epoch: int, stage: str,
+              lr: float, wait: float, throughput: _Throughput, bar: Any) -> None:
+    """A log step: every output as a number (one host sync), checked finite, into metrics.jsonl and the
+    progress bar."""
+    vals = {k: float(v.detach()) for k, v in outputs.items()}
+    if not math.isfinite(vals["loss"]):
+        raise _nonfinite_loss(vals["loss"], epoch, run.global_step)
+    rate = throughput.rate(run.global_step, run.cfg.batch_size * run.info.world_size)
+    metrics.write({"kind": "step", "epoch": epoch + 1, "step": run.global_step, "stage": stage, "lr": lr,
+                   **vals, "samples_per_s": rate, "data_wait_s": wait}, run.global_step)
+    if bar is not None:
+        bar.set_postfix(loss=f"{vals['loss']:.3f}", refresh=False)
+
+
+def _progress_bar(run: _Run, epoch: int, stage: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=len(run.loader), desc=f"epoch {epoch + 1}/{run.cfg.epochs} [{stage}]", leave=False,
+                dynamic_ncols=True)
+
+
+def _train_epoch(run: _Run, epoch: int, metrics: MetricsLog, *, progress: bool,
+                 stop_after_steps: int | None) -> dict[str, Any] | None:
+    """One epoch: its steps, the BN statistics averaged over ranks, the per-epoch schedule step; returns
+    the epoch record (means of every step's outputs), or None when ``stop_after_steps`` cut it short."""
+    cfg, info = run.cfg, run.info
+    cross = epoch >= cfg.cross_epoch and len(cfg.streams) > 1 and cfg.objective == "crossclr"
+    stage = "mamp" if cfg.objective == "mamp" else ("cross" if cross else "single")
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    lr = run.optimizer.param_groups[0]["lr"]
+    means, throughput = _EpochMeans(), _Throughput(run.global_step)
+    wait_total = 0.0
+    t_epoch = time.perf_counter()
+    bar = _progress_bar(run, epoch, stage) if info.is_main and progress else None
+    try:
+        for x, y, wait in _timed_batches(run.loader, run.device, _batch_check(run)):
+            lr = run.optimizer.param_groups[0]["lr"]
+            outputs = _train_step(run, x, y, cross)
+            run.global_step += 1
+            wait_total += wait
+            means.add(outputs)
+            if run.global_step % cfg.log_every == 0:
+                _log_step(run, metrics, outputs, epoch, stage, lr, wait, throughput, bar)
+            if bar is not None:
+                bar.update(1)
+            if stop_after_steps is not None and run.global_step >= stop_after_steps:
+                return None
+    finally:
+        if bar is not None:
+            bar.close()
+    average_bn_stats(run.model, info)
+    _sync(run.device)
+    elapsed = time.perf_counter() - t_epoch
+    if cfg.schedule != "cosine":
+        run.scheduler.step()
+    mean, counts = means.reduce(info, run.device)
+    if counts.get("loss", 0) < means.steps * info.world_size:
+        raise _nonfinite_loss(float("nan"), epoch)  # at a step that was not logged
+    samples = len(run.loader) * cfg.batch_size * info.world_size
+    return {"kind": "epoch", "epoch": epoch + 1, "step": run.global_step, "stage": stage, "lr": lr, **mean,
+            "samples_per_s": samples / max(elapsed, 1e-9), "data_wait_share": wait_total / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed}
+
+
+def _log_epoch(run: _Run, metrics: MetricsLog, record: dict[str, Any]) -> None:
+    metrics.write(record, record["epoch"])
+    if run.info.is_main:
+        log.info("epoch %d/%d [%s] loss %.4f  %.1f samples/s", record["epoch"], run.cfg.epochs,
+                 record["stage"], record.get("loss", float("nan")), record["samples_per_s"])
+
+
+def _save_checkpoint(run: _Run, epochs_done: int) -> Path | None:
+    """Every rank's RNG streams gathered, then rank 0 writes the checkpoint atomically (others: None)."""
+    rng = _gather_rng(run.info, capture_rng(run.aug_gen))
+    if not run.info.is_main:
+        return None
+    cache = run.data.cache
+    state = make_checkpoint(
+        model_state={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        optimizer_state=run.optimizer.state_dict(), scheduler_state=run.scheduler.state_dict(),
+        epoch=epochs_done, rng=rng, config=config_to_dict(run.cfg), streams=list(run.cfg.streams),
+        layout_toml=get_layout_text(run.data), num_person=cache.num_person, frames=cache.frames,
+        class_names=list(cache.class_names), preprocess=dict(cache.preprocess), data=data_identity(run.data))
+    path = atomic_torch_save(state, run.ckpt_path)
+    log.info("saved %s (epoch %d)", path, epochs_done)
+    return path
+
+
+def _train_epochs(run: _Run, out: Path, *, resume: bool, progress: bool, stop_after_epochs: int | None,
+                  stop_after_steps: int | None) -> TrainResult:
+    """The epochs from ``run.start_epoch`` on, logged to metrics.jsonl, with a checkpoint every
+    ``save_every`` epochs and at the last one."""
+    cfg, info = run.cfg, run.info
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        write_text_atomic(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     metrics = MetricsLog(out / "metrics.jsonl", enabled=info.is_main, tensorboard=cfg.tensorboard,
-                         keep_before_epoch=start_epoch if resume else None)
-    steps_per_epoch = len(loader)
-    global_step = start_epoch * steps_per_epoch
+                         keep_before_epoch=run.start_epoch if resume else None)
+    last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
     records: list[dict[str, Any]] = []
-    last_saved: Path | None = None
-    cfg_dict = config_to_dict(cfg)
-    cache = data.cache
-
-    def save(epochs_done: int) -> None:
-        nonlocal last_saved
-        rng = _gather_rng(info, capture_rng(aug_gen))
-        if not info.is_main:
-            return
-        state = make_checkpoint(
-            model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
-            optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
-            epoch=epochs_done, rng=rng, config=cfg_dict, streams=list(cfg.streams),
-            layout_toml=get_layout_text(data), num_person=cache.num_person, frames=cache.frames,
-            class_names=list(cache.class_names), preprocess=dict(cache.preprocess))
-        last_saved = atomic_torch_save(state, ckpt_path)
-        log.info("saved %s (epoch %d)", ckpt_path, epochs_done)
-
+    saved: Path | None = None
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if stop_after_epochs is not None and epoch >= stop_after_epochs:
+        for epoch in range(run.start_epoch, last):
+            record = _train_epoch(run, epoch, metrics, progress=progress, stop_after_steps=stop_after_steps)
+            if record is None:
                 break
-            cross = epoch >= cfg.cross_epoch and len(cfg.streams) > 1 and cfg.objective == "crossclr"
-            stage = "mamp" if cfg.objective == "mamp" else ("cross" if cross else "single")
-            sampler.set_epoch(epoch)
-            net.train()
-            lr = optimizer.param_groups[0]["lr"]
-            sums: dict[str, float] = {}
-            counts: dict[str, int] = {}
-            wait_total = 0.0
-            t_epoch = time.perf_counter()
-            bar = None
-            if info.is_main and progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} [{stage}]",
-                           leave=False, dynamic_ncols=True)
-            t_step = time.perf_counter()
-            step_mark = global_step
-            for x, y, wait in _timed_batches(loader, device):
-                lr = optimizer.param_groups[0]["lr"]
-                with autocast_context(device, use_bf16):
-                    outputs = _forward(net, cfg, aug_kind, x, y, cross, aug_gen)
-                loss = outputs["loss"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if cfg.schedule == "cosine":
-                    scheduler.step()
-                global_step += 1
-                wait_total += wait
-                if global_step % cfg.log_every == 0 or bar is not None:
-                    vals = {k: float(v.detach()) for k, v in outputs.items()}
-                    if not math.isfinite(vals["loss"]):
-                        raise CrossclrError(f"loss is {vals['loss']} at epoch {epoch + 1} step "
-                                            f"{global_step}; expected a finite loss (lower the learning "
-                                            "rate or disable bf16)")
-                    now = time.perf_counter()
-                    done_steps = global_step - step_mark
-                    step_rate = cfg.batch_size * info.world_size * done_steps / max(now - t_step, 1e-9)
-                    t_step, step_mark = now, global_step
-                    for k, v in vals.items():
-                        if math.isfinite(v):
-                            sums[k] = sums.get(k, 0.0) + v
-                            counts[k] = counts.get(k, 0) + 1
-                    if global_step % cfg.log_every == 0:
-                        rec = {"kind": "step", "epoch": epoch + 1, "step": global_step, "stage": stage,
-                               "lr": lr, **vals,
-                               "samples_per_s": step_rate,
-                               "data_wait_s": wait}
-                        metrics.write(rec, global_step)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{vals['loss']:.3f}", refresh=False)
-                        bar.update(1)
-                if stop_after_steps is not None and global_step >= stop_after_steps:
-                    break
-            if stop_after_steps is not None and global_step >= stop_after_steps:
-                if bar is not None:
-                    bar.close()
-                break
-            average_bn_stats(model, info)
-            _sync(device)
-            elapsed = time.perf_counter() - t_epoch
-            if bar is not None:
-                bar.close()
-            if cfg.schedule != "cosine":
-                scheduler.step()
-            epoch_rec: dict[str, Any] = {
-                "kind": "epoch", "epoch": epoch + 1, "step": global_step, "stage": stage, "lr": lr,
-                **{k: sums[k] / counts[k] for k in sums},
-                "samples_per_s": steps_per_epoch * cfg.batch_size * info.world_size / max(elapsed, 1e-9),
-                "data_wait_share": wait_total / max(elapsed, 1e-9), "epoch_time_s": elapsed}
-            records.append(epoch_rec)
-            metrics.write(epoch_rec, epoch + 1)
-            if info.is_main:
-                log.info("epoch %d/%d [%s] loss %.4f  %.1f samples/s", epoch + 1, cfg.epochs, stage,
-                         epoch_rec.get("loss", float("nan")), epoch_rec["samples_per_s"])
+            records.append(record)
+            _log_epoch(run, metrics, record)
             done = epoch + 1
-            stopping = stop_after_epochs is not None and done >= stop_after_epochs
-            if done % cfg.save_every == 0 or done == cfg.epochs or stopping:
-                save(done)
+            if done % cfg.save_every == 0 or done == last:
+                saved = _save_checkpoint(run, done) or saved
     finally:
         metrics.close()
-        cache.close()
+    return TrainResult(model=run.model, epochs_done=run.start_epoch + len(records), checkpoint=saved,
+                       epoch_records=records)
+
+
+def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: bool = False,
+          progress: bool = True, stop_after_epochs: int | None = None,
+          stop_after_steps: int | None = None) -> TrainResult:
+    """Pretrain with ``cfg`` on ``data_path`` (an HDF5 cache), writing ``out/pretrain.pt`` and metrics.
+
+    ``resume``: continue from ``out/pretrain.pt`` (exactly, on CPU in deterministic mode) on the same cache;
+    a finished run trains nothing (``checkpoint`` None, ``epochs_done`` the checkpoint's).
+    ``stop_after_epochs``: stop (after saving) once this many epochs are done, as if the run were killed.
+    ``stop_after_steps``: stop mid-epoch after this many steps in total, without saving (benchmarks).
+    """
+    out = Path(out)
+    info, device = _setup_process(cfg)
+    try:
+        ckpt_path = out / CHECKPOINT_NAME
+        ckpt = _read_resume_checkpoint(ckpt_path, cfg, resume)
+        data = open_train_data(data_path, split=cfg.split, layout=cfg.layout or None,
+                               batch_size=cfg.batch_size, world_size=info.world_size, drop_last=cfg.drop_last,
+                               preload=cfg.preload, in_channels=3)
+        try:
+            if ckpt is not None:
+                _check_resume_data(ckpt, data, ckpt_path)
+            run = _build_run(cfg, data, info, device, ckpt, ckpt_path)
+            del ckpt  # the weights live in the model now
+            if info.is_main:
+                _warn_without_cross_stage(cfg)
+            if run.start_epoch >= cfg.epochs:
+                log.info("%s: the run has %d epochs, epochs = %d: nothing to train", ckpt_path,
+                         run.start_epoch, cfg.epochs)
+                return TrainResult(model=run.model, epochs_done=run.start_epoch, checkpoint=None)
+            return _train_epochs(run, out, resume=resume, progress=progress,
+                                 stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps)
+        finally:
+            data.cache.close()
+    finally:
         if info.owns_group:
             dist.destroy_process_group()
-    epochs_done = start_epoch + len(records)
-    return TrainResult(model=model, epochs_done=epochs_done, checkpoint=last_saved, epoch_records=records)
 
 
 def get_layout_text(data: TrainData) -> str:
