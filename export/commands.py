@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from crossclr_infer.views import parse_streams
+
 
 @click.command("export")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=str),
@@ -52,7 +54,7 @@ def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, d
     from .onnx_export import export_checkpoint
     from .quantize import Int8Config
 
-    st = [s.strip() for s in streams.split(",") if s.strip()] if streams else None
+    st = parse_streams(streams)
     res = export_checkpoint(checkpoint, out, streams=st, ensemble=ensemble, opset=opset, dynamo=dynamo,
                             data=data, quantize=quantize, calibration=calibration, tolerance=tolerance,
                             precision=precision, fp16_tolerance=fp16_tolerance, graph_form=graph_form,

@@ -246,13 +246,6 @@ def predictions_on_cache(model: Path, cache_path: str | Path, max_samples: int, 
     return (np.concatenate(preds) if preds else np.zeros(0, np.int64)), labels
 
 
-def top1_on_cache(model: Path, cache_path: str | Path, max_samples: int, batch: int = 64) -> tuple[float,
-                                                                                                   int]:
-    """Top-1 (%) of a model's ``logits`` on the val split (else the first split), at most ``max_samples``."""
-    pred, labels = predictions_on_cache(model, cache_path, max_samples, batch)
-    return (100.0 * float((pred == labels).mean()) if len(labels) else 0.0), int(len(labels))
-
-
 def quantize_models(folder: Path, files: Mapping[str, str], cache_path: str | Path, meta: Any, *,
                     float_parity: Mapping[str, Any] | None = None, calib_count: int | None = None,
                     max_eval: int = 4096, config: Int8Config = DEFAULT_INT8) -> dict[str, Any]:

@@ -295,7 +295,7 @@ def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "n
     from crossclr_infer.layouts import get_layout, layout_to_toml
     from training.config import TrainConfig, config_to_dict
     from training.crossclr import SSLConfig
-    from training.official_import import build_imported, import_official
+    from training.official_import import build_imported, convert_official_state
     from training.stgcn import EncoderConfig
 
     path, out = Path(path), Path(out)
@@ -303,7 +303,7 @@ def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "n
     state = _read_official(path)
     if "joints_embed.proj.weight" in state:
         return _convert_mamp(path, out, state, lay, num_person)
-    ours, meta = import_official(state, layout=lay, single_view=single_view, source=str(path))
+    ours, meta = convert_official_state(state, layout=lay, single_view=single_view, source=str(path))
     built = build_imported(ours, meta, lay, num_person=num_person)
     enc_cfg = EncoderConfig.from_dict(dict(meta["encoder_config"]))
     preprocess = {"mode": "official", "frames": int(frames)}

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import click
 
-
-def _streams(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [s.strip() for s in value.split(",") if s.strip()]
-    if not items:
-        raise click.BadParameter("expected a comma-separated list of views, e.g. joint,motion,bone")
-    return items
+from crossclr_infer.views import parse_streams
 
 
 @click.command("train")
@@ -55,7 +48,7 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     from training.config import load_config
     from training.trainer import train
 
-    overrides = {"streams": _streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
+    overrides = {"streams": parse_streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
                  "batch_size": batch_size, "lr": lr, "device": device, "num_workers": num_workers,
                  "save_every": save_every, "seed": seed, "bf16": bf16, "deterministic": deterministic,
                  "init_from": None if init_from is None else str(init_from)}

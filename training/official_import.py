@@ -118,9 +118,9 @@ def _check_keys(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
         raise _fail(source, f"tensor shapes differ from the inferred architecture: {_listing(bad, 6)}")
 
 
-def import_official(state_dict: Mapping[str, Any], *, layout: Layout | None = None,
-                    single_view: str = "joint", source: str = "official checkpoint"
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def convert_official_state(state_dict: Mapping[str, Any], *, layout: Layout | None = None,
+                           single_view: str = "joint", source: str = "official checkpoint"
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Map an official state dict onto this project's modules.
 
     Returns ``(ours, meta)``:
@@ -253,7 +253,7 @@ def import_official(state_dict: Mapping[str, Any], *, layout: Layout | None = No
 
 def build_imported(ours: Mapping[str, torch.Tensor], meta: Mapping[str, Any], layout: Layout | None = None,
                    num_person: int = 2) -> dict[str, Any]:
-    """Modules loaded (strictly) from ``import_official``'s output.
+    """Modules loaded (strictly) from ``convert_official_state``'s output.
 
     ``{"model": CrosSCLR}`` for pretraining checkpoints; ``{"encoders": {view: STGCN}, "heads":
     {view: nn.Linear}}`` for linear-evaluation ones. Everything in eval mode on CPU.

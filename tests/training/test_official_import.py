@@ -8,7 +8,7 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
-from training.official_import import build_imported, import_official
+from training.official_import import build_imported, convert_official_state
 from training.stgcn import STGCN, EncoderConfig
 
 NTU = get_layout("ntu-rgb+d")
@@ -62,7 +62,7 @@ def official_3view_pretrain() -> tuple[dict[str, torch.Tensor], dict[str, nn.Mod
 def test_three_view_pretrain_import_identical_features() -> None:
     sd, mods = official_3view_pretrain()
     assert "encoder_q_motion.fc.2.0.weight" in sd and "encoder_q_motion.fc.2.2.weight" in sd
-    ours, meta = import_official(sd)
+    ours, meta = convert_official_state(sd)
     assert meta["kind"] == "pretrain" and meta["views"] == ["joint", "motion", "bone"]
     assert meta["queue_size"] == K and meta["in_channels"] == 3
     assert EncoderConfig.from_dict(meta["encoder_config"]) == OFFICIAL
@@ -85,7 +85,7 @@ def test_skeletonclr_pretrain_import_as_chosen_view() -> None:
           **{f"encoder_k.{n}": t for n, t in k.state_dict().items()},
           "queue": nn.functional.normalize(torch.randn(128, K), dim=0), "queue_ptr": torch.tensor([0])}
     sd = {f"module.{n}": t for n, t in sd.items()}  # DataParallel prefix is tolerated
-    ours, meta = import_official(sd, single_view="motion")
+    ours, meta = convert_official_state(sd, single_view="motion")
     assert meta["views"] == ["motion"] and meta["fresh_keys"] == []
     model = build_imported(ours, meta)["model"]
     x = torch.randn(2, 3, 50, 25, 2)
@@ -96,7 +96,7 @@ def test_skeletonclr_pretrain_import_as_chosen_view() -> None:
 def test_linear_eval_import_gives_heads() -> None:
     encs = {s: official_encoder(10 + i, num_class=60) for i, s in enumerate(("", "_motion", "_bone"))}
     sd = {f"encoder_q{s}.{n}": t for s, m in encs.items() for n, t in m.state_dict().items()}
-    ours, meta = import_official(sd)
+    ours, meta = convert_official_state(sd)
     assert meta["kind"] == "linear" and meta["num_class"] == 60
     assert meta["encoder_config"]["projector"] == "none"
     built = build_imported(ours, meta)
@@ -112,23 +112,23 @@ def test_unknown_and_missing_keys_refused_with_listing() -> None:
     sd, _ = official_3view_pretrain()
     bad = dict(sd, **{"encoder_q.extra.weight": torch.zeros(1), "something_else": torch.zeros(1)})
     with pytest.raises(CrossclrError, match="unknown keys .*something_else"):
-        import_official(bad)
+        convert_official_state(bad)
     bad = dict(sd, **{"encoder_q.extra.weight": torch.zeros(1)})
     with pytest.raises(CrossclrError, match=r"unknown keys encoder_q\.extra\.weight"):
-        import_official(bad)
+        convert_official_state(bad)
     bad = {k: v for k, v in sd.items() if k != "encoder_k_bone.st_gcn_networks.3.tcn.2.weight"}
     with pytest.raises(CrossclrError, match=r"missing keys encoder_k_bone\.st_gcn_networks\.3\.tcn\.2\.w"):
-        import_official(bad)
+        convert_official_state(bad)
     bad = {k: v for k, v in sd.items() if k != "queue_ptr_motion"}
     with pytest.raises(CrossclrError, match="queue_ptr_motion"):
-        import_official(bad)
+        convert_official_state(bad)
     with pytest.raises(CrossclrError, match="no encoder_q"):
-        import_official({"queue": torch.zeros(128, 4)})
+        convert_official_state({"queue": torch.zeros(128, 4)})
     with pytest.raises(CrossclrError, match="not a tensor"):
-        import_official({"encoder_q.A": [1, 2]})
+        convert_official_state({"encoder_q.A": [1, 2]})
 
 
 def test_wrong_layout_refused() -> None:
     sd, _ = official_3view_pretrain()
     with pytest.raises(CrossclrError, match="spatial partition of layout 'kinect-v1'"):
-        import_official(sd, layout=get_layout("kinect-v1"))
+        convert_official_state(sd, layout=get_layout("kinect-v1"))
