@@ -597,7 +597,8 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
         if quantize:
             fp32 = {n: plan for n, plan in models.items() if plan.precision == "fp32"}
             quant = quantize_from_sources(tmp, fp32, em, example, calibration or data, parity, opset=opset,
-                                          dynamo=dynamo, config=int8_config)
+                                          dynamo=dynamo, config=int8_config,
+                                          transformer=any(is_transformer(encoders[v]) for v in streams))
             files.update({f"{n}.int8": q["file"] for n, q in quant.items()})
         summary = {"source": source, "streams": streams, "files": files, "parity": parity,
                    "tolerance": tolerance, "fp16_tolerance": fp16_tolerance if precision == "fp16" else None,
@@ -608,13 +609,23 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
     return ExportResult(out_dir, files, parity, quant)
 
 
+def is_transformer(encoder: nn.Module) -> bool:
+    """The encoder is MAMP's transformer (``[model] graph = "transformer"``)."""
+    return getattr(getattr(encoder, "cfg", None), "graph", "") == "transformer"
+
+
 def quantize_from_sources(folder: Path, plans: Mapping[str, ModelPlan], em: ExportMeta, example: torch.Tensor,
                           cache: str | Path, parity: Mapping[str, Any], *, opset: int, dynamo: bool,
-                          config: Any = None) -> dict[str, Any]:
+                          config: Any = None, transformer: bool = False) -> dict[str, Any]:
     """``NAME.int8.onnx`` for every plan, quantized from its ``int8_source``: the serving form with the
     direct temporal convolution (export.quantize quantizes convolutions; the DFT form's MatMuls would stay
-    float32). The source files are removed afterwards."""
-    from .quantize import DEFAULT_INT8, quantize_models
+    float32). Transformer encoders get dynamic int8 of their MatMul/Gemm weights instead
+    (``quantize.transformer_int8``). The source files are removed afterwards."""
+    from .quantize import DEFAULT_INT8, quantize_models, transformer_int8
+
+    config = config or DEFAULT_INT8
+    if transformer:
+        config = transformer_int8(config)
 
     sources: dict[str, str] = {}
     for name, plan in plans.items():
@@ -625,7 +636,7 @@ def quantize_from_sources(folder: Path, plans: Mapping[str, ModelPlan], em: Expo
         sources[name] = src.name
     try:
         return quantize_models(folder, sources, cache, em, float_parity={n: parity[n] for n in plans},
-                               config=config or DEFAULT_INT8)
+                               config=config)
     finally:
         for fname in sources.values():
             (folder / fname).unlink(missing_ok=True)

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 QUANTIZABLE_OPS = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_FORMATS = ("qdq", "qoperator")
-QUANTIZATION_TAG = "int8-static-qdq"  # metadata ``quantization`` of every int8 model (QDQ or QOperator)
+QUANTIZATION_TAG = "int8-static-qdq"  # metadata ``quantization`` of static int8 models (QDQ or QOperator)
+QUANTIZATION_TAG_DYNAMIC = "int8-dynamic"  # ... of dynamic ones (transformer encoders)
 TARGET_AUTO = "auto"
 INT8_CONFIG_TARGETS = (TARGET_AUTO, TARGET_VNNI, TARGET_PORTABLE)
 _REDUCE_RANGE = {TARGET_VNNI: False, TARGET_PORTABLE: True}  # 7-bit weights for the portable target
@@ -77,6 +78,7 @@ class Int8Config:
     activation_symmetric: bool = False
     preprocess: bool = True        # onnxruntime quant_pre_process (graph optimization) before quantizing
     symbolic_shape: bool = False   # ... with its symbolic shape inference (measured slower here)
+    dynamic: bool = False          # activations quantized at run time, no calibration (transformers)
 
     def __post_init__(self) -> None:
         bad = [o for o in self.op_types if o not in QUANTIZABLE_OPS]
@@ -124,6 +126,10 @@ class Int8Config:
         r = self.resolved()
         target = r.target if self.is_resolved else f"{r.target} (auto on this CPU)"
         weights = "full-range" if r.target == TARGET_VNNI else "7-bit reduce_range"
+        if self.dynamic:
+            grain = "per-channel" if self.per_channel else "per-tensor"
+            return (f"dynamic int8 of {'+'.join(self.op_types)} (activations quantized at run time, S8 "
+                    f"{grain} {weights} weights, target {target})")
         return (f"static {self.quant_format.upper()} int8 of {'+'.join(self.op_types)} (U8 "
                 f"{'symmetric' if self.activation_symmetric else 'asymmetric'} activations, S8 "
                 f"{'per-channel' if self.per_channel else 'per-tensor'} {weights} weights, target {target}), "
@@ -135,6 +141,14 @@ class Int8Config:
 
 
 DEFAULT_INT8 = Int8Config()
+
+
+def transformer_int8(config: Int8Config) -> Int8Config:
+    """The int8 recipe for transformer encoders: dynamic quantization of their MatMul/Gemm weights (the
+    target's weight range kept). Static calibration would record every attention map (750 × 750 per head and
+    layer) and ran out of 24 GiB on the official size; dynamic int8 ran 2.07× the fp32 model at batch 1
+    (``benchmarks/bench_transformer.py``, Intel Xeon, one thread)."""
+    return replace(config, dynamic=True, op_types=("MatMul", "Gemm"))
 
 
 def calibration_samples(cache_path: str | Path, count: int = DEFAULT_INT8.calib_count,
@@ -186,7 +200,6 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = 
     The fp32 model's metadata is copied; ``quantization`` = ``int8-static-qdq``, ``quantization_config`` (the
     resolved config as JSON) and ``int8_target`` (``vnni`` or ``portable``) are added.
     """
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -197,6 +210,8 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     config = resolve_logged(config)
+    if config.dynamic:
+        return _quantize_dynamic(src, dst, config)
     reader = type("CrossclrCalibration", (_Reader, CalibrationDataReader), {})(calib)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration]
@@ -214,17 +229,36 @@ def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = 
                         reduce_range=config.reduce_range, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=list(config.op_types),
                         calibrate_method=method, extra_options=extra)
+    _copy_metadata(src, dst, config)
+    return config
+
+
+def _quantize_dynamic(src: Path, dst: Path, config: Int8Config) -> Int8Config:
+    """Dynamic int8 (onnxruntime's quantize_dynamic: S8 weights, activations quantized per call)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(config.op_types),
+                     per_channel=config.per_channel, reduce_range=bool(config.reduce_range),
+                     weight_type=QuantType.QInt8)
+    _copy_metadata(src, dst, config)
+    return config
+
+
+def _copy_metadata(src: Path, dst: Path, config: Int8Config) -> None:
+    """The fp32 model's metadata on the int8 model, plus the quantization keys; the result is checked."""
+    import onnx
+
     fp = onnx.load(str(src))
     q = onnx.load(str(dst))
     del q.metadata_props[:]
     for p in fp.metadata_props:
         q.metadata_props.add(key=p.key, value=p.value)
-    q.metadata_props.add(key=QUANTIZATION_KEY, value=QUANTIZATION_TAG)
+    q.metadata_props.add(key=QUANTIZATION_KEY, value=QUANTIZATION_TAG_DYNAMIC if config.dynamic
+                         else QUANTIZATION_TAG)
     q.metadata_props.add(key=QUANTIZATION_CONFIG_KEY, value=config.to_json())
     q.metadata_props.add(key=INT8_TARGET_KEY, value=config.target)
     onnx.checker.check_model(q)
     onnx.save(q, str(dst))
-    return config
 
 
 def predictions_on_cache(model: Path, cache_path: str | Path, max_samples: int, batch: int = 64
@@ -254,7 +288,8 @@ def quantize_models(folder: Path, files: Mapping[str, str], cache_path: str | Pa
     ``config.calib_count``; an ``auto`` target is resolved once for all models (report key
     ``int8_target``)."""
     config = resolve_logged(config)
-    calib = calibration_samples(cache_path, calib_count or config.calib_count)
+    calib = (np.zeros((0,), np.float32) if config.dynamic
+             else calibration_samples(cache_path, calib_count or config.calib_count))
     out: dict[str, Any] = {}
     for name, fname in files.items():
         src = folder / fname

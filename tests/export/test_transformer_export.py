@@ -55,3 +55,41 @@ def test_transformer_exports_with_parity_and_ort_fusions(tmp_path: Path) -> None
     with torch.no_grad():
         want = heads["joint"](encoders["joint"].forward_features(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_transformer_int8_is_dynamic_matmul_quantization(tmp_path: Path) -> None:
+    """`--quantize int8` on a transformer: MatMul/Gemm weights in int8, activations quantized per call (no
+    calibration pass), tagged as such in the metadata, and close to the fp32 model."""
+    from crossclr_infer.cache import open_cache
+    from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
+    from crossclr_infer.synth import generate_synthetic
+    from export.onnx_export import export_models
+    from training.stgcn import EncoderConfig
+    from training.transformer import SkeletonTransformer
+
+    torch.manual_seed(0)
+    data = generate_synthetic(tmp_path / "s.h5", classes=3, per_class=4, seed=0, frames=16)
+    ntu = BUILTIN_LAYOUTS["ntu-rgb+d"]
+    cfg = EncoderConfig(graph="transformer", hidden_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, t_patch=4,
+                        projector="none")
+    with open_cache(data) as c:
+        names = list(c.class_names)
+        x = c.split("val").read_all()
+    meta = {"layout": layout_to_toml(ntu), "class_names": names, "frames": 16, "num_person": 2,
+            "fusion_weights": {"joint": 1.0}, "preprocess": {"mode": "official", "frames": 16},
+            "config": {"model": cfg.to_dict()}}
+    enc = {"joint": SkeletonTransformer(ntu, cfg, num_person=2, frames=16).eval()}
+    head = {"joint": torch.nn.Linear(32, len(names)).eval()}
+    res = export_models(enc, head, meta, tmp_path / "m", data=data, ensemble=False, quantize="int8")
+    q = res.quantization["joint"]
+    assert q["method"].startswith("dynamic int8 of MatMul+Gemm") and q["calibration_samples"] == 0
+    model = onnx.load(str(res.out_dir / q["file"]))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["quantization"] == "int8-dynamic" and props["int8_target"] in ("vnni", "portable")
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["DynamicQuantizeLinear"] > 0 and ops["MatMulInteger"] > 0
+    assert ops["QuantizeLinear"] == 0  # nothing static
+    run = {k: ort.InferenceSession(str(res.out_dir / f), providers=["CPUExecutionProvider"])
+           for k, f in (("fp32", res.files["joint"]), ("int8", q["file"]))}
+    fp, q8 = (run[k].run(["logits"], {"skeleton": x})[0] for k in ("fp32", "int8"))
+    assert np.abs(q8 - fp).max() <= 0.05 * np.abs(fp).max()
