@@ -224,7 +224,7 @@ def test_a_checkpoint_temp_left_by_a_killed_run_is_removed_by_the_next_save(toy:
     assert stale.name not in names and live.name in names and "pretrain.pt" in names
 
 
-# --------------------------------------------------------------------- issue 11: epoch means, every step
+# --------------------------------------------------------------------- epoch means, every step
 
 
 def test_epoch_mean_is_over_every_step_with_or_without_the_bar(toy: Path, tmp_path: Path) -> None:
