@@ -276,7 +276,7 @@ def main() -> None:
 
         cache = generate_synthetic(work / "synth.h5", classes=args.classes, per_class=args.per_class, seed=0)
     if args.checkpoint:
-        from training.evaluate import load_linear
+        from training.protocol_io import load_linear
 
         encoders, heads, meta = load_linear(args.checkpoint)
         streams = tuple(v for v in STREAMS if v in heads) or tuple(heads)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from crossclr_infer.layouts import BUILTIN_LAYOUTS
-from training.evaluate import encode_source
 from training.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
+from training.protocol_io import encode_source
 from training.stgcn import STGCN, EncoderConfig
 
 

@@ -690,8 +690,8 @@ def check_parity(reference: nn.Module, path: Path, names: Sequence[str], inputs:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> ExportResult:
-    """Export a linear checkpoint (EVAL's ``training.evaluate.load_linear``)."""
-    from training.evaluate import load_linear
+    """Export a linear checkpoint (EVAL's ``training.protocol_io.load_linear``)."""
+    from training.protocol_io import load_linear
 
     check_opset(kwargs.get("opset", DEFAULT_OPSET), kwargs.get("dynamo", False))  # before the slow part
     encoders, heads, meta = load_linear(checkpoint)

@@ -324,7 +324,7 @@ def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "n
         log.info("%s: imported pretraining checkpoint (%s) -> %s", path, ", ".join(views), out)
         return out
 
-    from training.evaluate import save_linear
+    from training.protocol_io import save_linear
 
     num_class = int(meta["num_class"])
     class_names = [f"class {i + 1}" for i in range(num_class)]

@@ -92,7 +92,7 @@ def _head_training(
 
 
 def _emit(report: dict[str, Any], table: str, json_out: Path | None) -> None:
-    from training.evaluate import write_json
+    from training.protocol_io import write_json
 
     click.echo(table)
     if json_out is not None:
@@ -106,7 +106,7 @@ def _emit_accuracy(report: dict[str, Any], footer: str, json_out: Path | None) -
 
 
 def _acc_table(report: dict[str, Any]) -> str:
-    from training.evaluate import format_table
+    from training.protocol_io import format_table
 
     rows = []
     best = report.get("best", {})
@@ -228,8 +228,8 @@ def knn_cmd(
     plots: Path | None,
 ) -> None:
     """Weighted kNN (cosine, votes exp(sim/t)) on frozen features, per stream and fused."""
-    from training.evaluate import format_table
     from training.knn import run_knn
+    from training.protocol_io import format_table
 
     k_list = sorted(set(_int_list(ks, "-k", "integers")))
     if not k_list or k_list[0] < 1:
@@ -369,14 +369,14 @@ def tsne_cmd(
     import numpy as np
 
     from crossclr_infer.cache import open_cache
-    from training.evaluate import (
+    from training.plots import plot_tsne, stream_png, tsne_embed
+    from training.protocol_io import (
         check_compatible,
         default_device,
         encode_source,
         format_table,
         load_any_encoders,
     )
-    from training.plots import plot_tsne, stream_png, tsne_embed
 
     dev = default_device(device)
     encoders, _, meta = load_any_encoders(checkpoint, parse_streams(streams), dev)
@@ -424,8 +424,8 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
     """Training curves (loss, per-view losses, lr) from runs/NAME/metrics.jsonl (or the run folder)."""
     import numpy as np
 
-    from training.evaluate import format_table
     from training.plots import plot_metrics, read_metrics, summarize_metrics
+    from training.protocol_io import format_table
 
     path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
     rows = read_metrics(path)

@@ -141,7 +141,7 @@ def test_int8_quantization_and_real_input_parity(tiny_cache, tmp_path) -> None:
 
 def test_cli_export_from_a_linear_checkpoint(tmp_path, capsys) -> None:
     import cli
-    from training.evaluate import save_linear
+    from training.protocol_io import save_linear
 
     encoders, heads, meta = tiny_parts("flow", ("joint", "bone"))
     ckpt = tmp_path / "linear.pt"

@@ -76,8 +76,8 @@ def test_cli_fraction_out_of_range_is_a_one_line_error(setup, capsys, fraction):
 
 def test_cli_finetune_trains_encoders_and_writes_a_linear_format_checkpoint(setup, capsys):
     from crossclr_infer.cache import open_cache
-    from training.evaluate import load_linear
     from training.finetune import stratified_subset
+    from training.protocol_io import load_linear
 
     out = setup["dir"] / "ft"
     code, stdout, err = run_cli(
@@ -127,8 +127,8 @@ def rep_indices(labels):
 
 def test_finetune_same_seed_same_result(setup):
     from crossclr_infer.cache import open_cache
-    from training.evaluate import load_any_encoders
     from training.finetune import FinetuneConfig, finetune, stratified_subset
+    from training.protocol_io import load_any_encoders
 
     heads = []
     with open_cache(setup["cache"]) as c:

@@ -36,7 +36,7 @@ def _split_tensors(cache: Path, split: str):
 # --------------------------------------------------------------------------------------------- metrics
 def test_topk_percent_on_tensor_scores_matches_numpy():
     from crossclr_infer.metrics import topk_percent
-    from training.evaluate import to_numpy
+    from training.protocol_io import to_numpy
 
     rng = np.random.default_rng(1)
     s, y = rng.normal(size=(50, 7)), rng.integers(0, 7, 50)
@@ -76,8 +76,8 @@ def test_milestone_scales_with_epochs():
 
 # ----------------------------------------------------------------------------------------- frozen encoders
 def test_linear_training_leaves_encoder_weights_and_bn_stats_unchanged(setup):
-    from training.evaluate import load_any_encoders
     from training.linear import LinearConfig, ReencodingFeatures, train_linear
+    from training.protocol_io import load_any_encoders
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], None)
     before = {v: {k: t.clone() for k, t in e.state_dict().items()} for v, e in encoders.items()}
@@ -139,8 +139,8 @@ def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, ca
 @pytest.mark.parametrize("fusion", ["joint", "separate"])
 def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
     from crossclr_infer.metrics import fusion_weights_for
-    from training.evaluate import encode_source, load_any_encoders
     from training.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
+    from training.protocol_io import encode_source, load_any_encoders
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "bone"])
     x, y = _split_tensors(setup["cache"], "train")
@@ -182,8 +182,8 @@ def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
 
 
 def test_separate_fusion_trains_each_head_alone(setup):
-    from training.evaluate import encode_source, load_any_encoders
     from training.linear import CachedFeatures, LinearConfig, train_linear
+    from training.protocol_io import encode_source, load_any_encoders
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "motion"])
     x, y = _split_tensors(setup["cache"], "train")
@@ -214,7 +214,7 @@ def test_lr_drops_tenfold_at_the_scaled_milestone(setup):
 
 def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
     from crossclr_infer.metrics import fuse_logits, topk_percent
-    from training.evaluate import encode_split, load_linear
+    from training.protocol_io import encode_split, load_linear
 
     out = setup["dir"] / "lin2"
     code, _, err = run_cli(

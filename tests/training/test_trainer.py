@@ -244,7 +244,7 @@ def test_mallopt_applies_on_glibc() -> None:
 
 def test_import_official_pretrain_and_linear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from tests.training.test_official_import import official_3view_pretrain, official_encoder
-    from training.evaluate import load_linear
+    from training.protocol_io import load_linear
 
     sd, mods = official_3view_pretrain()
     src = tmp_path / "official.pt"
