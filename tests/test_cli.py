@@ -48,3 +48,18 @@ def test_unknown_layout_error(layout: str) -> None:
 
     with pytest.raises(ValueError, match="unknown layout"):
         get_layout(layout)
+
+
+def test_one_version_for_the_package_the_cli_and_the_models() -> None:
+    """pyproject reads the version from crossclr_infer.__version__, which --version and the ONNX metadata
+    (export.onnx_export) print: the installed distribution must say the same."""
+    import importlib.metadata
+
+    from click.testing import CliRunner
+
+    import cli
+    from crossclr_infer import __version__
+
+    assert importlib.metadata.version("crossclr") == __version__
+    out = CliRunner().invoke(cli.crossclr, ["--version"]).output
+    assert out.strip() == f"crossclr, version {__version__}"
