@@ -98,16 +98,20 @@ def test_losses_momentum_and_queue(cross: bool, views: tuple[str, ...]) -> None:
 
 def test_mining_precision_counts_same_class_entries() -> None:
     m = make(("joint",), topk=1)
-    x1, x2 = batch()
-    out = m(x1, x2, cross=False, labels=torch.tensor([0, 1, 2, 3]))
+    x1, _ = batch()
+    labels = torch.tensor([0, 1, 2, 3])
+    out = m(x1, x1, cross=False, labels=labels)
     assert torch.isnan(out["mining_precision"])  # queue labels still unknown
-    # the queue now holds this batch's keys with labels 0..3; the same inputs mine themselves back
-    m.eval()
+    # the queue now holds this batch's keys (rows 0..3, labels 0..3): the same inputs mine themselves back
     with torch.no_grad():
         m.queue.labels[4:] = -1
-        out = m(x1, x1, cross=False, labels=torch.tensor([0, 1, 2, 3]))
-    assert 0.0 <= float(out["mining_precision"]) <= 1.0
-    assert "mining_precision" not in m(x1, x2, cross=False)
+        emb = F.normalize(m.encoders_k["joint"](x1), dim=1)  # (N, D), the keys the queue holds
+        assert (emb @ m.queue.keys("joint").T).argmax(1).tolist() == [0, 1, 2, 3]
+        out = m(x1, x1, cross=False, labels=labels)
+        assert float(out["mining_precision"]) == 1.0  # each one mined its own entry
+        out = m(x1, x1, cross=False, labels=torch.tensor([1, 2, 3, 0]))
+        assert float(out["mining_precision"]) == 0.0  # ... whose label no longer matches
+    assert "mining_precision" not in m(x1, x1, cross=False)
 
 
 def test_context_gradient_reaches_partner_view_in_cross_stage() -> None:
