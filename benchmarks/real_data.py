@@ -23,7 +23,12 @@ CrosSCLR (joint), 3s-CrosSCLR the 3s-SkeletonCLR run continued with cross-view m
 flow graph A* / adaptive      single-view SkeletonCLR on joints with the ``flow`` / ``adaptive`` graph
 4s-CrosSCLR (+accel)          joint + motion + bone + accel, cross-view mining from half of the epochs
 supervised (joint)            the same encoder trained end to end with all labels (``finetune`` from the
-                              random init, the pretraining augmentation, same epochs): the upper bound
+                              random init): the upper bound, with its own schedule (``supervised_steps``
+                              1000 optimizer steps, no augmentation: with the pretraining augmentation and
+                              200 steps it was under-trained and fell below the pretrained rows)
+3s-CrosSCLR [name]            ``--variants``: more continuations of the shared first half with other
+                              cross-view options (SSLConfig: ``cross_warmup``, ``cross_weight``,
+                              ``mine_on``, ``topk``, ``mining_threshold``, ``cross_loss``)
 ============================  =========================================================================
 
 BatchNorm statistics: every frozen encoder (pretrained, random, supervised) is evaluated with its BN
@@ -32,6 +37,17 @@ statistics accumulated during training follow the augmented (sheared, cropped) b
 inputs of evaluation, and the random init must be calibrated anyway; the numbers with the statistics left
 by training are in the column "BN stats from training" (the supervised encoder's "linear" is its own
 classifier's accuracy).
+
+Seeds and statistics: ``--seeds N`` (default 3) runs every row with seeds ``seed, seed + 1, ...`` (model
+init, batch order, augmentation, linear heads); the table gives mean ± sample std over seeds (SBU folds are
+averaged within a seed first) and, for each pretrained row, the paired difference to the random-init row of
+the same seed and number of streams (joint or 3s): mean ± std [min, max] over seeds. That paired difference
+is the check of whether pretraining helped on a data set. Cross-view rows are also paired with their own
+single-view stage (3s-SkeletonCLR of the same seed) in a second table, with the mining precision (share of
+mined positives of the anchor's class, from ``metrics.jsonl``) at the first and last cross-view epoch.
+Settings are chosen with ``--holdout 0.3`` (train on part of the training subjects, evaluate on the others:
+the test split is not read) or on training-split quantities (loss, mining precision), never on the test
+split. ``--merge`` joins results.json files of processes run with different ``--seed``.
 
 Linear evaluation (``training.linear.run_linear``): frozen encoders, linear heads trained on cached
 features; several streams: heads trained jointly on the mean of their logits (official 3-stream
@@ -55,12 +71,16 @@ method and data set:
 - linear heads: 100 epochs, batch 16, lr 0.1, x 0.1 at epoch 80 (the official 3.0 at batch 128,
   scaled linearly to 0.375, made the single-stream training loss oscillate up to 5x its starting value
   on these 128-d features; 0.1 was chosen on the training loss alone, never on test accuracy);
-- supervised: lr 0.1, batch 16, the same steps and augmentation as pretraining.
+- supervised: lr 0.1, batch 16, 1000 optimizer steps, no augmentation, lr x 0.1 at 80 %.
 
-CPU budget: about 15-20 minutes on one core (``--threads 1``, the default: with 2 threads on the shared
-2-core development machine a training step was 4-5 times slower). ``--steps``, ``--datasets`` and
-``--sbu-folds`` trade time for coverage (``--sbu-folds all`` runs the 5 folds and reports their mean).
-The table gives the wall-clock time of every run. Results: ``OUT/results.json``, ``OUT/results.md``.
+CPU budget: per seed and all three data sets, about 5 minutes of one core for random init,
+3s-SkeletonCLR and 3s-CrosSCLR (``--runs random,skeletonclr-3s,crossclr-3s``), about 1 more per
+``--variants`` entry and 2-3 more for the supervised bound; every run of ``RUNS`` with 3 seeds (the
+default) is of the order of 45 minutes (``--threads 1``, the default: with 2 threads on the shared 2-core
+development machine a training step was 4-5 times slower). ``--steps``, ``--seeds``, ``--runs``,
+``--datasets`` and ``--sbu-folds`` trade time for coverage (``--sbu-folds all`` runs the 5 folds and
+reports their mean). The table gives the time of every run and the total wall-clock and CPU time.
+Results: ``OUT/results.json``, ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -111,7 +131,14 @@ class SmallData:
     knn_k: int = 10
     knn_t: float = 0.1
     supervised_lr: float = 0.1
+    supervised_steps: int = 1000  # end-to-end supervised bound: its own, longer schedule (see docstring)
+    supervised_augment: bool = False  # the pretraining augmentation hurt the supervised bound (see docstring)
     seed: int = 0
+    ssl_options: tuple[tuple[str, Any], ...] = ()  # SSLConfig overrides of every pretraining (--ssl)
+
+    def supervised_epochs(self, num_train: int) -> int:
+        per_epoch = max(num_train // self.batch_size, 1)
+        return max(math.ceil(self.supervised_steps / per_epoch), 2)
 
     def queue_size(self, num_train: int) -> int:
         """Largest power of two <= num_train - batch_size (at least batch_size)."""
@@ -192,16 +219,23 @@ def prepare(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData, suff
 # ---------------------------------------------------------------------------------------------------- runs
 
 
-def train_config(run: Run, hp: SmallData, num_train: int) -> Any:
-    from training.config import TrainConfig
+def ssl_config(hp: SmallData, num_train: int, extra: dict[str, Any] | None = None) -> Any:
+    """The SSLConfig of every pretraining: the small-data values, ``hp.ssl_options``, then ``extra``."""
     from training.crossclr import SSLConfig
+
+    values = {"queue_size": hp.queue_size(num_train), "momentum": hp.ssl_momentum,
+              "temperature": hp.temperature, "topk": hp.topk, **dict(hp.ssl_options), **(extra or {})}
+    return SSLConfig.from_dict(values)
+
+
+def train_config(run: Run, hp: SmallData, num_train: int, ssl_extra: dict[str, Any] | None = None) -> Any:
+    from training.config import TrainConfig
     from training.stgcn import EncoderConfig
 
     epochs = hp.epochs(num_train)
     return TrainConfig(
         model=EncoderConfig(graph=run.graph, base_channels=hp.base_channels, hidden_dim=hp.hidden_dim),
-        ssl=SSLConfig(queue_size=hp.queue_size(num_train), momentum=hp.ssl_momentum,
-                      temperature=hp.temperature, topk=hp.topk),
+        ssl=ssl_config(hp, num_train, ssl_extra),
         streams=run.streams, epochs=epochs, cross_epoch=epochs // 2 if run.cross else epochs,
         batch_size=hp.batch_size, lr=hp.lr, weight_decay=hp.weight_decay,
         lr_steps=(round(0.8 * epochs),), seed=hp.seed, device="cpu", num_workers=0, preload=True,
@@ -276,7 +310,7 @@ def recalibrate(ckpt: Path, cache: Path) -> Path:
 
     from crossclr_infer.cache import open_cache
     from training.checkpoint import atomic_torch_save, torch_load_safe
-    from training.evaluate import LINEAR_FORMAT, load_any_encoders
+    from training.protocol_io import LINEAR_FORMAT, load_any_encoders
 
     raw = torch_load_safe(ckpt, missing="no such checkpoint", unreadable="not readable ({reason})")
     encoders, _, _ = load_any_encoders(ckpt, None)
@@ -294,10 +328,10 @@ def recalibrate(ckpt: Path, cache: Path) -> Path:
 
 
 def pretrain(run: Run, cache: Path, out: Path, hp: SmallData, num_train: int, *, resume: bool = False,
-             stop_after: int | None = None) -> Path:
+             stop_after: int | None = None, ssl_extra: dict[str, Any] | None = None) -> Path:
     from training.trainer import train
 
-    result = train(train_config(run, hp, num_train), cache, out, resume=resume, progress=False,
+    result = train(train_config(run, hp, num_train, ssl_extra), cache, out, resume=resume, progress=False,
                    stop_after_epochs=stop_after)
     if result.checkpoint is None:
         raise SystemExit(f"{run.key}: training wrote no checkpoint in {out}")
@@ -307,10 +341,10 @@ def pretrain(run: Run, cache: Path, out: Path, hp: SmallData, num_train: int, *,
 def supervised(cache: Path, random_ckpt: Path, out: Path, hp: SmallData, num_train: int) -> dict[str, Any]:
     from training.finetune import FinetuneConfig, run_finetune
 
-    epochs = hp.epochs(num_train)
+    epochs = hp.supervised_epochs(num_train)
     cfg = FinetuneConfig(label_fraction=1.0, epochs=epochs, lr=hp.supervised_lr,
-                         weight_decay=hp.weight_decay, batch_size=hp.batch_size, augment=True, seed=hp.seed,
-                         eval_every=epochs)
+                         weight_decay=hp.weight_decay, batch_size=hp.batch_size,
+                         augment=hp.supervised_augment, seed=hp.seed, eval_every=epochs)
     return run_finetune(cache, random_ckpt, out, streams=["joint"], cfg=cfg)
 
 
@@ -329,51 +363,154 @@ def evaluate(cache: Path, ckpt: Path, streams: tuple[str, ...], out: Path, hp: S
             "knn": knn["results"][key][str(hp.knn_k)]["top1"]}
 
 
-def run_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData) -> list[dict[str, Any]]:
-    """Every run and row on one split of one data set; returns one record per row."""
-    t0 = time.perf_counter()
-    cache = prepare(ds, split, work, hp)
-    prep_s = time.perf_counter() - t0
+CROSS_ONLY = ("topk", "cross_loss", "context", "mining_threshold", "mine_on", "cross_weight", "cross_warmup")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An extra continuation of the shared first half with other cross-view-stage options (``--variants``):
+    row "3s-CrosSCLR [name]"; only options of the cross-view stage (``CROSS_ONLY``) may differ."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...]
+
+    @property
+    def key(self) -> str:
+        return f"crossclr-3s-{self.name}"
+
+
+def _tomllib() -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def parse_options(text: str) -> tuple[tuple[str, Any], ...]:
+    """``"topk=3;mine_on=fused"`` -> (("topk", 3), ("mine_on", "fused")): values read as TOML scalars."""
+    tomllib = _tomllib()
+    out = []
+    for item in filter(None, (t.strip() for t in text.replace(",", ";").split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"option {item!r}: expected KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        out.append((key.strip(), parsed))
+    return tuple(out)
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """``"warm:cross_warmup=40|k3:topk=3"`` -> variants; each must change cross-view options only."""
+    out = []
+    for part in filter(None, (t.strip() for t in text.split("|"))):
+        name, _, opts = part.partition(":")
+        options = parse_options(opts)
+        bad = [k for k, _ in options if k not in CROSS_ONLY]
+        if bad:
+            raise SystemExit(f"variant {name!r}: {bad} change the first stage; use --ssl for those "
+                             f"(variants may set {CROSS_ONLY})")
+        out.append(Variant(name.strip(), options))
+    return out
+
+
+def preset_ssl_options(path: Path) -> tuple[tuple[str, Any], ...]:
+    """The [ssl] options of a preset TOML other than the size-dependent ones set here (queue, momentum)."""
+    ssl = _tomllib().loads(path.read_text()).get("ssl", {})
+    return tuple((k, v) for k, v in ssl.items() if k not in ("queue_size", "momentum"))
+
+
+def continue_as(first: Path, out: Path, ssl_dict: dict[str, Any]) -> None:
+    """Copy the shared first-half checkpoint to ``out`` with its config's ssl table set to ``ssl_dict``
+    (cross-view options have no effect before the cross-view stage) and the warm-up step counter added when
+    the variant has one, so the trainer resumes it as a run of that config."""
+    import torch
+
+    from training.checkpoint import atomic_torch_save, torch_load_safe
+
+    raw = torch_load_safe(first, missing="no such checkpoint", unreadable="not readable ({reason})")
+    raw["config"]["ssl"] = dict(ssl_dict)
+    if ssl_dict.get("cross_warmup", 0) > 0:
+        raw["model"].setdefault("cross_steps", torch.zeros((), dtype=torch.long))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(raw, out / first.name)
+    if (first.parent / "metrics.jsonl").exists():  # the first stage's curve, for plot-metrics
+        shutil.copy2(first.parent / "metrics.jsonl", out / "metrics.jsonl")
+
+
+def mining_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch stage, loss and mining precision from a run's metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"epoch": r["epoch"], "stage": r.get("stage"), "loss": r.get("loss"),
+             "mining_precision": r.get("mining_precision")} for r in rows if r.get("kind") == "epoch"]
+
+
+def run_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData, cache: Path, prep_s: float, *,
+              runs_wanted: tuple[str, ...] | None = None, variants: tuple[Variant, ...] = (),
+              trained_bn: bool = True, tag: str = "") -> list[dict[str, Any]]:
+    """Every run and row on one split of one data set with seed ``hp.seed``; one record per row."""
     n_train = len(split.train)
     runs = {r.key: r for r in RUNS}
-    base = work / f"{ds.name}-{split.name}"
+    wanted = set(runs_wanted or runs)
+    base = work / f"{ds.name}-{split.name}-seed{hp.seed}"
     if base.exists():
         shutil.rmtree(base)
     ckpts: dict[str, Path] = {}
     times: dict[str, float] = {}
 
     def timed(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        log.info("%s %s: %s", ds.name, split.name, key)
+        log.info("%s %s seed %d: %s", ds.name, split.name, hp.seed, key)
         t = time.perf_counter()
         value = fn(*args, **kwargs)
         times[key] = times.get(key, 0.0) + time.perf_counter() - t
         return value
 
     ckpts["random"] = timed("random", random_init, cache, base / "random", hp, n_train)
-    # 3s-SkeletonCLR to half of the epochs, then two continuations: single-view (SkeletonCLR) and cross-view
+    # 3s-SkeletonCLR to half of the epochs, then continuations: single-view (SkeletonCLR), cross-view, and
+    # the cross-view variants
     half = hp.epochs(n_train) // 2
     sk, cr = runs["skeletonclr-3s"], runs["crossclr-3s"]
-    first = timed("shared", pretrain, sk, cache, base / sk.key, hp, n_train, stop_after=half)
-    (base / cr.key).mkdir(parents=True)
-    shutil.copy2(first, base / cr.key / first.name)
-    ckpts[sk.key] = timed(sk.key, pretrain, sk, cache, base / sk.key, hp, n_train, resume=True)
-    ckpts[cr.key] = timed(cr.key, pretrain, cr, cache, base / cr.key, hp, n_train, resume=True)
-    shared = times.pop("shared")
-    times[sk.key] += shared
-    times[cr.key] += shared
+    conts = [(sk, sk.key, None)]
+    if "crossclr-3s" in wanted:
+        conts.append((cr, cr.key, None))
+    conts += [(cr, v.key, dict(v.options)) for v in variants]
+    if wanted & {"skeletonclr-3s", "crossclr-3s"} or variants:
+        first = timed("shared", pretrain, sk, cache, base / sk.key, hp, n_train, stop_after=half)
+        for run, key, extra in conts[1:]:
+            continue_as(first, base / key, train_config(run, hp, n_train, extra).ssl.to_dict())
+        for run, key, extra in conts:
+            ckpts[key] = timed(key, pretrain, run, cache, base / key, hp, n_train, resume=True,
+                               ssl_extra=extra)
+        shared = times.pop("shared")
+        for _, key, _ in conts:
+            times[key] += shared
     for key in ("skeletonclr-flow", "skeletonclr-adaptive", "crossclr-4s"):
-        ckpts[key] = timed(key, pretrain, runs[key], cache, base / key, hp, n_train)
-    sup = timed("supervised", supervised, cache, ckpts["random"], base / "supervised", hp, n_train)
+        if key in wanted:
+            ckpts[key] = timed(key, pretrain, runs[key], cache, base / key, hp, n_train)
+    sup = None
+    if "supervised" in wanted:
+        sup = timed("supervised", supervised, cache, ckpts["random"], base / "supervised", hp, n_train)
     # the protocol: every frozen encoder's BN statistics re-measured on the clean training split (random
     # init already is); the statistics left by training (augmented batches) are evaluated too, for reference
     t0 = time.perf_counter()
     clean = {k: (v if k == "random" else recalibrate(v, cache)) for k, v in ckpts.items()}
-    sup_clean = recalibrate(Path(sup["output"]), cache)
+    sup_clean = recalibrate(Path(sup["output"]), cache) if sup is not None else None
     calib_s = time.perf_counter() - t0
+    rows = [r for r in ROWS if r.run in ckpts or (r.run == "supervised" and sup is not None)]
+    rows += [Row(f"3s-CrosSCLR [{v.name}]", v.key, JMB) for v in variants]
+    if tag:  # pretrained rows of a run with other first-stage options (--ssl) get their own labels
+        rows = [r if r.run in ("random", "supervised") else replace(r, label=f"{r.label} {{{tag}}}")
+                for r in rows]
     records = []
-    for row in ROWS:
-        rec: dict[str, Any] = {"dataset": ds.name, "split": split.name, "row": row.label, "run": row.run,
-                               "streams": list(row.streams), "num_train": n_train,
+    for row in rows:
+        rec: dict[str, Any] = {"dataset": ds.name, "split": split.name, "seed": hp.seed, "row": row.label,
+                               "run": row.run, "streams": list(row.streams), "num_train": n_train,
                                "num_test": len(split.test), "epochs": hp.epochs(n_train),
                                "queue_size": hp.queue_size(n_train), "train_s": times[row.run],
                                "prepare_s": prep_s, "bn_calibration_s": calib_s}
@@ -387,15 +524,19 @@ def run_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData) ->
             rec.update(linear_last=ev["last"]["joint"]["top1"], linear_best=None, linear_best_epoch=None,
                        linear_train_loss=sup["history"][-1]["loss"],
                        knn=knn["results"]["joint"][str(hp.knn_k)]["top1"],
+                       epochs=hp.supervised_epochs(n_train),
                        trained_bn={"linear_last": sup["last"]["joint"]["top1"]})
         else:
             out = base / row.run / ("linear-" + "-".join(row.streams))
             rec.update(evaluate(cache, clean[row.run], row.streams, out, hp))
-            if row.run != "random":
+            if row.run != "random" and trained_bn:
                 tbn_out = out.with_name(out.name + "-tbn")
                 rec["trained_bn"] = evaluate(cache, ckpts[row.run], row.streams, tbn_out, hp)
+            if row.run != "random":
+                rec["ssl"] = json.loads((base / row.run / "config.json").read_text())["ssl"]
+                rec["curve"] = mining_curve(base / row.run)
         rec["eval_s"] = time.perf_counter() - t0
-        log.info("%s", rec)
+        log.info("%s", {k: v for k, v in rec.items() if k != "curve"})
         records.append(rec)
     return records
 
@@ -518,41 +659,149 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _std(values: list[float]) -> float | None:
+    """Sample standard deviation (n − 1); None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _stats(values: list[float | None]) -> dict[str, Any] | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": sum(vals) / len(vals), "std": _std(vals), "min": min(vals), "max": max(vals),
+            "n": len(vals), "values": vals}
+
+
+def baseline_row(row: str, streams: list[str]) -> str:
+    """The random-init row a pretrained row is paired with: same streams count (joint or 3s)."""
+    return "random init (joint)" if len(streams) == 1 else "random init (3s)"
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per (data set, row): mean over splits (SBU folds), times summed."""
+    """One line per (data set, row): per seed the mean over splits (SBU folds), then mean ± std over seeds,
+    and paired differences (same seed and split) against the random-init row of the same number of
+    streams (``vs_random``) and, for cross-view rows, against 3s-SkeletonCLR (``vs_single``)."""
+    def per_seed(ds_name: str, row: str, key: str) -> dict[int, float]:
+        by_seed: dict[int, list[float]] = {}
+        for r in records:
+            if r["dataset"] == ds_name and r["row"] == row and r.get(key) is not None:
+                by_seed.setdefault(r.get("seed", 0), []).append(r[key])
+        return {sd: sum(v) / len(v) for sd, v in by_seed.items()}
+
+    def paired(ds_name: str, row: str, other: str, key: str) -> dict[str, Any] | None:
+        a, b = per_seed(ds_name, row, key), per_seed(ds_name, other, key)
+        common = sorted(set(a) & set(b))
+        return _stats([a[sd] - b[sd] for sd in common]) if common and row != other else None
+
     out = []
     keys = list(dict.fromkeys((r["dataset"], r["row"]) for r in records))
     for ds_name, row in keys:
         group = [r for r in records if r["dataset"] == ds_name and r["row"] == row]
-        out.append({"dataset": ds_name, "row": row, "splits": [r["split"] for r in group],
-                    "linear_last": _mean([r["linear_last"] for r in group]),
-                    "linear_best": _mean([r["linear_best"] for r in group]),
-                    "knn": _mean([r["knn"] for r in group]),
-                    "trained_bn_linear_last": _mean([r.get("trained_bn", {}).get("linear_last")
-                                                     for r in group]),
-                    "trained_bn_knn": _mean([r.get("trained_bn", {}).get("knn") for r in group]),
-                    "train_s": sum(r["train_s"] for r in group), "eval_s": sum(r["eval_s"] for r in group),
-                    "run": group[0]["run"]})
+        seeds = sorted({r.get("seed", 0) for r in group})
+        lin, knn = per_seed(ds_name, row, "linear_last"), per_seed(ds_name, row, "knn")
+        base = baseline_row(row, group[0]["streams"])
+        line = {"dataset": ds_name, "row": row, "run": group[0]["run"], "seeds": seeds,
+                "splits": sorted({r["split"] for r in group}),
+                "linear_last": _stats(list(lin.values())), "knn": _stats(list(knn.values())),
+                "linear_best": _stats(list(per_seed(ds_name, row, "linear_best").values())),
+                "train_s_per_seed": sum(r["train_s"] for r in group) / len(seeds),
+                "eval_s_per_seed": sum(r["eval_s"] for r in group) / len(seeds)}
+        if group[0]["run"] != "random":
+            line["vs_random"] = {"baseline": base, "linear_last": paired(ds_name, row, base, "linear_last"),
+                                 "knn": paired(ds_name, row, base, "knn")}
+        if "CrosSCLR" in row and row.startswith("3s"):
+            tag = row[row.index(" {"):] if " {" in row else ""
+            single = "3s-SkeletonCLR" + tag
+            line["vs_single"] = {"baseline": single,
+                                 "linear_last": paired(ds_name, row, single, "linear_last"),
+                                 "knn": paired(ds_name, row, single, "knn")}
+        precs = [[c["mining_precision"] for c in r.get("curve", []) if c.get("stage") == "cross"
+                  and c.get("mining_precision") is not None] for r in group]
+        if any(precs):
+            line["mining_precision_cross"] = {"first": _mean([p[0] for p in precs if p]),
+                                              "last": _mean([p[-1] for p in precs if p])}
+        out.append(line)
     return out
 
 
-def markdown(summary: list[dict[str, Any]], hp: SmallData) -> str:
-    def pct(v: float | None) -> str:
-        return "—" if v is None else f"{v:.1f}"
+def _pm(st: dict[str, Any] | None) -> str:
+    if st is None:
+        return "—"
+    return f"{st['mean']:.1f}" if st["std"] is None else f"{st['mean']:.1f} ± {st['std']:.1f}"
 
-    lines = [f"| data set | method | linear top-1 (last) | linear top-1 (best) | kNN top-1 (k={hp.knn_k}) "
-             "| linear / kNN, BN stats from training | train time (s) | eval time (s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    seen: set[tuple[str, str]] = set()
+
+def _diff(st: dict[str, Any] | None) -> str:
+    if st is None:
+        return "—"
+    spread = "" if st["n"] < 2 else f" ± {st['std']:.1f} [{st['min']:+.1f}, {st['max']:+.1f}]"
+    return f"{st['mean']:+.1f}{spread}"
+
+
+def markdown(summary: list[dict[str, Any]], hp: SmallData) -> str:
+    lines = [f"| data set | method | linear top-1 (last) | kNN top-1 (k={hp.knn_k}) "
+             "| Δ linear vs random init | Δ kNN vs random init | train time / seed (s) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    seen: set[tuple[str, str, str]] = set()
     for s in summary:
-        run_key = (s["dataset"], s["run"])
-        train = "(same run)" if run_key in seen else f"{s['train_s']:.0f}"
+        run_key = (s["dataset"], s["run"], s["row"].partition(" {")[2])  # {tag}: a run with other options
+        train = "(same run)" if run_key in seen else f"{s['train_s_per_seed']:.0f}"
         seen.add(run_key)
-        splits = "" if len(s["splits"]) == 1 else f" (mean of {len(s['splits'])} folds)"
-        tbn = f"{pct(s['trained_bn_linear_last'])} / {pct(s['trained_bn_knn'])}"
-        lines.append(f"| {s['dataset']}{splits} | {s['row']} | {pct(s['linear_last'])} | "
-                     f"{pct(s['linear_best'])} | {pct(s['knn'])} | {tbn} | {train} | {s['eval_s']:.0f} |")
+        folds = "" if len(s["splits"]) == 1 else f" ({len(s['splits'])} folds)"
+        vr = s.get("vs_random") or {}
+        lines.append(f"| {s['dataset']}{folds} | {s['row']} | {_pm(s['linear_last'])} | {_pm(s['knn'])} | "
+                     f"{_diff(vr.get('linear_last'))} | {_diff(vr.get('knn'))} | {train} |")
     return "\n".join(lines)
+
+
+def markdown_cross(summary: list[dict[str, Any]]) -> str:
+    """Cross-view rows against their own single-view stage (3s-SkeletonCLR, same seeds)."""
+    rows = [s for s in summary if "vs_single" in s]
+    if not rows:
+        return ""
+    lines = ["| data set | method | Δ linear vs its 3s-SkeletonCLR | Δ kNN vs its 3s-SkeletonCLR "
+             "| mining precision, first / last cross epoch |", "|---|---|---:|---:|---:|"]
+    for s in rows:
+        mp = s.get("mining_precision_cross") or {}
+        prec = "—" if not mp else f"{mp['first']:.2f} / {mp['last']:.2f}"
+        lines.append(f"| {s['dataset']} | {s['row']} | {_diff(s['vs_single']['linear_last'])} | "
+                     f"{_diff(s['vs_single']['knn'])} | {prec} |")
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def holdout_split(ds: rd.RealDataset, split: rd.Split, fraction: float = 0.3) -> rd.Split:
+    """Validation split for choosing settings without the test set: the training subjects (or SBU subject
+    pairs) of ``split``, sorted, the last ones held out until they hold ≥ ``fraction`` of its samples; the
+    rest train. The test part of ``split`` is not used at all."""
+    subjects = sorted({ds.samples[i].subject for i in split.train})
+    held: set[str] = set()
+    count = 0
+    for subj in reversed(subjects):
+        if count >= fraction * len(split.train) or len(held) == len(subjects) - 1:
+            break
+        held.add(subj)
+        count += sum(1 for i in split.train if ds.samples[i].subject == subj)
+    train = tuple(i for i in split.train if ds.samples[i].subject not in held)
+    val = tuple(i for i in split.train if ds.samples[i].subject in held)
+    return rd.Split(f"{split.name}-holdout", train, val)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,16 +811,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "real_data", help="work and result folder")
     p.add_argument("--datasets", default="msr,utkinect,sbu", help="comma-separated, of msr,utkinect,sbu")
     p.add_argument("--steps", type=int, default=SmallData.steps,
-                   help="optimizer steps per pretraining / supervised run (sets the epochs)")
+                   help="optimizer steps per pretraining run (sets the epochs)")
+    p.add_argument("--supervised-steps", type=int, default=SmallData.supervised_steps,
+                   help="optimizer steps of the supervised bound")
+    p.add_argument("--supervised-augment", action="store_true",
+                   help="train the supervised bound with the pretraining augmentation (default: none)")
     p.add_argument("--frames", type=int, default=SmallData.frames, help="frames per preprocessed sample")
     p.add_argument("--sbu-folds", default="1", help="SBU folds to run: a comma list of 1..5, or 'all'")
     p.add_argument("--utkinect-protocol", default="cross-subject", choices=["cross-subject", "loso"])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=SmallData.seed)
+    p.add_argument("--seed", type=int, default=SmallData.seed, help="first seed")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per row: seed, seed + 1, ...")
+    p.add_argument("--runs", default="", help=f"comma list of runs (default all): {[r.key for r in RUNS]}")
+    p.add_argument("--preset", type=Path, default=None,
+                   help="a training preset TOML whose [ssl] options (other than queue_size and momentum, "
+                        "set by the data size) every pretraining uses: training/presets/crossclr_small.toml")
+    p.add_argument("--ssl", default="", help="SSLConfig overrides for every pretraining, 'key=value;...' "
+                                             "(after --preset)")
+    p.add_argument("--variants", default="",
+                   help="extra cross-view continuations of the shared first half, 'name:key=value;...|...' "
+                        f"(keys of {CROSS_ONLY})")
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="choose settings without the test set: train on the training subjects but a held-out "
+                        "share of them (e.g. 0.3) and evaluate on those")
+    p.add_argument("--tag", default="", help="appended as {TAG} to the labels of pretrained rows (runs with "
+                                             "other --ssl options, to be merged with the default ones)")
+    p.add_argument("--no-trained-bn", action="store_true",
+                   help="skip the reference evaluation with the BN statistics left by training")
     p.add_argument("--transformer", choices=["off", "also", "only"], default="off",
                    help="MAMP transformer rows (random init, 3s-MAMP, + cross-view stage): off, also, only")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="only merge the records of these results.json files (runs split over processes, e.g. "
+                        "by --seed) into OUT/results.json and OUT/results.md")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge_results(args.merge, args.out)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("real_data").setLevel(logging.INFO)
@@ -579,17 +854,28 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    hp = replace(SmallData(), steps=args.steps, frames=args.frames, seed=args.seed)
+    ssl_opts = (preset_ssl_options(args.preset) if args.preset else ()) + parse_options(args.ssl)
+    hp = replace(SmallData(), steps=args.steps, frames=args.frames, seed=args.seed, ssl_options=ssl_opts,
+                 supervised_steps=args.supervised_steps, supervised_augment=args.supervised_augment)
+    ssl_config(hp, 1000)  # fail early on a bad option
+    variants = tuple(parse_variants(args.variants))
+    for v in variants:
+        ssl_config(hp, 1000, dict(v.options))
+    runs_wanted = tuple(r.strip() for r in args.runs.split(",") if r.strip()) or None
+    unknown_runs = sorted(set(runs_wanted or ()) - {r.key for r in RUNS})
+    if unknown_runs:
+        p.error(f"unknown runs {unknown_runs}; expected some of {[r.key for r in RUNS]}")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(rd.DATASETS))
     if unknown:
         p.error(f"unknown data sets {unknown}; expected some of {rd.DATASETS}")
     folds = list(range(1, 6)) if args.sbu_folds == "all" else [int(f) for f in args.sbu_folds.split(",")]
+    seeds = [args.seed + i for i in range(args.seeds)]
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+    machine = (f"{cpu_model()}, {os.cpu_count()} logical CPUs, "
                f"torch {torch.__version__} with {torch.get_num_threads()} threads")
     cmd = "python benchmarks/real_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    t_all = time.perf_counter()
+    t_all, cpu0 = time.perf_counter(), cpu_seconds()
     records: list[dict[str, Any]] = []
     data_info: dict[str, Any] = {}
     md = ""
@@ -600,28 +886,62 @@ def main(argv: list[str] | None = None) -> int:
         splits = rd.standard_splits(ds, utkinect_protocol=args.utkinect_protocol)
         if ds.name == "sbu-kinect":
             splits = [splits[f - 1] for f in folds]
+        if args.holdout > 0:
+            splits = [holdout_split(ds, sp, args.holdout) for sp in splits]
         for split in splits:
-            if args.transformer != "only":
-                records.extend(run_split(ds, split, args.out, hp))
-            if args.transformer != "off":
-                records.extend(run_transformer_split(ds, split, args.out, hp, SmallTransformer()))
-            md = write_results(args.out, records, hp, data_info, machine, cmd, time.perf_counter() - t_all)
+            t0 = time.perf_counter()
+            cache = prepare(ds, split, args.out, hp) if args.transformer != "only" else None
+            prep_s = time.perf_counter() - t0
+            for seed in seeds:
+                hps = replace(hp, seed=seed)
+                if cache is not None:
+                    records.extend(run_split(ds, split, args.out, hps, cache, prep_s, runs_wanted=runs_wanted,
+                                             variants=variants, trained_bn=not args.no_trained_bn,
+                                             tag=args.tag))
+                if args.transformer != "off":
+                    for rec in run_transformer_split(ds, split, args.out, hps, SmallTransformer()):
+                        records.append({**rec, "seed": seed})
+                md = write_results(args.out, records, hp, data_info, machine, cmd,
+                                   time.perf_counter() - t_all, cpu_seconds() - cpu0, seeds)
     print(md)
     return 0
 
 
+def merge_results(files: list[Path], out: Path) -> int:
+    """One table from several results.json files (same hyperparameters apart from the seed)."""
+    parts = [json.loads(f.read_text()) for f in files]
+    unique: dict[tuple, dict[str, Any]] = {}  # a row run by two processes (same seed) counts once
+    for part in parts:
+        for r in part["records"]:
+            unique.setdefault((r["dataset"], r["split"], r.get("seed", 0), r["row"]), r)
+    records = list(unique.values())
+    hp = SmallData(**{k: (tuple(tuple(x) for x in v) if k == "ssl_options" else v)
+                      for k, v in parts[0]["hyperparameters"].items() if k in SmallData.__dataclass_fields__})
+    seeds = sorted({sd for part in parts for sd in part.get("seeds", [])})
+    data_info = {k: v for part in parts for k, v in part["data"].items()}
+    cmd = "; ".join(part["command"] for part in parts)
+    out.mkdir(parents=True, exist_ok=True)
+    print(write_results(out, records, hp, data_info, parts[0]["machine"], cmd,
+                        sum(part["total_s"] for part in parts), sum(part.get("cpu_s", 0.0) for part in parts),
+                        seeds))
+    return 0
+
+
 def write_results(out: Path, records: list[dict[str, Any]], hp: SmallData, data_info: dict[str, Any],
-                  machine: str, cmd: str, total_s: float) -> str:
-    """results.json and results.md from the records so far (rewritten after every split)."""
+                  machine: str, cmd: str, total_s: float, cpu_s: float, seeds: list[int]) -> str:
+    """results.json and results.md from the records so far (rewritten after every split and seed)."""
     summary = summarise(records)
-    result = {"command": cmd, "machine": machine, "total_s": total_s, "hyperparameters": asdict(hp),
-              "data": data_info, "summary": summary, "records": records}
+    result = {"command": cmd, "machine": machine, "total_s": total_s, "cpu_s": cpu_s, "seeds": seeds,
+              "hyperparameters": asdict(hp), "data": data_info, "summary": summary, "records": records}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    per_split = {(r["dataset"], r["split"]): r for r in records}
+    per_split = {(r["dataset"], r["split"]): r for r in records if r["run"] == "random"}
     splits = "; ".join(f"{d} {sp}: {r['num_train']} train / {r['num_test']} test, {r['epochs']} epochs, "
                        f"queue {r['queue_size']}" for (d, sp), r in per_split.items())
-    md = (f"{markdown(summary, hp)}\n\nSplits: {splits}.\nMachine: {machine}. Total {total_s / 60:.1f} min. "
-          f"Command: `{cmd}`.\nHyperparameters: {json.dumps(asdict(hp))}.\n")
+    done = sorted({r.get("seed", 0) for r in records})
+    md = (f"{markdown(summary, hp)}\n\n{markdown_cross(summary)}\n\n"
+          f"Seeds {done} (of {seeds}); mean ± sample std over seeds; Δ: paired difference per seed, "
+          f"mean ± std [min, max]. Splits: {splits}.\nMachine: {machine}. Wall {total_s / 60:.1f} min, "
+          f"CPU {cpu_s / 60:.1f} min. Command: `{cmd}`.\nHyperparameters: {json.dumps(asdict(hp))}.\n")
     (out / "results.md").write_text(md)
     return md
 

@@ -296,3 +296,78 @@ def test_calibrate_bn_sets_statistics_of_the_data() -> None:
     with torch.no_grad():
         z = enc.data_bn(torch.as_tensor(flat))
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1) < 0.05
+
+
+def _rec(ds: str, row: str, seed: int, lin: float, knn: float, streams: int = 3, split: str = "s") -> dict:
+    run = "random" if row.startswith("random") else row
+    return {"dataset": ds, "row": row, "run": run, "seed": seed, "split": split, "linear_last": lin,
+            "knn": knn, "linear_best": lin, "streams": ["joint", "motion", "bone"][:streams], "train_s": 1.0,
+            "eval_s": 1.0}
+
+
+def test_summary_mean_std_and_paired_differences_match_numpy() -> None:
+    from benchmarks.real_data import SmallData, markdown, markdown_cross, summarise
+
+    rng = np.random.default_rng(0)
+    rand, sk, cr = rng.uniform(20, 80, (3, 3))  # per seed
+    records = []
+    for s in range(3):
+        records += [_rec("d", "random init (3s)", s, rand[s], rand[s] / 2),
+                    _rec("d", "3s-SkeletonCLR", s, sk[s], sk[s] / 2),
+                    _rec("d", "3s-CrosSCLR", s, cr[s], cr[s] / 2)]
+    summary = {r["row"]: r for r in summarise(records)}
+    line = summary["3s-CrosSCLR"]
+    assert line["linear_last"]["mean"] == pytest.approx(cr.mean())
+    assert line["linear_last"]["std"] == pytest.approx(cr.std(ddof=1))
+    d = cr - rand
+    vr = line["vs_random"]["linear_last"]
+    assert vr["mean"] == pytest.approx(d.mean()) and vr["std"] == pytest.approx(d.std(ddof=1))
+    assert (vr["min"], vr["max"]) == pytest.approx((d.min(), d.max()))
+    assert line["vs_random"]["baseline"] == "random init (3s)"
+    assert line["vs_single"]["knn"]["mean"] == pytest.approx(((cr - sk) / 2).mean())
+    assert "vs_random" not in summary["random init (3s)"]
+    md = markdown(list(summary.values()), SmallData())
+    assert f"{cr.mean():.1f} ± {cr.std(ddof=1):.1f}" in md and f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}" in md
+    assert "3s-CrosSCLR" in markdown_cross(list(summary.values()))
+    # rows of a run with other first-stage options ({tag}) pair with that run's own single-view stage
+    tagged = records + [_rec("d", "3s-SkeletonCLR {x}", s, 50.0 + s, 0.0) for s in range(3)] + [
+        _rec("d", "3s-CrosSCLR {x}", s, 52.0 + 2 * s, 0.0) for s in range(3)]
+    line = {r["row"]: r for r in summarise(tagged)}["3s-CrosSCLR {x}"]
+    assert line["vs_single"]["baseline"] == "3s-SkeletonCLR {x}"
+    assert line["vs_single"]["linear_last"]["values"] == pytest.approx([2.0, 3.0, 4.0])
+
+
+def test_summary_averages_folds_within_a_seed_before_pairing() -> None:
+    from benchmarks.real_data import summarise
+
+    rand, sk = "random init (joint)", "SkeletonCLR (joint)"
+    records = [_rec("d", rand, 0, 10, 0, 1, "f1"), _rec("d", rand, 0, 30, 0, 1, "f2"),
+               _rec("d", sk, 0, 40, 0, 1, "f1"), _rec("d", sk, 0, 60, 0, 1, "f2")]
+    line = {r["row"]: r for r in summarise(records)}[sk]
+    assert line["linear_last"]["mean"] == 50 and line["linear_last"]["std"] is None
+    assert line["vs_random"]["linear_last"]["mean"] == 30 and line["vs_random"]["baseline"] == rand
+
+
+def test_holdout_split_uses_training_subjects_only(msr: rd.RealDataset) -> None:
+    from benchmarks.real_data import holdout_split
+
+    split = rd.standard_splits(msr)[0]
+    hold = holdout_split(msr, split, 0.3)
+    assert set(hold.train) | set(hold.test) == set(split.train) and not set(hold.train) & set(hold.test)
+    subj = {i: msr.samples[i].subject for i in split.train}
+    assert not {subj[i] for i in hold.train} & {subj[i] for i in hold.test}  # held out by subject
+    assert len(hold.test) >= 0.3 * len(split.train) and len(hold.train) > 0
+
+
+def test_option_and_variant_parsing() -> None:
+    from benchmarks.real_data import SmallData, parse_options, parse_variants, ssl_config
+
+    assert parse_options("topk=3; mine_on=fused;cross_weight=0.5") == (("topk", 3), ("mine_on", "fused"),
+                                                                       ("cross_weight", 0.5))
+    (v,) = parse_variants("warm:cross_warmup=50;topk=2")
+    assert v.key == "crossclr-3s-warm" and dict(v.options) == {"cross_warmup": 50, "topk": 2}
+    with pytest.raises(SystemExit, match="first stage"):
+        parse_variants("x:extreme_augment=0.5")
+    hp = SmallData(ssl_options=(("topk", 2),))
+    cfg = ssl_config(hp, 100, {"mine_on": "fused"})
+    assert (cfg.queue_size, cfg.topk, cfg.mine_on, cfg.momentum) == (64, 2, "fused", 0.99)

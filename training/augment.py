@@ -151,3 +151,64 @@ def augment_mamp(x: torch.Tensor, generator: torch.Generator | None = None,
     starts, lengths = draw_mamp_crops(valid_lengths(x), generator, min_frames=min_frames)
     angles = (torch.rand(n, 3, generator=generator, device=dev) * 2 - 1) * MAMP_ROTATION
     return rotate(crop_resize(x, starts, lengths, t), angles)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AimCLR-style extreme augmentations (Guo et al., AAAI 2022), an option of the contrastive objective
+# (SSLConfig.extreme_augment): each applied to a sample with probability 1/2, in this order
+
+EXTREME_ROTATION = 0.5236  # radians (30°), uniform in ±this about each axis
+EXTREME_NOISE = 0.05  # Gaussian noise std, as a share of the sample's coordinate std
+EXTREME_BLUR_KERNEL = 15  # temporal Gaussian blur: kernel size and sigma range (frames)
+EXTREME_BLUR_SIGMA = (0.1, 2.0)
+
+
+def gaussian_blur_time(x: torch.Tensor, sigmas: torch.Tensor, kernel: int = EXTREME_BLUR_KERNEL
+                       ) -> torch.Tensor:
+    """Blur along time with a normalised Gaussian of std ``sigmas`` (N,) frames, ``kernel`` taps (odd),
+    edges padded by replication. x: (N, C, T, V, M)."""
+    n, c, t, v, m = x.shape
+    half = kernel // 2
+    offs = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)  # (kernel,)
+    w = torch.exp(-0.5 * (offs.view(1, -1) / sigmas.to(device=x.device, dtype=x.dtype).view(n, 1)) ** 2)
+    w = w / w.sum(dim=1, keepdim=True)  # (N, kernel)
+    idx = (torch.arange(t, device=x.device).view(t, 1) + torch.arange(-half, half + 1, device=x.device)
+           ).clamp(0, t - 1)  # (T, kernel)
+    windows = x[:, :, idx]  # (N, C, T, kernel, V, M)
+    return torch.einsum("nctkvm,nk->nctvm", windows, w)
+
+
+def axis_mask(x: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+    """Zero coordinate channel ``axes[n]`` of sample n (−1: none). x: (N, C, T, V, M); axes: (N,) int64."""
+    keep = torch.arange(x.shape[1], device=x.device).view(1, -1) != axes.to(x.device).view(-1, 1)  # (N, C)
+    return x * keep.to(x.dtype).view(x.shape[0], x.shape[1], 1, 1, 1)
+
+
+def add_noise(x: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x + noise · scale[n] (noise (N, C, T, V, M) standard normal, scale (N,)); zero (padding) entries of x
+    stay zero."""
+    return torch.where(x != 0, x + noise * scale.to(x.dtype).view(-1, 1, 1, 1, 1), x)
+
+
+def augment_extreme(x: torch.Tensor, generator: torch.Generator | None = None,
+                    p: float = 1.0) -> torch.Tensor:
+    """AimCLR's extreme augmentations on a share ``p`` of the samples: each of rotation (U(±30°) about x, y
+    and z), Gaussian noise (std 5 % of the sample's coordinate std), temporal Gaussian blur (15 taps,
+    sigma U(0.1, 2)) and a mask of one coordinate axis, applied with probability 1/2. x: (N, 3, T, V, M)."""
+    n = x.shape[0]
+    dev = _gen_device(generator, x)
+    chosen = torch.rand(n, generator=generator, device=dev) < p  # (N,)
+    coins = (torch.rand(n, 4, generator=generator, device=dev) < 0.5) & chosen.view(n, 1)  # (N, 4)
+    angles = (torch.rand(n, 3, generator=generator, device=dev) * 2 - 1) * EXTREME_ROTATION
+    angles = angles * coins[:, 0:1]
+    noise = torch.randn(x.shape, generator=generator, device=dev)
+    sigmas = EXTREME_BLUR_SIGMA[0] + torch.rand(n, generator=generator, device=dev) * (
+        EXTREME_BLUR_SIGMA[1] - EXTREME_BLUR_SIGMA[0])
+    axes = torch.randint(0, x.shape[1], (n,), generator=generator, device=dev)
+    axes = torch.where(coins[:, 3], axes, torch.full_like(axes, -1))
+    out = rotate(x, angles.to(x.device))
+    std = out.flatten(1).std(dim=1) * EXTREME_NOISE * coins[:, 1].to(x.device)  # (N,)
+    out = add_noise(out, noise.to(x.device), std)
+    blurred = gaussian_blur_time(out, sigmas.to(x.device))
+    out = torch.where(coins[:, 2].to(x.device).view(n, 1, 1, 1, 1), blurred, out)
+    return axis_mask(out, axes.to(x.device))

@@ -41,6 +41,7 @@ PRESETS: dict[str, Path] = {
     "skeletonclr-joint": CONFIG_DIR / "skeletonclr_joint.toml",
     "crossclr-2s": CONFIG_DIR / "crossclr_2s.toml",
     "tiny": CONFIG_DIR / "tiny.toml",
+    "crossclr-small": CONFIG_DIR / "crossclr_small.toml",
     "mamp-ntu60-xsub": CONFIG_DIR / "mamp_ntu60_xsub.toml",
     "mamp-ntu60-xview": CONFIG_DIR / "mamp_ntu60_xview.toml",
     "mamp-ntu120-xsub": CONFIG_DIR / "mamp_ntu120_xsub.toml",

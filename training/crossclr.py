@@ -18,8 +18,17 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import VIEWS
 
+from .augment import augment_extreme
 from .encoders import build_encoder
-from .ssl import CROSS_LOSSES, MemoryQueue, cross_view_loss, info_nce, mining_precision, momentum_update
+from .ssl import (
+    CROSS_LOSSES,
+    MINING_SOURCES,
+    MemoryQueue,
+    cross_view_loss,
+    info_nce,
+    mining_precision,
+    momentum_update,
+)
 from .stgcn import EncoderConfig
 from .views import compute_view
 
@@ -34,6 +43,12 @@ class SSLConfig:
     topk: int = 1  # positives mined per sample in the cross-view stage
     cross_loss: str = "official"  # "official" (mean −log p over positives) or "seed" (−log Σ positive p)
     context: bool = True  # include the context block (q_u·queue_u) ⊙ (q_v·queue_v) in cross-view logits
+    # small-data options (training/presets/crossclr_small.toml); the defaults are the official method
+    mining_threshold: float = -1.0  # mined entries must also have cosine similarity ≥ this (−1: all top-k)
+    mine_on: str = "other"  # "other": the partner view's similarities; "fused": their mean over all views
+    cross_weight: float = 1.0  # loss = (1 − w)·InfoNCE + w·cross-view loss in the cross-view stage
+    cross_warmup: int = 0  # w ramps linearly from 0 to cross_weight over this many cross-view steps
+    extreme_augment: float = 0.0  # share of query inputs given AimCLR's extreme augmentations (both stages)
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue_size, int) or self.queue_size < 1:
@@ -44,6 +59,20 @@ class SSLConfig:
             raise CrossclrError(f"ssl config: temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.topk, int) or not 1 <= self.topk <= self.queue_size:
             raise CrossclrError(f"ssl config: topk must be an integer in 1..queue_size, got {self.topk!r}")
+        if not -1.0 <= float(self.mining_threshold) <= 1.0:
+            raise CrossclrError(f"ssl config: mining_threshold must be a cosine similarity in [-1, 1], got "
+                                f"{self.mining_threshold!r}")
+        if self.mine_on not in MINING_SOURCES:
+            raise CrossclrError(f"ssl config: mine_on {self.mine_on!r} is unknown; expected one of "
+                                f"{MINING_SOURCES}")
+        if not 0.0 <= float(self.cross_weight) <= 1.0:
+            raise CrossclrError(f"ssl config: cross_weight must be in [0, 1], got {self.cross_weight!r}")
+        if not isinstance(self.cross_warmup, int) or self.cross_warmup < 0:
+            raise CrossclrError(f"ssl config: cross_warmup must be an integer ≥ 0 (steps), got "
+                                f"{self.cross_warmup!r}")
+        if not 0.0 <= float(self.extreme_augment) <= 1.0:
+            raise CrossclrError(f"ssl config: extreme_augment must be a share in [0, 1], got "
+                                f"{self.extreme_augment!r}")
         if self.cross_loss not in CROSS_LOSSES:
             raise CrossclrError(f"ssl config: cross_loss {self.cross_loss!r} is unknown; expected one of "
                                 f"{CROSS_LOSSES}")
@@ -98,6 +127,15 @@ class CrosSCLR(nn.Module):
             p.requires_grad_(False)
         dim = self.encoders_q[self.views[0]].feature_dim
         self.queue = MemoryQueue(self.views, dim, self.ssl_cfg.queue_size)
+        if self.ssl_cfg.cross_warmup > 0:  # only then, so checkpoints of the official method keep their keys
+            self.register_buffer("cross_steps", torch.zeros((), dtype=torch.long))
+
+    def cross_weight(self) -> float:
+        """The weight w of the cross-view loss at the current cross-view step (``cross_warmup`` ramp)."""
+        cfg = self.ssl_cfg
+        if cfg.cross_warmup <= 0:
+            return float(cfg.cross_weight)
+        return float(cfg.cross_weight) * min(1.0, float(self.cross_steps) / cfg.cross_warmup)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -112,6 +150,8 @@ class CrosSCLR(nn.Module):
         top-k mined queue entries that share the anchor's class; queue entries of unknown class ignored).
         """
         cfg = self.ssl_cfg
+        if cfg.extreme_augment > 0 and self.training:
+            x1 = augment_extreme(x1, p=cfg.extreme_augment)
         q: dict[str, torch.Tensor] = {}
         k: dict[str, torch.Tensor] = {}
         for v in self.views:
@@ -122,28 +162,38 @@ class CrosSCLR(nn.Module):
                 k[v] = F.normalize(self.encoders_k[v](compute_view(x2, v, self.layout)).float(), dim=1)
         out: dict[str, torch.Tensor] = {}
         device_type = x1.device.type
+        cross = cross and len(self.views) > 1
         with torch.autocast(device_type=device_type, enabled=False):
             queues = {v: self.queue.keys(v).clone().detach().float() for v in self.views}  # (K, D)
-            if cross and len(self.views) > 1:
+            l_neg = {v: q[v] @ queues[v].t() for v in self.views}  # (N, K)
+            fused = torch.stack(list(l_neg.values())).mean(dim=0) if cfg.mine_on == "fused" else None
+            if cross:
+                w = self.cross_weight()
                 l_pos = {v: (q[v] * k[v]).sum(dim=1) for v in self.views}  # (N,)
-                l_neg = {v: q[v] @ queues[v].t() for v in self.views}  # (N, K)
                 for u in self.views:
-                    partners = [w for w in self.views if w != u]
-                    terms = [cross_view_loss(l_pos[u], l_neg[u], l_neg[w], temperature=cfg.temperature,
-                                             topk=cfg.topk, form=cfg.cross_loss, context=cfg.context)
-                             for w in partners]
-                    out[f"loss_{u}"] = torch.stack(terms).mean()
+                    partners = [p for p in self.views if p != u]
+                    terms = [cross_view_loss(l_pos[u], l_neg[u], l_neg[p], temperature=cfg.temperature,
+                                             topk=cfg.topk, form=cfg.cross_loss, context=cfg.context,
+                                             threshold=cfg.mining_threshold, mining_similarity=fused)
+                             for p in partners]
+                    loss_u = torch.stack(terms).mean()
+                    if w < 1.0:
+                        loss_u = w * loss_u + (1.0 - w) * info_nce(q[u], k[u], queues[u], cfg.temperature)
+                    out[f"loss_{u}"] = loss_u
+                if cfg.cross_warmup > 0:
+                    out["cross_weight"] = torch.tensor(w)
+                    if self.training:
+                        self.cross_steps += 1
             else:
-                l_neg = None
                 for v in self.views:
                     out[f"loss_{v}"] = info_nce(q[v], k[v], queues[v], cfg.temperature)
             out["loss"] = torch.stack([out[f"loss_{v}"] for v in self.views]).sum()
             if labels is not None:
                 with torch.no_grad():
-                    prec = []
-                    for v in self.views:
-                        sim = l_neg[v] if l_neg is not None else q[v] @ queues[v].t()
-                        prec.append(mining_precision(sim, self.queue.labels, labels.to(sim.device), cfg.topk))
+                    y = labels.to(q[self.views[0]].device)
+                    sims = [fused] if fused is not None else [l_neg[v] for v in self.views]
+                    prec = [mining_precision(s, self.queue.labels, y, cfg.topk, cfg.mining_threshold)
+                            for s in sims]
                     out["mining_precision"] = torch.stack(prec).mean()
         self.queue.enqueue(k, labels)
         return out

@@ -13,6 +13,7 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 
 CROSS_LOSSES = ("official", "seed")
+MINING_SOURCES = ("other", "fused")  # mine on the partner view's similarities, or on the mean over all views
 
 
 def _distributed_world() -> int:
@@ -108,31 +109,40 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return -F.log_softmax(logits, dim=1)[:, 0].mean()
 
 
-def topk_positive_mask(similarity: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, K) float mask with 1 at the ``k`` largest similarities of each row."""
+def topk_positive_mask(similarity: torch.Tensor, k: int, threshold: float = -1.0) -> torch.Tensor:
+    """(N, K) float mask with 1 at the ``k`` largest similarities of each row that are also ≥ ``threshold``
+    (the default −1 keeps all k: cosine similarities are ≥ −1)."""
     if not 1 <= k <= similarity.shape[1]:
         raise CrossclrError(f"top-k mining: k = {k} must be in 1..{similarity.shape[1]} (the queue size)")
-    idx = similarity.detach().topk(k, dim=1).indices
-    return torch.zeros_like(similarity, dtype=torch.float32).scatter_(1, idx, 1.0)
+    sim = similarity.detach()
+    idx = sim.topk(k, dim=1).indices
+    mask = torch.zeros_like(similarity, dtype=torch.float32).scatter_(1, idx, 1.0)
+    if threshold > -1.0:
+        mask = mask * (sim >= threshold).float()
+    return mask
 
 
 def cross_view_loss(l_pos: torch.Tensor, l_neg: torch.Tensor, l_neg_other: torch.Tensor, *,
                     temperature: float, topk: int = 1, form: str = "official",
-                    context: bool = True) -> torch.Tensor:
+                    context: bool = True, threshold: float = -1.0,
+                    mining_similarity: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-view consistency loss of view u guided by view v (CrosSCLR CVC-KM).
 
     Args:
         l_pos: (N,) q_u·k_u.  l_neg: (N, K) q_u·queue_uᵀ.  l_neg_other: (N, K) q_v·queue_vᵀ (not detached:
             the context block carries gradient into view v, as in the official code).
     Logits (N, 1 + 2K) = [l_pos, l_neg, l_neg ⊙ l_neg_other] / T (without the context block when
-    ``context=False``); positives = column 0 plus the top-k queue entries by ``l_neg_other``, marked in
-    both blocks. ``form="official"``: mean over samples of the mean of −log p over the positive columns;
+    ``context=False``); positives = column 0 plus the top-k queue entries by ``l_neg_other`` (or by
+    ``mining_similarity`` (N, K) when given, e.g. the mean over all views) whose similarity is
+    ≥ ``threshold``, marked in both blocks. ``form="official"``: mean over samples of the mean of −log p
+    over the positive columns;
     ``form="seed"``: mean over samples of −log of the summed positive probability.
     """
     if form not in CROSS_LOSSES:
         raise CrossclrError(f"cross-view loss: form {form!r} is unknown; expected one of {CROSS_LOSSES}")
     l_pos, l_neg, l_neg_other = l_pos.float(), l_neg.float(), l_neg_other.float()
-    mined = topk_positive_mask(l_neg_other, topk)  # (N, K)
+    mine_on = l_neg_other if mining_similarity is None else mining_similarity.float()
+    mined = topk_positive_mask(mine_on, topk, threshold)  # (N, K)
     ones = torch.ones_like(l_pos).unsqueeze(1)  # (N, 1)
     if context:
         logits = torch.cat([l_pos.unsqueeze(1), l_neg, l_neg * l_neg_other], dim=1) / temperature
@@ -148,15 +158,15 @@ def cross_view_loss(l_pos: torch.Tensor, l_neg: torch.Tensor, l_neg_other: torch
 
 
 def mining_precision(similarity: torch.Tensor, queue_labels: torch.Tensor, labels: torch.Tensor,
-                     k: int) -> torch.Tensor:
-    """Share of the top-k mined queue entries (by ``similarity`` (N, K)) whose label equals the anchor's.
+                     k: int, threshold: float = -1.0) -> torch.Tensor:
+    """Share of the mined queue entries (top-k by ``similarity`` (N, K), ≥ ``threshold``) whose label equals
+    the anchor's.
 
     Queue entries with an unknown label (−1) are not counted; NaN when none is known.
     """
-    idx = similarity.detach().topk(k, dim=1).indices  # (N, k)
-    mined = queue_labels[idx]  # (N, k)
-    known = mined >= 0
-    hits = (mined == labels.view(-1, 1)) & known
+    mined = topk_positive_mask(similarity, k, threshold).bool()  # (N, K)
+    known = mined & (queue_labels >= 0).view(1, -1)
+    hits = known & (queue_labels.view(1, -1) == labels.view(-1, 1))
     total = known.sum().float()
     nan = torch.full_like(total, float("nan"))
     return torch.where(total > 0, hits.sum().float() / total.clamp(min=1.0), nan)
