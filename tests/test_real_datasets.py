@@ -360,6 +360,7 @@ def test_holdout_split_uses_training_subjects_only(msr: rd.RealDataset) -> None:
 
 
 def test_option_and_variant_parsing() -> None:
+    pytest.importorskip("torch")  # ssl_config builds training's SSLConfig
     from benchmarks.real_data import SmallData, parse_options, parse_variants, ssl_config
 
     assert parse_options("topk=3; mine_on=fused;cross_weight=0.5") == (("topk", 3), ("mine_on", "fused"),
