@@ -28,6 +28,21 @@ def check_view(view: str) -> str:
     return view
 
 
+def check_streams(views: tuple[str, ...] | list[str], source: str = "") -> tuple[str, ...]:
+    """The one check of a stream list (from a flag, a config or a caller): at least one view, every one in
+    VIEWS, none twice; else a CrossclrError, prefixed with ``source`` (e.g. the flag) when given."""
+    views = tuple(views)
+    where = f"{source}: " if source else ""
+    if not views:
+        raise CrossclrError(f"{where}no streams given; use one or more of {VIEWS}")
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise CrossclrError(f"{where}unknown streams {bad}; use some of {VIEWS}")
+    if len(set(views)) != len(views):
+        raise CrossclrError(f"{where}streams {list(views)} repeat a view (one named twice); list each once")
+    return views
+
+
 def parse_streams(text: str | None, flag: str = "--streams") -> list[str] | None:
     """The one parser of stream lists: ``'joint, motion'`` -> ``['joint', 'motion']``; None or blank -> None;
     an unknown or repeated view, or a list without any name, is a CrossclrError naming ``flag``."""
@@ -36,12 +51,7 @@ def parse_streams(text: str | None, flag: str = "--streams") -> list[str] | None
     streams = [s.strip() for s in text.split(",") if s.strip()]
     if not streams:
         raise CrossclrError(f"{flag}: expected a comma-separated list of views, e.g. joint,motion,bone")
-    bad = [s for s in streams if s not in VIEWS]
-    if bad:
-        raise CrossclrError(f"{flag}: unknown stream {bad[0]!r}; use a comma list of {', '.join(VIEWS)}")
-    if len(set(streams)) != len(streams):
-        raise CrossclrError(f"{flag}: a stream is named twice")
-    return streams
+    return list(check_streams(streams, flag))
 
 
 def check_view_name(value: object, source: str, what: str = "stream") -> str:

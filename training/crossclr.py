@@ -16,7 +16,7 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-from crossclr_infer.views import VIEWS
+from crossclr_infer.views import check_streams
 
 from .augment import augment_extreme
 from .encoders import build_encoder
@@ -89,18 +89,6 @@ class SSLConfig:
         return cls(**d)
 
 
-def check_views(views: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    views = tuple(views)
-    if not views:
-        raise CrossclrError(f"no streams given: use one or more of {VIEWS}")
-    bad = [v for v in views if v not in VIEWS]
-    if bad:
-        raise CrossclrError(f"unknown streams {bad}: use some of {VIEWS}")
-    if len(set(views)) != len(views):
-        raise CrossclrError(f"streams {list(views)} repeat a view; list each once")
-    return views
-
-
 class CrosSCLR(nn.Module):
     """Query encoders ``encoders_q[view]``, momentum key encoders ``encoders_k[view]``, one aligned queue.
 
@@ -116,7 +104,7 @@ class CrosSCLR(nn.Module):
         if self.encoder_cfg.projector == "none":
             raise CrossclrError("encoder config: pretraining needs a projector ('mlp' or 'linear'), "
                                 "not 'none'")
-        self.views = check_views(views)
+        self.views = check_streams(views)
         self.layout = layout
         self.encoders_q = nn.ModuleDict({
             v: build_encoder(layout, self.encoder_cfg, num_person=num_person, in_channels=in_channels,

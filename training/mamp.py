@@ -27,8 +27,8 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
+from crossclr_infer.views import check_streams
 
-from .crossclr import check_views
 from .stgcn import EncoderConfig
 from .transformer import Block, SkeletonTransformer, init_vit_weights
 from .views import compute_view
@@ -239,7 +239,7 @@ class MAMP(nn.Module):
         if self.encoder_cfg.projector != "none":
             raise CrossclrError(f"mamp: encoder projector is {self.encoder_cfg.projector!r}; MAMP "
                                 "pretraining uses no projector, set projector = 'none'")
-        self.views = check_views(views)
+        self.views = check_streams(views)
         self.layout = layout
         self.encoders = nn.ModuleDict({
             v: SkeletonTransformer(layout, self.encoder_cfg, num_person=num_person, in_channels=in_channels,
