@@ -155,14 +155,38 @@ def flops_per_sample(module, x) -> float:
     return fc.get_total_flops() / x.shape[0]
 
 
+def random_encoder(layout, cfg):
+    """An ST-GCN with random weights and randomized BatchNorm statistics (so folding them at export is not a
+    no-op), in eval mode."""
+    import torch
+
+    from training.stgcn import STGCN
+
+    enc = STGCN(layout, cfg, num_person=2)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return enc.eval()
+
+
+def export_meta(layout, names: list[str], cfg) -> dict:
+    """The linear-checkpoint fields ``export_models`` needs for these benchmark models (official
+    preprocessing, 50 frames, 2 bodies, the official fusion weights)."""
+    from crossclr_infer.layouts import layout_to_toml
+
+    return {"layout": layout_to_toml(layout), "class_names": names, "frames": 50, "num_person": 2,
+            "fusion_weights": {"joint": 0.6, "motion": 0.4, "bone": 0.6},
+            "preprocess": {"mode": "official", "frames": 50}, "config": {"model": cfg.to_dict()}}
+
+
 def build_default(cache: Path, classes: int, threads: int):
     """Official-width encoders (random, BN stats randomized) + ridge-regression heads on the train split."""
     import torch
 
     from crossclr_infer.cache import open_cache
-    from crossclr_infer.layouts import layout_to_toml
     from crossclr_infer.views import compute_view
-    from training.stgcn import STGCN, EncoderConfig
+    from training.stgcn import EncoderConfig
 
     torch.manual_seed(0)
     cfg = EncoderConfig()
@@ -171,12 +195,7 @@ def build_default(cache: Path, classes: int, threads: int):
         xtr, ytr = c.split("train").read_all(), np.asarray(c.split("train").labels)
     encoders, heads = {}, {}
     for v in STREAMS:
-        enc = STGCN(layout, cfg, num_person=2)
-        for m in enc.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-        enc.eval()
+        enc = random_encoder(layout, cfg)
         feats = []
         with torch.inference_mode():
             for s in range(0, len(xtr), 64):
@@ -191,10 +210,7 @@ def build_default(cache: Path, classes: int, threads: int):
             head.weight.copy_(torch.from_numpy(w[:-1].T.astype(np.float32)))
             head.bias.copy_(torch.from_numpy(w[-1].astype(np.float32)))
         encoders[v], heads[v] = enc, head.eval()
-    meta = {"layout": layout_to_toml(layout), "class_names": names, "frames": 50, "num_person": 2,
-            "fusion_weights": {"joint": 0.6, "motion": 0.4, "bone": 0.6},
-            "preprocess": {"mode": "official", "frames": 50}, "config": {"model": cfg.to_dict()}}
-    return encoders, heads, meta
+    return encoders, heads, export_meta(layout, names, cfg)
 
 
 class Table:

@@ -59,12 +59,12 @@ def build_models(work: Path, width: str) -> tuple[Path, Path, str]:
     """Random-init ST-GCN encoders + heads exported as the fp32 and the int8 ensemble."""
     import torch
 
+    from benchmarks.bench_infer import export_meta, random_encoder
     from crossclr_infer.cache import open_cache
-    from crossclr_infer.layouts import layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
     from training.config import load_config
-    from training.stgcn import STGCN, EncoderConfig
+    from training.stgcn import EncoderConfig
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -74,16 +74,10 @@ def build_models(work: Path, width: str) -> tuple[Path, Path, str]:
         layout, names = c.layout, list(c.class_names)
     encoders, heads = {}, {}
     for v in STREAMS:
-        enc = STGCN(layout, cfg, num_person=2)
-        for m in enc.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-        encoders[v], heads[v] = enc.eval(), torch.nn.Linear(cfg.hidden_dim, len(names)).eval()
-    meta = {"layout": layout_to_toml(layout), "class_names": names, "frames": 50, "num_person": 2,
-            "fusion_weights": {"joint": 0.6, "motion": 0.4, "bone": 0.6},
-            "preprocess": {"mode": "official", "frames": 50}, "config": {"model": cfg.to_dict()}}
-    res = export_models(encoders, heads, meta, work / "models", streams=STREAMS, data=cache, quantize="int8")
+        encoders[v] = random_encoder(layout, cfg)
+        heads[v] = torch.nn.Linear(cfg.hidden_dim, len(names)).eval()
+    res = export_models(encoders, heads, export_meta(layout, names, cfg), work / "models", streams=STREAMS,
+                        data=cache, quantize="int8")
     desc = (f"{width}-width ST-GCN (base {cfg.base_channels}, hidden {cfg.hidden_dim}, blocks "
             f"{list(cfg.stage_blocks)}), random init, 3 streams fused in one graph")
     return res.out_dir / res.files["ensemble"], res.out_dir / res.files["ensemble.int8"], desc
