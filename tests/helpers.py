@@ -73,6 +73,21 @@ def make_model(streams: Sequence[str] = STREAMS3, seed: int = 0):
     return CrosSCLR(NTU, tiny_encoder_config(), SSLConfig(queue_size=64), tuple(streams))
 
 
+def momentum_stepped_copy(m):
+    """A copy of a CrosSCLR model with every key encoder moved one momentum step towards its query encoder:
+    the state its forward pass computes with (the reference of the loss tests)."""
+    import copy
+
+    import torch
+
+    ref = copy.deepcopy(m)
+    with torch.no_grad():
+        for v in ref.views:
+            for pk, pq in zip(ref.encoders_k[v].parameters(), ref.encoders_q[v].parameters(), strict=True):
+                pk.copy_(ref.ssl_cfg.momentum * pk + (1 - ref.ssl_cfg.momentum) * pq)
+    return ref
+
+
 def write_pretrain(
     path: Path,
     cache: Path,

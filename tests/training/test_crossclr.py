@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
+from tests.helpers import momentum_stepped_copy
 from training.crossclr import CrosSCLR, SSLConfig
 from training.ssl import cross_view_loss, info_nce
 from training.stgcn import EncoderConfig
@@ -48,12 +47,8 @@ def test_init_key_encoders_are_copies_and_frozen() -> None:
 
 def _reference(m: CrosSCLR, x1, x2, cross: bool) -> dict[str, torch.Tensor]:
     """Recompute the losses by hand on a copy of the model taken before the step."""
-    ref = copy.deepcopy(m)
+    ref = momentum_stepped_copy(m)
     cfg = ref.ssl_cfg
-    with torch.no_grad():
-        for v in ref.views:
-            for pk, pq in zip(ref.encoders_k[v].parameters(), ref.encoders_q[v].parameters(), strict=True):
-                pk.copy_(cfg.momentum * pk + (1 - cfg.momentum) * pq)
     q = {v: F.normalize(ref.encoders_q[v](compute_view(x1, v, NTU)), dim=1) for v in ref.views}
     with torch.no_grad():
         k = {v: F.normalize(ref.encoders_k[v](compute_view(x2, v, NTU)), dim=1) for v in ref.views}

@@ -4,7 +4,6 @@ and the crossclr_small preset."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
+from tests.helpers import momentum_stepped_copy
 from training.augment import add_noise, augment_extreme, axis_mask, gaussian_blur_time
 from training.crossclr import CrosSCLR, SSLConfig
 from training.ssl import cross_view_loss, mining_precision, topk_positive_mask
@@ -130,12 +130,9 @@ def batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def np_model_losses(m: CrosSCLR, x1: torch.Tensor, x2: torch.Tensor, w: float) -> dict[str, float]:
     """The cross-view stage by hand (numpy losses on the features of a copy of the model before the step)."""
-    ref = copy.deepcopy(m)
+    ref = momentum_stepped_copy(m)
     cfg = ref.ssl_cfg
     with torch.no_grad():
-        for v in ref.views:
-            for pk, pq in zip(ref.encoders_k[v].parameters(), ref.encoders_q[v].parameters(), strict=True):
-                pk.copy_(cfg.momentum * pk + (1 - cfg.momentum) * pq)
         q = {v: F.normalize(ref.encoders_q[v](compute_view(x1, v, NTU)), dim=1).double().numpy()
              for v in ref.views}
         k = {v: F.normalize(ref.encoders_k[v](compute_view(x2, v, NTU)), dim=1).double().numpy()
