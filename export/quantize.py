@@ -146,7 +146,8 @@ DEFAULT_INT8 = Int8Config()
 def transformer_int8(config: Int8Config) -> Int8Config:
     """The int8 recipe for transformer encoders: dynamic quantization of their MatMul/Gemm weights (the
     target's weight range kept). Static calibration would record every attention map (750 × 750 per head and
-    layer) and ran out of 24 GiB on the official size; dynamic int8 ran 2.07× the fp32 model at batch 1
+    layer): a static run on the official size with 32 calibration clips was killed (SIGKILL, memory on a
+    24 GiB machine, not profiled further); dynamic int8 ran 2.07× the fp32 model at batch 1
     (``benchmarks/bench_transformer.py``, Intel Xeon, one thread)."""
     return replace(config, dynamic=True, op_types=("MatMul", "Gemm"))
 
