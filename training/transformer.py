@@ -17,6 +17,7 @@ K kept tokens, D width, H heads.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crossclr_infer.errors import CrossclrError
@@ -59,12 +60,17 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention written out as softmax(q·kᵀ·scale)·v (the official form, ONNX-friendly).
+    """Multi-head self-attention softmax(q·kᵀ·scale)·v, (B, L, D) -> (B, L, D); scale = (D/H)^-0.5.
 
-    (B, L, D) -> (B, L, D); scale = (D/H)^-0.5; qkv has a bias.
+    ``fused`` (default) runs torch's ``scaled_dot_product_attention`` (on CPU its flash kernel: the
+    (B, H, L, L) score matrix is never held, forward or backward); ``fused=False`` is the official written-out
+    form, bit for bit the official code's arithmetic. The two agree to float rounding (README "MAMP
+    transformer" gives the measured differences). ONNX export always traces the written-out form
+    (``exporting``), the graph the exporter and onnxruntime's attention fusion expect. ``set_fused_attention``
+    switches a whole model.
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, fused: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise CrossclrError(f"attention: width {dim} is not divisible by {num_heads} heads")
@@ -72,8 +78,22 @@ class Attention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and not exporting():
+            return self.forward_fused(x)
+        return self.forward_exact(x)
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.num_heads
+        qkv = self.qkv(x).reshape(b, n, 3, h, d // h)  # (B, L, 3D) -> (B, L, 3, H, D/H)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # -> (3, B, H, L, D/H)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)  # (B, H, L, D/H)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, H, L, D/H) -> (B, L, D)
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         h = self.num_heads
         # the official (B, L, 3, H, D/H) split of the qkv output, written per tensor (one ONNX Split, then
@@ -84,6 +104,22 @@ class Attention(nn.Module):
         attn = attn.softmax(dim=-1)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d)  # (B, H, L, D/H) -> (B, L, D)
         return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, fused={self.fused}"
+
+
+def exporting() -> bool:
+    """True while torch.onnx / torch.export / TorchScript tracing records the model."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+
+def set_fused_attention(module: nn.Module, fused: bool) -> nn.Module:
+    """Switch every ``Attention`` inside ``module`` to the fused (SDPA) or the official written-out form."""
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.fused = bool(fused)
+    return module
 
 
 class Block(nn.Module):
@@ -136,6 +172,9 @@ class SkeletonTransformer(nn.Module):
     (the official linear-probe feature); ``forward_head`` -> the projector output (identity when
     ``projector="none"``); ``forward_tokens`` encodes per-body sequences, optionally only kept tokens (MAMP).
     """
+
+    feature_budget_bytes: int = 256 * 2**20  # no-grad forward_features: activation budget per chunk
+    feature_chunk: int | None = None  # samples per no-grad forward_features call (None: by budget, 0: all)
 
     def __init__(self, layout: Layout, cfg: EncoderConfig, num_person: int = 2, in_channels: int = 3,
                  frames: int = 120) -> None:
@@ -208,9 +247,39 @@ class SkeletonTransformer(nn.Module):
             tok = blk(tok)
         return self.norm(tok)
 
+    def activation_bytes_per_sample(self) -> int:
+        """Peak activation bytes of one sample's (M bodies') no-grad ``forward_features`` (an estimate).
+
+        Per token a block holds about 12·D values at once (residual, norm, qkv and its per-head copy, the
+        attention output; then fc1 and GELU at mlp_ratio·D each); the written-out attention adds its
+        (H, L, L) scores and their softmax."""
+        d, n_tok, h = self.cfg.hidden_dim, self.num_tokens, self.cfg.num_heads
+        per_body = n_tok * max(12, 2 * int(self.cfg.mlp_ratio) + 4) * d
+        if not all(getattr(b.attn, "fused", False) for b in self.blocks):
+            per_body += 2 * h * n_tok * n_tok
+        return per_body * self.num_person * 4  # float32
+
+    def feature_chunk_size(self) -> int:
+        """Samples per ``forward_features`` call in no-grad use: ``feature_chunk`` when set (0 = no
+        chunking), else as many as keep the activations under ``feature_budget_bytes``."""
+        if self.feature_chunk is not None:
+            return int(self.feature_chunk) or 2**62
+        return max(1, self.feature_budget_bytes // self.activation_bytes_per_sample())
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, T, V, M) -> (N, D): mean over bodies, time tokens and joints of the encoded tokens."""
+        """(N, C, T, V, M) -> (N, D): mean over bodies, time tokens and joints of the encoded tokens.
+
+        Without autograd (evaluation, feature extraction) the batch is encoded in chunks of
+        ``feature_chunk_size()`` samples, so memory stays bounded at any batch size; samples are independent,
+        so the features are those of one call (test: tests/training/test_memory_bounded.py)."""
         self.check_input(x, 5)
+        chunk = self.feature_chunk_size()
+        if not exporting() and not torch.is_grad_enabled() and x.shape[0] > chunk:
+            return torch.cat([self.pooled_features(part) for part in x.split(chunk)])
+        return self.pooled_features(x)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features`` of one chunk, (N, C, T, V, M) -> (N, D)."""
         n, c, t, v, m = x.shape
         bodies = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)  # (N, C, T, V, M) -> (N·M, C, T, V)
         tok = self.forward_tokens(bodies)  # (N·M, L, D)
