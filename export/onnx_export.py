@@ -46,6 +46,10 @@ MIN_OPSET = 13
 MAX_OPSET = 23
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes at least this opset (lower requests are raised to it)
 TOLERANCE = 1e-4
+# samples per torch / onnxruntime call of the parity check (and of a transformer's int8 accuracy check): the
+# official-size transformer (750 tokens, 2 bodies) holds its attention maps per call (a plain graph: 36 MB per
+# sample and block), so memory stays bounded whatever the number of inputs
+PARITY_CHUNK = 4
 # float16 models against torch float32: relative to max(1, |logits|), like TOLERANCE (measured: see README)
 FP16_TOLERANCE = 2e-2
 PRECISIONS = ("fp32", "fp16")
@@ -320,6 +324,93 @@ class ServingSTGCN(nn.Module):
         return x.reshape(-1, self.num_person, self.hidden).mean(dim=1)  # (N, hidden)
 
 
+# ----------------------------------------------------------------- fused attention of the transformer encoder
+
+# How the transformer's attention is written into the graph (export_models(attention=...)):
+# - "mha": onnxruntime's contrib com.microsoft.MultiHeadAttention (q, k, v and the qkv bias as inputs; its CPU
+#   kernel never holds the (L, L) attention map of all heads at once);
+# - "contrib-attention": com.microsoft.Attention (the packed qkv weight and bias are its inputs);
+# - "onnx-attention": the standard Attention op of opset 23;
+# - "plain": the training module as it is (MatMul, Softmax, MatMul).
+# OpenVINO 2026.4 reads and runs all four. Measured in benchmarks/bench_attention_export.py (see the README).
+ATTENTION_FORMS = ("mha", "contrib-attention", "onnx-attention", "plain")
+DEFAULT_ATTENTION = "mha"
+ONNX_ATTENTION_OPSET = 23
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+class _AttentionOp(torch.autograd.Function):
+    """softmax(q·kᵀ·scale)·v of ``x @ w + b`` split into q, k, v (official (B, L, 3, H, D/H) order) in torch;
+    one fused attention node (``form``) in a TorchScript ONNX export."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, heads: int, scale: float,
+                form: str) -> torch.Tensor:
+        bsz, n, d = x.shape
+        # (B, L, 3D) -> (B, L, 3, H, D/H) -> (3, B, H, L, D/H)
+        q, k, v = (torch.matmul(x, w) + b).reshape(bsz, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, L, D/H)
+        return out.transpose(1, 2).reshape(bsz, n, d)  # (B, H, L, D/H) -> (B, L, D)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, w: Any, b: Any, heads: int, scale: float, form: str) -> Any:
+        if form == "contrib-attention":
+            out = g.op(f"{CONTRIB_DOMAIN}::Attention", x, w, b, num_heads_i=heads, scale_f=scale)
+        else:
+            d = int(w.type().sizes()[0])
+            sizes = g.op("Constant", value_t=torch.tensor([d, d, d], dtype=torch.int64))
+            if form == "mha":  # the bias is added inside the op
+                q, k, v = g.op("Split", g.op("MatMul", x, w), sizes, axis_i=-1, outputs=3)
+                out = g.op(f"{CONTRIB_DOMAIN}::MultiHeadAttention", q, k, v, b, num_heads_i=heads,
+                           scale_f=scale)
+            else:  # ONNX Attention (opset 23) on (B, L, D) q, k, v
+                q, k, v = g.op("Split", g.op("Add", g.op("MatMul", x, w), b), sizes, axis_i=-1, outputs=3)
+                out = g.op("Attention", q, k, v, q_num_heads_i=heads, kv_num_heads_i=heads, scale_f=scale)
+        out.setType(x.type())
+        return out
+
+
+class FusedAttention(nn.Module):
+    """Export form of ``training.transformer.Attention`` built from its parameters only (``qkv``, ``proj``,
+    ``num_heads``, ``scale``), whatever its forward is: (B, L, D) -> (B, L, D), the attention one node of
+    kind ``form`` (see ATTENTION_FORMS) followed by the output projection."""
+
+    def __init__(self, attn: nn.Module, form: str = DEFAULT_ATTENTION) -> None:
+        super().__init__()
+        if form not in ATTENTION_FORMS or form == "plain":
+            raise CrossclrError(f"fused attention {form!r}: expected one of {list(ATTENTION_FORMS[:-1])}")
+        self.form, self.num_heads, self.scale = form, int(attn.num_heads), float(attn.scale)
+        self.register_buffer("w", attn.qkv.weight.detach().t().contiguous())  # (D, 3D): x @ w
+        self.register_buffer("b", attn.qkv.bias.detach().clone())  # (3D,)
+        self.proj = copy.deepcopy(attn.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(_AttentionOp.apply(x, self.w, self.b, self.num_heads, self.scale, self.form))
+
+
+class ServingTransformer(nn.Module):
+    """Export form of ``training.transformer.SkeletonTransformer``: a copy whose blocks' ``attn`` modules are
+    FusedAttention (``form``); everything else is the training module. ``source`` is the original encoder
+    (the float16 export keeps its plain graph: onnxruntime's CPU attention kernels are float32)."""
+
+    def __init__(self, encoder: nn.Module, form: str = DEFAULT_ATTENTION) -> None:
+        super().__init__()
+        self.form = form
+        self.encoder = copy.deepcopy(encoder).eval()
+        for blk in self.encoder.blocks:
+            blk.attn = FusedAttention(blk.attn, form)
+        self.source = [encoder]  # a list: not a submodule, not exported twice
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(x)
+
+
+def attention_form(module: nn.Module) -> str:
+    """The attention form of a module to export: that of its ServingTransformer(s), else ``plain``."""
+    forms = {m.form for m in module.modules() if isinstance(m, ServingTransformer)}
+    return forms.pop() if len(forms) == 1 else "plain"
+
+
 class HalfEncoder(nn.Module):
     """Any encoder in float16 behind float32 inputs and features (for encoders without a serving form)."""
 
@@ -335,21 +426,29 @@ def half_encoder(encoder: nn.Module) -> nn.Module:
     """The float16 form of a serving encoder: float32 at its input and output, float16 inside."""
     if isinstance(encoder, ServingSTGCN):
         return encoder.with_half_body().eval()
+    if isinstance(encoder, ServingTransformer):
+        return HalfEncoder(encoder.source[0])
     return HalfEncoder(encoder)
 
 
 def serving_encoder(encoder: nn.Module, frames: int, form: str = DEFAULT_GRAPH_FORM, *, dft: bool = True,
-                    bias_channel: bool = True, graph_first: bool | None = None) -> nn.Module:
+                    bias_channel: bool = True, graph_first: bool | None = None,
+                    attention: str = DEFAULT_ATTENTION) -> nn.Module:
     """The module to export for ``encoder``: ServingSTGCN for spatial/flow ST-GCNs when ``form`` is
     ``matmul`` (``dft``: its last block's temporal convolution in the frequency domain where that applies),
-    else the encoder itself (adaptive graphs and transformers have no folded form)."""
+    ServingTransformer for transformers unless ``attention`` is ``plain``, else the encoder itself (adaptive
+    graphs have no folded form)."""
     if form not in GRAPH_FORMS:
         raise CrossclrError(f"graph form {form!r}: expected one of {GRAPH_FORMS}")
+    if attention not in ATTENTION_FORMS:
+        raise CrossclrError(f"attention {attention!r}: expected one of {list(ATTENTION_FORMS)}")
     from training.stgcn import STGCN
 
     if form == "matmul" and isinstance(encoder, STGCN) and encoder.cfg.graph in ("spatial", "flow"):
         return ServingSTGCN(encoder, frames, dft=dft, bias_channel=bias_channel,
                             graph_first=graph_first).eval()
+    if is_transformer(encoder) and attention != "plain":
+        return ServingTransformer(encoder, attention).eval()
     return encoder
 
 
@@ -425,6 +524,22 @@ def check_opset(opset: int, dynamo: bool) -> int:
     return opset
 
 
+def check_attention(attention: str, opset: int, dynamo: bool) -> str:
+    """The attention form the transformers are written with: ``attention`` (one of ATTENTION_FORMS), or
+    ``plain`` with the dynamo exporter (the fused forms are TorchScript symbolic functions); one-line
+    CrossclrError for an unknown form or ``onnx-attention`` below opset 23."""
+    if attention not in ATTENTION_FORMS:
+        raise CrossclrError(f"attention {attention!r}: expected one of {list(ATTENTION_FORMS)}")
+    if dynamo and attention != "plain":
+        log.info("attention %s with --dynamo: the dynamo exporter writes the plain attention graph",
+                 attention)
+        return "plain"
+    if attention == "onnx-attention" and opset < ONNX_ATTENTION_OPSET:
+        raise CrossclrError(f"attention onnx-attention needs --opset {ONNX_ATTENTION_OPSET} (the first opset "
+                            f"with the ONNX Attention op); got --opset {opset}")
+    return attention
+
+
 def export_graph(module: nn.Module, path: Path, names: Sequence[str], example: torch.Tensor, *, opset: int,
                  dynamo: bool) -> None:
     """torch.onnx.export with the ``skeleton`` input and a dynamic batch axis only."""
@@ -437,10 +552,11 @@ def export_graph(module: nn.Module, path: Path, names: Sequence[str], example: t
                                      dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
             prog.save(str(path))
         else:
+            contrib = attention_form(module) in ("mha", "contrib-attention")
             torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
                               output_names=list(names),
                               dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *names]},
-                              opset_version=opset,
+                              opset_version=opset, custom_opsets={CONTRIB_DOMAIN: 1} if contrib else None,
                               dynamo=False, do_constant_folding=True)
 
 
@@ -460,11 +576,12 @@ def set_metadata(path: Path, props: Mapping[str, str]) -> None:
 
 
 def compare(module: nn.Module, path: Path, names: Sequence[str], inputs: Mapping[str, np.ndarray], *,
-            optimize: bool = True) -> dict[str, dict[str, float]]:
+            optimize: bool = True, chunk: int = PARITY_CHUNK) -> dict[str, dict[str, float]]:
     """Max |ORT − torch| per output, for each named input batch, and the output's scale max(1, max|torch|)
     under ``"<output>:scale"``. ``optimize=False`` runs onnxruntime without graph optimizations: a float16
     model then keeps every cast that onnxruntime's CPU provider inserts around the float16 nodes it runs in
-    float32, so activations are rounded to float16 between operations as float16 storage on a GPU does."""
+    float32, so activations are rounded to float16 between operations as float16 storage on a GPU does.
+    Both run ``chunk`` samples at a time, so that memory does not grow with the size of an input batch."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -475,13 +592,16 @@ def compare(module: nn.Module, path: Path, names: Sequence[str], inputs: Mapping
     out: dict[str, dict[str, float]] = {}
     module.eval()
     for label, x in inputs.items():
-        got = sess.run(list(names), {INPUT_NAME: x})
-        with torch.no_grad():
-            want = module(torch.from_numpy(x))
-        out[label] = {}
-        for n, g, w in zip(names, got, want, strict=True):
-            out[label][n] = float(np.max(np.abs(g - w.numpy()))) if g.size else 0.0
-            out[label][f"{n}:scale"] = max(1.0, float(np.max(np.abs(w.numpy())))) if g.size else 1.0
+        per = out[label] = {n: 0.0 for n in names} | {f"{n}:scale": 1.0 for n in names}
+        for s in range(0, len(x), chunk):
+            xs = x[s:s + chunk]
+            got = sess.run(list(names), {INPUT_NAME: xs})
+            with torch.no_grad():
+                want = module(torch.from_numpy(xs))
+            for n, g, w in zip(names, got, want, strict=True):
+                if g.size:
+                    per[n] = max(per[n], float(np.max(np.abs(g - w.numpy()))))
+                    per[f"{n}:scale"] = max(per[f"{n}:scale"], float(np.max(np.abs(w.numpy()))))
     return out
 
 
@@ -541,7 +661,7 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
                   tolerance: float = TOLERANCE, overwrite: bool = False, seed: int = 0,
                   graph_form: str = DEFAULT_GRAPH_FORM, precision: str = "fp32",
                   fp16_tolerance: float = FP16_TOLERANCE, int8_config: Any = None,
-                  source: str = "checkpoint") -> ExportResult:
+                  source: str = "checkpoint", attention: str = DEFAULT_ATTENTION) -> ExportResult:
     """Export stream models (and the ensemble) of ``encoders``/``heads`` into ``out_dir``.
 
     ``meta``: the linear checkpoint's fields (layout TOML, class_names, frames, num_person, fusion_weights,
@@ -552,6 +672,9 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
     float32 inputs and outputs), checked against torch float32 within ``fp16_tolerance``. Parity is always
     measured against the training modules in float32. ``int8_config``: an export.quantize.Int8Config
     (default: its DEFAULT_INT8); int8 models are quantized from the serving form without the DFT block.
+    ``attention``: how a transformer's attention is written (ATTENTION_FORMS; default one fused
+    MultiHeadAttention node per block for onnxruntime's kernel; the dynamo exporter keeps ``plain``; the
+    float16 models keep ``plain``); recorded in the metadata key ``attention``.
     """
     streams = list(streams) if streams else list(heads)
     absent = [v for v in streams if v not in encoders or v not in heads]
@@ -564,13 +687,14 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
     if precision not in PRECISIONS:
         raise CrossclrError(f"--precision {precision!r}: expected one of {list(PRECISIONS)}")
     opset = check_opset(opset, dynamo)
+    attention = check_attention(attention, opset, dynamo)
     em = ExportMeta.from_checkpoint_meta(meta, streams, source)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CrossclrError(f"{out_dir}: output folder exists and is not empty; pass --overwrite or another "
                             f"--out")
     refs = {v: StreamNet(v, em.layout, encoders[v], heads[v]).eval() for v in streams}
-    serving = {v: serving_encoder(encoders[v], em.frames, graph_form) for v in streams}
+    serving = {v: serving_encoder(encoders[v], em.frames, graph_form, attention=attention) for v in streams}
     nets = {v: StreamNet(v, em.layout, serving[v], heads[v]).eval() for v in streams}
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {"random": random_skeletons(rng, em.input_shape(3))}
@@ -580,14 +704,16 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
     else:
         log.warning("no --data cache given: parity checked on random inputs only")
     example = torch.from_numpy(random_skeletons(rng, em.input_shape(2)))
-    models = model_plan(refs, nets, em.fusion_weights, streams, ensemble, precision, em.frames, graph_form)
+    models = model_plan(refs, nets, em.fusion_weights, streams, ensemble, precision, em.frames, graph_form,
+                        attention)
     with atomic_output_dir(out_dir) as tmp:  # the folder appears complete or not at all
         files, parity = {}, {}
         for name, plan in models.items():
             path = tmp / f"{name}.onnx"
             names = output_names(plan.kind, plan.streams)
             export_graph(plan.module, path, names, example, opset=opset, dynamo=dynamo)
-            extra = {"opset": str(opset), "precision": plan.precision, "graph_form": graph_form}
+            extra = {"opset": str(opset), "precision": plan.precision, "graph_form": graph_form,
+                     "attention": attention_form(plan.module)}
             set_metadata(path, em.props(plan.kind, plan.streams, extra))
             tol = fp16_tolerance if plan.precision == "fp16" else tolerance
             parity[name] = check_parity(plan.reference, path, names, inputs, tol, f"{source}: {name}.onnx",
@@ -602,7 +728,7 @@ def export_models(encoders: Mapping[str, nn.Module], heads: Mapping[str, nn.Modu
             files.update({f"{n}.int8": q["file"] for n, q in quant.items()})
         summary = {"source": source, "streams": streams, "files": files, "parity": parity,
                    "tolerance": tolerance, "fp16_tolerance": fp16_tolerance if precision == "fp16" else None,
-                   "graph_form": graph_form, "precision": precision,
+                   "graph_form": graph_form, "precision": precision, "attention": attention,
                    "quantization": quant, "opset": opset, "exporter": "dynamo" if dynamo else "torchscript",
                    "version": __version__}
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -632,11 +758,12 @@ def quantize_from_sources(folder: Path, plans: Mapping[str, ModelPlan], em: Expo
         src = folder / f"{name}.int8-source.onnx"
         export_graph(plan.int8_source, src, output_names(plan.kind, plan.streams), example, opset=opset,
                      dynamo=dynamo)
-        set_metadata(src, em.props(plan.kind, plan.streams, {"opset": str(opset), "precision": "fp32"}))
+        set_metadata(src, em.props(plan.kind, plan.streams, {"opset": str(opset), "precision": "fp32",
+                                                             "attention": attention_form(plan.int8_source)}))
         sources[name] = src.name
     try:
         return quantize_models(folder, sources, cache, em, float_parity={n: parity[n] for n in plans},
-                               config=config)
+                               config=config, eval_batch=PARITY_CHUNK if transformer else 64)
     finally:
         for fname in sources.values():
             (folder / fname).unlink(missing_ok=True)
@@ -657,10 +784,12 @@ class ModelPlan:
 
 def model_plan(refs: Mapping[str, StreamNet], nets: Mapping[str, StreamNet], weights: Mapping[str, float],
                streams: Sequence[str], ensemble: bool, precision: str, frames: int,
-               graph_form: str = DEFAULT_GRAPH_FORM) -> dict[str, ModelPlan]:
+               graph_form: str = DEFAULT_GRAPH_FORM, attention: str = DEFAULT_ATTENTION
+               ) -> dict[str, ModelPlan]:
     """File stem -> ModelPlan: the stream models, the ensemble, and their ``.fp16`` twins when asked (the
     direct temporal convolution in float16: the DFT form is for CPUs)."""
-    direct = {v: StreamNet(v, nets[v].layout, serving_encoder(refs[v].encoder, frames, graph_form, dft=False),
+    direct = {v: StreamNet(v, nets[v].layout, serving_encoder(refs[v].encoder, frames, graph_form, dft=False,
+                                                              attention=attention),
                            nets[v].head).eval() for v in streams}  # no DFT: for int8 and float16
     plans = {v: ModelPlan(nets[v], refs[v], "stream", [v], "fp32", direct[v]) for v in streams}
     if ensemble:

@@ -283,11 +283,12 @@ def predictions_on_cache(model: Path, cache_path: str | Path, max_samples: int, 
 
 def quantize_models(folder: Path, files: Mapping[str, str], cache_path: str | Path, meta: Any, *,
                     float_parity: Mapping[str, Any] | None = None, calib_count: int | None = None,
-                    max_eval: int = 4096, config: Int8Config = DEFAULT_INT8) -> dict[str, Any]:
+                    max_eval: int = 4096, config: Int8Config = DEFAULT_INT8, eval_batch: int = 64
+                    ) -> dict[str, Any]:
     """Quantize every model file in ``folder`` into ``NAME.int8.onnx``; report fp32 vs int8 top-1 on the cache
-    and the share of samples whose predicted class is unchanged. ``calib_count`` overrides
-    ``config.calib_count``; an ``auto`` target is resolved once for all models (report key
-    ``int8_target``)."""
+    (``eval_batch`` samples per call) and the share of samples whose predicted class is unchanged.
+    ``calib_count`` overrides ``config.calib_count``; an ``auto`` target is resolved once for all models
+    (report key ``int8_target``)."""
     config = resolve_logged(config)
     calib = (np.zeros((0,), np.float32) if config.dynamic
              else calibration_samples(cache_path, calib_count or config.calib_count))
@@ -296,8 +297,8 @@ def quantize_models(folder: Path, files: Mapping[str, str], cache_path: str | Pa
         src = folder / fname
         dst = folder / f"{name}.int8.onnx"
         quantize_int8(src, dst, calib, config)
-        fp_pred, labels = predictions_on_cache(src, cache_path, max_eval)
-        q_pred, _ = predictions_on_cache(dst, cache_path, max_eval)
+        fp_pred, labels = predictions_on_cache(src, cache_path, max_eval, eval_batch)
+        q_pred, _ = predictions_on_cache(dst, cache_path, max_eval, eval_batch)
         n = int(len(labels))
         fp_acc = 100.0 * float((fp_pred == labels).mean()) if n else 0.0
         q_acc = 100.0 * float((q_pred == labels).mean()) if n else 0.0
