@@ -16,7 +16,8 @@ product; the last block's temporal convolution by real DFT matrices) vs the trai
 they are; onnxruntime's thread settings; the fused ensemble vs three stream sessions, both as onnxruntime's
 defaults leave them and as crossclr configures them; int8 vs fp32 ORT; the float16 models' parity with
 torch float32; nominal GFLOP/s vs the CPU's estimated peak; on CUDA machines the card, torch-CUDA and
-ORT-CUDA (fp32 and fp16 models, I/O binding).
+ORT-CUDA (fp32 and fp16 models, I/O binding); with the ``openvino`` extra, the OpenVINO column (f32, bf16
+where native, its default) and ``crossclr --backend auto`` beside ORT (``bench_backends.py``).
 
 ``--torch-isa avx2`` re-runs the script with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2`` (torch's BLAS is MKL, which the first two do not cap): torch then runs its
@@ -471,6 +472,15 @@ def main() -> None:
         print(f"nominal {name:<29s} {g:8.1f} GFLOP/s = {100 * g / peak:5.1f}% of peak")
     print(f"load average at end: {load_average()}")
     cuda_rows(args, torch, encoders, heads, layout, out, shape, j, rng)
+
+    # 8. the OpenVINO column: the exported stream model on every backend (bench_backends.py), when installed
+    from crossclr_infer.backends import openvino_installed
+
+    if openvino_installed():
+        from bench_backends import run as backend_rows
+
+        print("\n## backends: onnxruntime vs OpenVINO (f32, bf16 where native, its default) vs crossclr auto")
+        backend_rows("st-gcn", [1, 64], threads, secs / 2, rounds, paths={"model": str(out / f"{j}.onnx")})
 
 
 def export_direct(net, meta, folder: Path, example) -> Path:

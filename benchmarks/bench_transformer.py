@@ -11,7 +11,9 @@ stream (joint) plus a linear head, 2 bodies: the ST-GCN at 50 frames (CrosSCLR's
   of the ST-GCN's (ORT, same batch), with the FLOPs per sample of each; dynamic int8 of the transformer
   (MatMul/Gemm) vs its fp32 ORT model;
 - training: samples/s of one optimizer step of MAMP pretraining (one view) and of SkeletonCLR (one view, two
-  augmented copies), fp32, at batch 8, and their ratio.
+  augmented copies), fp32, at batch 8, and their ratio;
+- backends (``bench_backends.py``): onnxruntime fp32 / int8 dynamic, OpenVINO f32 / bf16 / its default and
+  ``crossclr --backend auto`` on the exported model, ratios vs ORT fp32, top-1 agreement, peak RSS per row.
 
 Timings interleave the two contenders round by round so that load from other processes hits both. Kept apart
 from ``bench_infer.py`` / ``bench_train.py``, which drive the ST-GCN protocol figures of the README.
@@ -86,7 +88,9 @@ def main() -> None:
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement (split in rounds)")
     p.add_argument("--frames", type=int, default=120, help="transformer input frames (multiple of 4)")
     p.add_argument("--train-batch", type=int, default=8)
-    p.add_argument("--batches", default="1,64", help="inference batch sizes, comma-separated")
+    p.add_argument("--batches", default="1,8", help="inference batch sizes, comma-separated (64 on request)")
+    p.add_argument("--no-backends", action="store_true",
+                   help="skip the backend x precision rows (benchmarks/bench_backends.py)")
     args = p.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
@@ -184,6 +188,11 @@ def main() -> None:
     print(f"\n## training (samples/s, batch {n}, fp32, one view)")
     print(f"MAMP (transformer, {args.frames} frames) {tr['mamp']:.1f}   SkeletonCLR (ST-GCN, 50 frames) "
           f"{tr['skeletonclr']:.1f}   MAMP / SkeletonCLR {tr['mamp'] / tr['skeletonclr']:.2f}x")
+    if not args.no_backends:  # onnxruntime / OpenVINO x fp32 / int8 / bf16, peak RSS per row
+        from bench_backends import run as backend_rows
+
+        print("\n## inference backends (the model as `crossclr export` writes it)")
+        backend_rows("transformer", batches, args.threads, args.min_time, 4, args.frames)
 
 
 if __name__ == "__main__":

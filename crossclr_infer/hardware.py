@@ -139,4 +139,21 @@ def system_lines() -> list[str]:
         lines.append(f"ort providers: {', '.join(ort.get_available_providers())}")
     except ImportError:
         lines.append("ort providers: onnxruntime not installed (extra cpu or gpu)")
+    lines.append(_openvino_line())
     return lines
+
+
+def _openvino_line() -> str:
+    """OpenVINO's version, devices and whether its CPU plugin has native bf16 here (``backends.py``)."""
+    from .backends import openvino_installed
+
+    if not openvino_installed():
+        return "openvino:     not installed (extra openvino: --backend openvino, bf16 inference)"
+    try:
+        from .backends import _ov_core, openvino_native_bf16, openvino_version
+
+        devices = ", ".join(_ov_core().available_devices)
+        bf16 = "native bf16" if openvino_native_bf16() else "no native bf16 (fp32 only)"
+        return f"openvino:     {openvino_version()} (devices {devices}; {bf16})"
+    except Exception as e:  # noqa: BLE001 - a broken install is reported, not raised, by `info --system`
+        return f"openvino:     installed but not usable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"

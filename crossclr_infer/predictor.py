@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CrossclrError
-from .predict import SkeletonInput, detect_axes, parse_axes, predict, preprocess_ctvm, to_ctvm
+from .predict import SkeletonInput, check_top_k, detect_axes, parse_axes, predict, preprocess_ctvm, to_ctvm
 from .session import ModelInfo, ModelSession
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,42 @@ Clip = np.ndarray
 Result = dict[str, Any]
 
 
+def _check_coordinates(x: np.ndarray, source: str) -> None:
+    """Within ±MAX_ABS_COORDINATE, the bound of every input (``arrays.check_coordinates``; imported here so
+    that ``Predictor`` users do not load h5py)."""
+    from .arrays import check_coordinates
+
+    check_coordinates(x, source)
+
+
+def _as_array(clip: object, source: str) -> np.ndarray:
+    """``np.asarray(clip)``; what numpy cannot make an array of (ragged or 64+-deep nesting, integers beyond
+    float64) is a one-line CrossclrError naming ``source``."""
+    try:
+        return np.asarray(clip)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise CrossclrError(f"{source}: not an array of numbers ({type(e).__name__}); expected a (T, V, C), "
+                            "(M, T, V, C) or (C, T, V, M) array") from None
+
+
 class Predictor:
     """One crossclr ONNX model (ensemble or stream model) for raw skeleton clips, without torch.
 
     ``providers``: onnxruntime execution providers (short names ``cpu``, ``cuda`` ... or full names; None =
     CUDA when available, then CPU). ``threads``: CPU cores for onnxruntime (0 = every core this process may
-    run on), the latency thread plan of ``crossclr predict``.
+    run on), the latency thread plan of ``crossclr predict``. ``backend`` (auto / onnxruntime / openvino) and
+    ``precision`` (auto / fp32 / bf16): as ``crossclr predict --backend --precision``.
     """
 
     def __init__(self, model_path: str | Path, providers: Sequence[str] | None = None,
-                 threads: int = 0) -> None:
-        self.session = ModelSession(model_path, providers, intra_op_threads=threads, use="latency")
+                 threads: int = 0, *, backend: str = "auto", precision: str = "auto") -> None:
+        self.session = ModelSession(model_path, providers, intra_op_threads=threads, use="latency",
+                                    backend=backend, precision=precision)
+
+    @property
+    def backend(self) -> dict[str, Any]:
+        """Which backend (onnxruntime / openvino), version and precision (fp32 / bf16 / ...) run the model."""
+        return self.session.describe_backend()
 
     @property
     def info(self) -> ModelInfo:
@@ -56,12 +81,13 @@ class Predictor:
 
         ``axes`` names the clip's axes (e.g. ``TVC``, ``MTVC``, ``CTVM``); None detects them from the shape
         when that is unambiguous, as ``crossclr predict`` does."""
-        x = np.asarray(clip)
+        x = _as_array(clip, source)
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise CrossclrError(f"{source}: array dtype {x.dtype}, expected real numbers (float32)")
         if not np.isfinite(x).all():
             raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates "
                                 "(stream frames with missing joints go through crossclr_infer.stream)")
+        _check_coordinates(x, source)
         info = self.info
         v = info.layout.num_joints
         a = parse_axes(axes, x.ndim, source) if axes else detect_axes(x.shape, v, 3, source)
@@ -77,11 +103,15 @@ class Predictor:
 
         A batch is a list/tuple of clips, or one array whose ``axes`` start with ``N`` (e.g. ``NTVC``), or a
         5-D array (N clips of (M, T, V, C) or (C, T, V, M)); any other array is one clip."""
+        top_k = check_top_k(top_k, "top_k")
+        if axes is not None and not isinstance(axes, str):
+            raise CrossclrError(f"{name}: axes {axes!r:.40} is a {type(axes).__name__}, expected a string "
+                                "such as 'TVC' or None")
         clip_axes = axes[1:] if axes and axes.strip().upper().startswith("N") else axes
         if isinstance(clips, (list, tuple)):
             batch: Sequence[Clip] | None = clips
         else:
-            arr = np.asarray(clips)
+            arr = _as_array(clips, name)
             batch = list(arr) if (axes and axes.strip().upper().startswith("N")) or arr.ndim == 5 else None
         if batch is None:
             [one] = self._run([self._input(clips, clip_axes, name)], top_k)
@@ -92,6 +122,8 @@ class Predictor:
 
     def predict_prepared(self, x: np.ndarray, *, top_k: int = 5, name: str = "clip") -> Result:
         """Top-k of one clip already prepared for the model (C, T, V, M), e.g. by ``prepare``."""
+        top_k = check_top_k(top_k, "top_k")
+        _check_coordinates(np.asarray(x), name)
         [one] = self._run([SkeletonInput(name, np.asarray(x, dtype=np.float32))], top_k)
         return one
 

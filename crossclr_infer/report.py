@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,7 +149,8 @@ def merge_reports(reports: Sequence[Mapping[str, Any]], sources: Sequence[str] |
         results[name] = finish_result(counts, total)
     inf_s = sum(float(r.get("run", {}).get("inference_seconds") or 0.0) for r in reports)
     run = {"inference_seconds": inf_s, "samples_per_s": total / inf_s if inf_s > 0 else None,
-           "merged_from": len(reports), "providers": first.get("run", {}).get("providers")}
+           "merged_from": len(reports), "providers": first.get("run", {}).get("providers"),
+           "backends": first.get("run", {}).get("backends")}
     keep = ("format", "data", "split", "data_id", "models", "streams", "fusion_weights", "class_names",
             "num_samples_total")
     out = {k: first[k] for k in keep}
@@ -292,7 +294,8 @@ class ModelSet:
 
 
 def load_models(paths: Sequence[str | Path], providers: Sequence[str] | None = None, *,
-                intra_op_threads: int = 0, use: str = "throughput") -> ModelSet:
+                intra_op_threads: int = 0, use: str = "throughput", backend: str = "auto",
+                precision: str = "auto") -> ModelSet:
     """Open the models of an evaluation and check they fit together.
 
     Every session gets the same thread plan (``session.plan_threads``; ``intra_op_threads`` > 0 = the cores
@@ -301,7 +304,8 @@ def load_models(paths: Sequence[str | Path], providers: Sequence[str] | None = N
     """
     if not paths:
         raise CrossclrError("no --model given; pass an ensemble.onnx or one stream model per stream")
-    sessions = tuple(ModelSession(p, providers, intra_op_threads=intra_op_threads, use=use) for p in paths)
+    sessions = tuple(ModelSession(p, providers, intra_op_threads=intra_op_threads, use=use, backend=backend,
+                                  precision=precision) for p in paths)
     first = sessions[0].info
     if len(sessions) == 1:
         return ModelSet(sessions, first.streams, first)
@@ -414,7 +418,8 @@ def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights:
         logits[FUSED] = fuse_logits({v: logits[v] for v in models.streams}, w)
     run = {"inference_seconds": inference_s, "wall_seconds": wall_s,
            "samples_per_s": len(idx) / inference_s if inference_s > 0 else None, "batch_size": batch_size,
-           "providers": list(models.sessions[0].providers), "threads": models.sessions[0].plan.describe()}
+           "providers": list(models.sessions[0].providers), "threads": models.sessions[0].plan.describe(),
+           "backends": [s.describe_backend() for s in models.sessions]}
     model_ids = [{"path": s.path, "sha256": file_sha256(s.path)} for s in models.sessions]
     return build_report(data=data, split=split, model_ids=model_ids, streams=models.streams, weights=w,
                         class_names=models.info.class_names, labels=labels, logits=logits,
@@ -437,7 +442,8 @@ def summary_markdown(report: Mapping[str, Any], worst: int = 5) -> str:
         lines.append(f"| {name} | {_percent(r['top1'])} | {_percent(r['top5'])} |")
     sps = report.get("run", {}).get("samples_per_s")
     if sps:
-        lines += ["", f"throughput: {sps:.1f} samples/s on {', '.join(report['run'].get('providers') or [])}"]
+        lines += ["", f"throughput: {sps:.1f} samples/s on {', '.join(report['run'].get('providers') or [])}"
+                  + _backend_text(report["run"].get("backends"))]
     fused = report["results"].get(FUSED)
     if fused:
         acc = [(a, report["class_names"][i]) for i,
@@ -446,6 +452,17 @@ def summary_markdown(report: Mapping[str, Any], worst: int = 5) -> str:
         if acc:
             lines += ["", "weakest classes (fused): " + ", ".join(f"{n} {a:.1f}%" for a, n in acc[:worst])]
     return "\n".join(lines) + "\n"
+
+
+def _backend_text(backends: Any) -> str:
+    """`` (openvino 2026.4.1, bf16)`` for the report's text form, from its ``run.backends`` (checked text)."""
+    if not isinstance(backends, list) or not backends or not isinstance(backends[0], dict):
+        return ""
+    b = backends[0]
+    parts = [str(b.get(k, "")) for k in ("backend", "backend_version", "precision")]
+    if not all(re.fullmatch(r"[A-Za-z0-9._+/-]{1,80}", p) for p in parts):  # from a file: plain text only
+        return ""
+    return f" ({parts[0]} {parts[1]}, {parts[2]})"
 
 
 def _percent(value: float | None) -> str:

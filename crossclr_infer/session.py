@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CrossclrError
+from .fileio import require_regular_file
 from .layouts import Layout, layout_from_toml_text
 from .metrics import check_fusion_weights
 from .views import check_name, check_view_name
@@ -72,6 +73,9 @@ def import_onnxruntime() -> Any:
     except ImportError:
         raise CrossclrError("onnxruntime is not installed: install it with pip install 'crossclr[cpu]' "
                             "(or 'crossclr[gpu]' for onnxruntime-gpu)") from None
+    # onnxruntime's own log lines go to stderr raw (they may quote tensor names of a hostile model, escape
+    # sequences included); every failure reaches the user as crossclr's one escaped line instead
+    onnxruntime.set_default_logger_severity(4)
     return onnxruntime
 
 
@@ -138,6 +142,9 @@ def _json_field(path: str, props: dict[str, str], key: str, kind: type) -> Any:
         value = json.loads(props[key])
     except json.JSONDecodeError as e:
         raise CrossclrError(f"{path}: model metadata {key!r} is not valid JSON ({e.msg}); re-export the "
+                            "model with `crossclr export`") from None
+    except RecursionError:
+        raise CrossclrError(f"{path}: model metadata {key!r} is nested too deeply to be read; re-export the "
                             "model with `crossclr export`") from None
     if not isinstance(value, kind):
         raise CrossclrError(f"{path}: model metadata {key!r} should be a JSON {kind.__name__}, got "
@@ -291,6 +298,18 @@ def plan_threads(use: str = "latency", *, cores: int = 0, processes: int = 1) ->
     return ThreadPlan(intra_op_threads=share)
 
 
+def bound_threads(threads: int, option: str = "--threads") -> int:
+    """``threads`` clamped to the CPUs this process may run on (``hardware.cpu_caps().cores``), with a
+    warning: more threads than cores only add memory and contention (``--threads 100000`` grew to 6.4 GB)."""
+    from .hardware import cpu_caps
+
+    cores = cpu_caps().cores
+    if threads > cores:
+        log.warning("%s %d: this process may run on %d CPUs; using %d threads", option, threads, cores, cores)
+        return cores
+    return threads
+
+
 @functools.cache
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
     """One pool per worker count, shared by every session of the process (stream models run in turn)."""
@@ -306,7 +325,7 @@ def session_options(ort: Any, plan: ThreadPlan) -> Any:
     opts.inter_op_num_threads = plan.inter_op_threads
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if plan.allow_spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if plan.allow_spinning else "0")
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: see import_onnxruntime
     return opts
 
 
@@ -324,25 +343,121 @@ class ModelSession:
     per metadata class name; class and layout names are printable text; fusion weights are finite and
     >= 0. Not checkable: that a stream model's graph computes the view its metadata names (a joint model
     relabelled ``motion`` passes every check above).
+
+    ``backend`` (``auto`` / ``onnxruntime`` / ``openvino``) and ``precision`` (``auto`` / ``fp32`` / ``bf16``)
+    choose the runtime (``crossclr_infer.backends``, docs/backends.md); every check above runs on both.
+    ``trust_precision`` skips the recorded-check requirement for bf16 (the check itself uses it). After
+    opening, ``backend``, ``precision`` and ``backend_version`` say what runs; ``describe_backend()`` gives
+    them for reports. ``run`` refuses non-finite class scores (NaN weights) naming the model.
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, use: str = "latency", plan: ThreadPlan | None = None) -> None:
-        ort = import_onnxruntime()
+                 inter_op_threads: int = 0, use: str = "latency", plan: ThreadPlan | None = None,
+                 backend: str = "auto", precision: str = "auto", trust_precision: bool = False) -> None:
+        from .backends import BACKENDS, PRECISIONS, check_choice
+
         self.path = str(path)
-        p = Path(path)
+        p = require_regular_file(path, "model file (an .onnx file written by `crossclr export`)",
+                                 missing_ok=True)
         if not p.is_file():
             raise CrossclrError(f"{p}: model file not found (expected an .onnx file written by `crossclr "
                                 f"export`)")
-        chosen = resolve_providers(providers, available_providers())
+        from .backends import onnxruntime_version
+
+        backend = requested = check_choice(backend, BACKENDS, "--backend")
+        precision = check_choice(precision, PRECISIONS, "--precision")
+        if backend == "openvino" and providers:
+            raise CrossclrError(f"--providers {','.join(providers)}: execution providers are onnxruntime's; "
+                                "they do not apply to --backend openvino (give one of them)")
         if intra_op_threads < 0 or inter_op_threads < 0:
             raise CrossclrError(f"thread counts must be >= 0 (0 = onnxruntime's default), got "
                                 f"intra {intra_op_threads}, inter {inter_op_threads}")
+        intra_op_threads = bound_threads(intra_op_threads, "--threads")
+        inter_op_threads = bound_threads(inter_op_threads, "inter-op threads")
         if plan is None:
             plan = plan_threads(use, cores=intra_op_threads)
         if inter_op_threads:
             plan = ThreadPlan(plan.intra_op_threads, inter_op_threads, plan.allow_spinning, plan.workers,
                               plan.slice_size)
+        self._ov: Any = None
+        self.backend_version = ""
+        self.precision_check: dict[str, Any] | None = None
+        ov_model = self._read_openvino(p, backend, providers)
+        ov_precision = "fp32"
+        if ov_model is not None:
+            from .backends import choose_backend, is_transformer, openvino_version
+
+            transformer = is_transformer(self.info.config)
+            backend = choose_backend(backend, transformer=transformer, model_precision=self.info.precision,
+                                     providers_given=bool(providers), precision=precision, openvino_ok=True)
+            if backend == "openvino":
+                self.backend_version = openvino_version()
+                ov_precision = self._choose_precision(precision, trust_precision)
+                if requested == "auto" and ov_precision != "bf16" and not (
+                        transformer and not ov_model.fused_attention):
+                    backend = "onnxruntime"  # fp32 with fused attention: onnxruntime is as fast (backends.md)
+        else:
+            backend = "onnxruntime"
+        self.backend = backend
+        if backend == "onnxruntime":
+            self._open_onnxruntime(p, providers, plan)
+            self.precision = self.info.precision
+            self.backend_version = onnxruntime_version()
+            if precision == "bf16" and ov_model is None:
+                log.warning("%s: onnxruntime offers no bf16 on CPU; running %s (bf16 needs --backend "
+                            "openvino, pip install 'crossclr[openvino]')", p, self.precision)
+        else:
+            try:
+                self._open_openvino(ov_model, ov_precision, plan, use)
+            except CrossclrError as e:
+                if requested != "auto":
+                    raise
+                log.warning("%s; running it with onnxruntime", e)
+                self.backend, self._ov = "onnxruntime", None
+                self._open_onnxruntime(p, providers, plan)
+                self.precision = self.info.precision
+                self.backend_version = onnxruntime_version()
+        from .int8 import warn_int8_target_mismatch
+
+        warn_int8_target_mismatch(str(p), self._props)
+
+    def _read_openvino(self, p: Path, backend: str, providers: Sequence[str] | None) -> Any:
+        """The model read by OpenVINO (its metadata checked into ``self.info``) when OpenVINO may run it:
+        ``--backend openvino``, or ``auto`` with OpenVINO installed and no onnxruntime providers asked for.
+        Under ``auto`` a model OpenVINO cannot read goes to onnxruntime, which gives its own message."""
+        from .backends import OpenVINOModel, import_openvino, openvino_installed
+
+        if backend == "onnxruntime" or (backend == "auto" and (providers or not openvino_installed())):
+            return None
+        if backend == "openvino":
+            import_openvino()
+        try:
+            model = OpenVINOModel(str(p), p.read_bytes())
+            self._check_signature(p, model.props, model.input_names, model.input_shape, model.output_names,
+                                  model.output_shapes)
+        except CrossclrError:
+            if backend == "openvino":
+                raise
+            log.debug("%s: OpenVINO could not read the model; trying onnxruntime", p)
+            return None
+        except OSError as e:
+            raise CrossclrError(f"{p}: cannot read the model ({e.strerror or e})") from None
+        return model
+
+    def _check_signature(self, p: Path, props: dict[str, str], input_names: Sequence[str],
+                         input_shape: Sequence[Any], output_names: Sequence[str],
+                         output_shapes: Mapping[str, Sequence[Any]]) -> None:
+        """The checks of every backend: one ``skeleton`` input, metadata against the graph (``self.info``)."""
+        if len(input_names) != 1 or input_names[0] != INPUT_NAME:
+            raise CrossclrError(f"{p}: model inputs {list(input_names)}, expected one input "
+                                f"{INPUT_NAME!r}; expected a model exported by `crossclr export`")
+        self._props = props
+        self.info = parse_metadata(str(p), props, list(input_shape), list(output_names))
+        check_output_shapes(self.info, output_shapes)
+
+    def _open_onnxruntime(self, p: Path, providers: Sequence[str] | None, plan: ThreadPlan) -> None:
+        ort = import_onnxruntime()
+        chosen = resolve_providers(providers, available_providers())
         try:
             self._sess = ort.InferenceSession(str(p), sess_options=session_options(ort, plan),
                                               providers=chosen)
@@ -360,16 +475,67 @@ class ModelSession:
         self.plan = plan if self.device is None else ThreadPlan(plan.intra_op_threads, plan.inter_op_threads,
                                                                 plan.allow_spinning)
         inputs = self._sess.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise CrossclrError(f"{p}: model inputs {[i.name for i in inputs]}, expected one input "
-                                f"{INPUT_NAME!r}; expected a model exported by `crossclr export`")
-        props = dict(self._sess.get_modelmeta().custom_metadata_map)
         outputs = self._sess.get_outputs()
-        self.info = parse_metadata(str(p), props, list(inputs[0].shape), [o.name for o in outputs])
-        check_output_shapes(self.info, {o.name: list(o.shape) for o in outputs})
-        from .int8 import warn_int8_target_mismatch
+        props = dict(self._sess.get_modelmeta().custom_metadata_map)
+        self._check_signature(p, props, [i.name for i in inputs], list(inputs[0].shape) if inputs else [],
+                              [o.name for o in outputs], {o.name: list(o.shape) for o in outputs})
 
-        warn_int8_target_mismatch(str(p), props)
+    def _open_openvino(self, model: Any, want: str, plan: ThreadPlan, use: str) -> None:
+        threads = plan.intra_op_threads * max(1, plan.workers)  # every core of the plan, OpenVINO's threads
+        self._ov = model.compile(want, threads, use)
+        self.precision = self._ov.precision if self.info.precision == "fp32" else self.info.precision
+        if want == "bf16" and self.precision != "bf16":
+            log.warning("%s: OpenVINO compiled the model in %s, not bf16", self.path, self.precision)
+        self.providers = [f"OpenVINO:{','.join(self._ov.devices)}"]
+        self.fell_back = []
+        self.device = None
+        self.plan = ThreadPlan(intra_op_threads=self._ov.threads)
+
+    def _choose_precision(self, requested: str, trust: bool) -> str:
+        """fp32 or bf16 for OpenVINO (rule: ``docs/backends.md``). bf16 only for float32 models, on a CPU
+        where OpenVINO has native bf16, and with a recorded passing check (``crossclr_infer.precision``)
+        unless ``trust`` (the check itself). An explicit ``bf16`` that cannot be honoured warns and runs
+        fp32."""
+        from . import precision as checks
+        from .backends import openvino_native_bf16
+
+        if requested == "fp32" or self.info.precision != "fp32":
+            if requested == "bf16":
+                log.warning("%s: a %s model runs as it is; --precision bf16 applies to float32 models",
+                            self.path, self.info.precision)
+            return "fp32"
+        explicit = requested == "bf16"
+        if not openvino_native_bf16():
+            if explicit:
+                log.warning("%s: this CPU has no native bf16 for OpenVINO (AVX512-BF16 or AMX); running fp32",
+                            self.path)
+            return "fp32"
+        if trust:
+            return "bf16"
+        rec = checks.lookup(self.path, checks.model_sha256(self.path), "openvino", "bf16",
+                            self.backend_version)
+        self.precision_check = rec
+        if rec is not None and rec["passed"]:
+            return "bf16"
+        if rec is not None:
+            (log.warning if explicit else log.info)(
+                "%s: bf16 refused, its recorded check failed (%s); running fp32", self.path,
+                checks.describe(rec))
+        elif explicit:
+            log.warning("%s: bf16 has not been checked for this model, OpenVINO version and CPU; running "
+                        "fp32 (check it with `crossclr evaluate --precision bf16 --data CACHE` or `crossclr "
+                        "export --data CACHE`)", self.path)
+        return "fp32"
+
+    def describe_backend(self) -> dict[str, Any]:
+        """What runs the model, for reports, ``--json`` output and logs."""
+        out: dict[str, Any] = {"backend": self.backend, "precision": self.precision,
+                               "backend_version": self.backend_version, "providers": list(self.providers),
+                               "threads": self.plan.describe()}
+        if self.precision_check is not None:
+            out["precision_check"] = {k: self.precision_check.get(k) for k in (
+                "passed", "samples", "agreement_pct", "top1_fp32", "top1_reduced", "drop_pt", "checked_at")}
+        return out
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -388,7 +554,9 @@ class ModelSession:
         if unknown:
             raise CrossclrError(f"{self.path}: model has no outputs {unknown}; it has "
                                 f"{list(self.output_names)}")
-        if self.device is not None:
+        if self._ov is not None:
+            values = self._ov.run(x, names)
+        elif self.device is not None:
             values = self._run_bound(x, names)
         elif self.plan.workers > 1 and len(x) > self.plan.slice_size:
             values = self._run_sliced(x, names)
@@ -400,6 +568,10 @@ class ModelSession:
                 raise CrossclrError(f"{self.path}: model output {name!r} has shape {out[name].shape}, "
                                     f"expected ({len(x)}, {self.info.num_class}) for the metadata's "
                                     f"{self.info.num_class} class names; re-export the model")
+            if not np.isfinite(out[name]).all():
+                raise CrossclrError(f"{self.path}: model output {name!r} holds NaN or Inf for {source} (the "
+                                    "input is finite): the model's weights or graph are broken; re-export it "
+                                    "from a good checkpoint")
         return out
 
     def _run_sliced(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
@@ -455,3 +627,23 @@ def check_skeleton_batch(x: np.ndarray, info: ModelInfo, source: str = "input") 
         raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
     return np.ascontiguousarray(x, dtype=np.float32)
 
+
+
+def bf16_candidate(model: str | Path, *, backend: str = "auto", precision: str = "auto") -> str | None:
+    """The backend that would run ``model`` in bf16 here once a check passes, when no check is recorded
+    for it yet (so one should run); None when bf16 is not in question (fp32 asked for, onnxruntime chosen,
+    no native bf16, a non-float32 model) or a check is already recorded."""
+    from . import precision as checks
+    from .backends import is_transformer, openvino_installed, openvino_native_bf16, openvino_version
+
+    if precision == "fp32" or backend == "onnxruntime" or not openvino_installed():
+        return None
+    sess = ModelSession(model, use="latency", backend=backend, precision="fp32", intra_op_threads=1)
+    if backend == "auto" and not (is_transformer(sess.info.config) or precision == "bf16"):
+        return None  # auto never serves it with OpenVINO
+    if sess.info.precision != "fp32" or not openvino_native_bf16():
+        return None
+    rec = checks.lookup(model, checks.model_sha256(model), "openvino", "bf16", openvino_version())
+    if rec is not None and (rec["passed"] or rec.get("samples", 0) >= rec.get("min_samples", 0)):
+        return None  # checked already (a check that failed only for too few samples runs again)
+    return "openvino"

@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import click
 
+from ..backends import BACKENDS, PRECISIONS
 from ..errors import CrossclrError
 from .stream import run_stream_command, stream_options
+
+log = logging.getLogger(__name__)
 
 _PROVIDERS_HELP = ("onnxruntime execution providers in order, comma-separated (cpu, cuda, tensorrt or full "
                    "names); default: CUDA when available, then CPU")
 
 
+MAX_SHARDS = 100_000  # evaluate --shard I/N: N beyond this only makes empty shards (and overflows numpy)
+
+
 def _providers(text: str | None) -> list[str] | None:
     return [p for p in text.split(",") if p.strip()] if text else None
+
+
+_BACKEND_OPTIONS = [
+    click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="auto",
+                 show_default=True,
+                 help="Inference runtime: onnxruntime, openvino (extra 'openvino'), or auto: OpenVINO for "
+                      "transformer models where it is faster (bf16 once checked, or a plain-attention "
+                      "graph), onnxruntime otherwise (docs/backends.md)."),
+    click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default="auto",
+                 show_default=True,
+                 help="fp32, bf16 (OpenVINO on a CPU with native bf16, after a recorded accuracy check; "
+                      "otherwise a warning and fp32), or auto: bf16 where its check passed, else fp32."),
+]
+
+
+def backend_options(f: Any) -> Any:
+    """--backend and --precision, in one decorator (predict, predict --stream, evaluate)."""
+    for option in reversed(_BACKEND_OPTIONS):
+        f = option(f)
+    return f
 
 
 @click.command("predict")
@@ -31,9 +58,11 @@ def _providers(text: str | None) -> list[str] | None:
 @click.option("--providers", default=None, help=_PROVIDERS_HELP)
 @click.option("--threads", default=0, show_default=True, type=int,
               help="Cores to use (0 = every core this process may run on): onnxruntime intra-op threads.")
+@backend_options
 @stream_options
 def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, axes: str | None,
-                preprocessed: bool, providers: str | None, threads: int, **stream_opts: Any) -> None:
+                preprocessed: bool, providers: str | None, threads: int, backend: str, precision: str,
+                **stream_opts: Any) -> None:
     """Classify skeletons: .npy arrays, raw .skeleton files, or folders of them.
 
     Raw inputs get the same preprocessing as `crossclr prepare`, with the model's parameters. Prints the fused
@@ -43,18 +72,25 @@ def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, 
     """
     if stream_opts["stream"] or stream_opts["replay"] or stream_opts["emit_frames"]:  # crossclr_infer.stream
         return run_stream_command(inputs, model=model, top_k=top_k, axes=axes, preprocessed=preprocessed,
-                                  providers=_providers(providers), threads=threads, **stream_opts)
+                                  providers=_providers(providers), threads=threads, backend=backend,
+                                  precision=precision, **stream_opts)
     from ..predict import format_predictions, load_inputs, predict
     from ..session import ModelSession
 
     if top_k < 1:
         raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
-    session = ModelSession(model, _providers(providers), intra_op_threads=threads, use="latency")
+    session = ModelSession(model, _providers(providers), intra_op_threads=threads, use="latency",
+                           backend=backend, precision=precision)
     errors: list[str] = []
     samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed, errors=errors)
     if samples:
         preds = predict(session, samples, top_k=top_k)
-        click.echo(json.dumps(preds, indent=1) if as_json else format_predictions(preds))
+        runtime = session.describe_backend()
+        log.info("%s ran on %s %s, %s", model, runtime["backend"], runtime["backend_version"],
+                 runtime["precision"])
+        for p in preds:  # which backend and precision gave each prediction
+            p["runtime"] = {k: runtime[k] for k in ("backend", "backend_version", "precision")}
+        click.echo(json.dumps(preds, indent=1, allow_nan=False) if as_json else format_predictions(preds))
     _exit_on_bad_inputs(errors)
 
 
@@ -89,20 +125,33 @@ def _exit_on_bad_inputs(errors: list[str]) -> None:
                    "one machine, give each its share or pin it with taskset): one worker thread per core, "
                    "each running single samples.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@backend_options
 def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | None, report_path: str | None,
                  plots: str | None, batch_size: int, shard: str | None, providers: str | None, threads: int,
-                 no_progress: bool) -> None:
+                 no_progress: bool, backend: str, precision: str) -> None:
     """Accuracy of exported models on a cache split: per stream and fused top-1/top-5, per-class accuracy,
     confusion matrices, samples/s. Prints a markdown summary."""
-    from ..fileio import write_json_atomic
+    from ..fileio import check_outputs, write_json_atomic
     from ..metrics import parse_weights
     from ..report import Shard, evaluate, load_models, save_plots, summary_markdown
 
     if batch_size < 1:
         raise CrossclrError(f"--batch-size must be >= 1, got {batch_size}")
+    check_outputs({"--report": report_path, "--plots": plots}, {"--data": data, "--model": list(models)})
     shard_obj = Shard.parse(shard) if shard else None
+    if shard_obj is not None and shard_obj.count > MAX_SHARDS:
+        raise CrossclrError(f"--shard {shard}: more than {MAX_SHARDS} shards; expected I/N with N <= "
+                            f"{MAX_SHARDS} (shards beyond the sample count are empty)")
     w = parse_weights(weights) if weights else None
-    model_set = load_models(models, _providers(providers), intra_op_threads=threads, use="throughput")
+    if not providers:  # bf16 candidates are checked on this cache before their first use (precision.py)
+        from ..precision import describe, ensure_checked
+
+        for m in models:
+            rec = ensure_checked(m, data, split, backend=backend, precision=precision, threads=threads)
+            if rec is not None:
+                click.echo(f"{m}: {describe(rec)}", err=True)
+    model_set = load_models(models, _providers(providers), intra_op_threads=threads, use="throughput",
+                            backend=backend, precision=precision)
     report = evaluate(data, model_set, split=split, weights=w, batch_size=batch_size, shard=shard_obj,
                       progress=not no_progress)
     if report_path:
@@ -117,11 +166,10 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="The merged report JSON.")
 def merge_reports_cmd(reports: tuple[str, ...], out: str) -> None:
     """Combine the reports of `evaluate --shard 0/N … N-1/N` into the report of the whole split."""
-    from ..cache import check_not_input
-    from ..fileio import write_json_atomic
+    from ..fileio import check_outputs, write_json_atomic
     from ..report import merge_reports, read_report, summary_markdown
 
-    check_not_input(out, reports)
+    check_outputs({"--out": out}, {"REPORTS": list(reports)})
     merged = merge_reports([read_report(p) for p in reports], list(reports))
     write_json_atomic(out, merged)
     click.echo(summary_markdown(merged), nl=False)

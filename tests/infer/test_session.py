@@ -328,7 +328,13 @@ class SpySessions:
 
 
 def test_session_options_follow_the_plan(model, monkeypatch) -> None:
+    import dataclasses
+
+    from crossclr_infer import hardware
+
     path, _ = model
+    eight = dataclasses.replace(hardware.cpu_caps(), cores=8)  # the plan of an 8-CPU machine, on any machine
+    monkeypatch.setattr(hardware, "cpu_caps", lambda: eight)
     spy = SpySessions(monkeypatch)
     lat = ModelSession(path, ["cpu"], intra_op_threads=3)
     thr = ModelSession(path, ["cpu"], intra_op_threads=3, use="throughput")
