@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
+from .fileio import require_regular_file
 from .layouts import SCORED_2D_LAYOUTS, Layout, get_layout
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,7 @@ def _strings(arr: np.ndarray, path: Path, key: str, n: int | None) -> list[str]:
 
 def open_arrays(path: str | Path, layout: Layout) -> ArraySource:
     """Open and validate an ``.npz`` in one of the layouts of this module's docstring."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossclrError(f"{path}: no such file; expected an .npz archive")
+    path = require_regular_file(path, ".npz archive")  # a FIFO or device is refused unread
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

@@ -10,10 +10,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
+from .errors import check_name
+from .fileio import require_regular_file
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+# Most joints a layout may have (built-in layouts have 17 to 33; whole-body pose estimators about 133).
+# Bounds the work of validating a layout read from a file, a cache or a model's metadata.
+MAX_JOINTS = 1000
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,16 @@ class Layout:
     hips: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        # joint names are checked here; the layout's own name by its readers (cache, model, CacheWriter),
+        # which name the attribute it came from
         v = len(self.joint_names)
         if v == 0:
             raise ValueError(f"layout {self.name!r}: no joints")
+        if v > MAX_JOINTS:
+            raise ValueError(f"layout {self.name!r}: {v} joints, more than the maximum of {MAX_JOINTS} "
+                             "(MAX_JOINTS)")
+        for j in self.joint_names:
+            check_name(j, f"layout {self.name!r:.80}", "joint name")
         if len(self.parents) != v:
             raise ValueError(f"layout {self.name!r}: {len(self.parents)} parents for {v} joints")
         if not 0 <= self.center < v:
@@ -52,20 +68,31 @@ class Layout:
                                  "but only the center joint may be the root")
         if self.parents[self.center] != self.center:
             raise ValueError(f"layout {self.name!r}: the center joint must be its own parent")
-        for j in range(v):  # every joint reaches the center, no cycles
-            seen, k = 0, j
-            while k != self.center:
-                k = self.parents[k]
-                seen += 1
-                if seen > v:
-                    raise ValueError(f"layout {self.name!r}: joint {self.joint_names[j]!r} does not reach "
-                                     "the center joint through its parents (cycle)")
+        self._check_tree()
         for what, pair in (("shoulder", self.shoulders), ("hip", self.hips)):
             for s in pair or ():
                 if not 0 <= s < v:
                     raise ValueError(f"layout {self.name!r}: {what} joint {s} outside 0..{v - 1}")
         if self.origin is not None and not 0 <= self.origin < v:
             raise ValueError(f"layout {self.name!r}: origin joint {self.origin} outside 0..{v - 1}")
+
+    def _check_tree(self) -> None:
+        """Every joint reaches the center through its parents (no cycle), in O(V): each joint is walked
+        once, then marked as reaching the center."""
+        reaches = [False] * len(self.parents)
+        reaches[self.center] = True
+        on_path = [False] * len(self.parents)
+        for j in range(len(self.parents)):
+            path, k = [], j
+            while not reaches[k]:
+                if on_path[k]:
+                    raise ValueError(f"layout {self.name!r}: joint {self.joint_names[j]!r} does not reach "
+                                     "the center joint through its parents (cycle)")
+                on_path[k] = True
+                path.append(k)
+                k = self.parents[k]
+            for k in path:
+                reaches[k] = True
 
     @property
     def origin_joint(self) -> int:
@@ -231,12 +258,14 @@ def load_layout_toml(path: str | Path) -> Layout:
         origin = "pelvis"                             # optional, origin of the mamp preprocessing
         hips = ["l_hip", "r_hip"]                     # optional, root and torso length of pose2d
     """
-    path = Path(path)
+    path = require_regular_file(path, "layout file", missing_ok=True)  # a FIFO would block the read
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read layout file ({e})") from None
-    return layout_from_toml_text(text, str(path), default_name=path.stem)
+    layout = layout_from_toml_text(text, str(path), default_name=path.stem)
+    check_name(layout.name, str(path), "layout name")
+    return layout
 
 
 def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: str = "custom") -> Layout:
@@ -245,6 +274,8 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: not a layout (arrays or tables nested too deeply)") from None
     known = {"name", "joints", "parents", "center", "shoulders", "origin", "hips"}
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -256,6 +287,9 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
     joints = doc["joints"]
     if not isinstance(joints, list) or not all(isinstance(j, str) for j in joints):
         raise ValueError(f"{source}: 'joints' must be a list of joint names")
+    if len(joints) > MAX_JOINTS:
+        raise ValueError(f"{source}: {len(joints)} joints, more than the maximum of {MAX_JOINTS} per layout "
+                         "(MAX_JOINTS)")
     if len(set(joints)) != len(joints):
         raise ValueError(f"{source}: joint names must be unique")
     index = {n: i for i, n in enumerate(joints)}
@@ -301,16 +335,19 @@ def get_layout(name_or_path: str | Path) -> Layout:
 
 def layout_to_toml(layout: Layout) -> str:
     """The TOML text of a layout (stored in caches and model metadata so custom layouts travel)."""
-    def q(items: list[str]) -> str:
-        return "[" + ", ".join(f'"{s}"' for s in items) + "]"
+    def q(text: str) -> str:  # a TOML basic string, escaped by tomli-w ('s = "..."\n' minus key and newline)
+        return tomli_w.dumps({"s": text})[4:-1]
+
+    def arr(items: list[str]) -> str:
+        return "[" + ", ".join(q(t) for t in items) + "]"
 
     names = list(layout.joint_names)
-    lines = [f'name = "{layout.name}"', f"joints = {q(names)}",
-             f"parents = {q([names[p] for p in layout.parents])}", f'center = "{names[layout.center]}"']
+    lines = [f"name = {q(layout.name)}", f"joints = {arr(names)}",
+             f"parents = {arr([names[p] for p in layout.parents])}", f"center = {q(names[layout.center])}"]
     if layout.shoulders is not None:
-        lines.append(f"shoulders = {q([names[s] for s in layout.shoulders])}")
+        lines.append(f"shoulders = {arr([names[s] for s in layout.shoulders])}")
     if layout.origin is not None:
-        lines.append(f'origin = "{names[layout.origin]}"')
+        lines.append(f"origin = {q(names[layout.origin])}")
     if layout.hips is not None:
-        lines.append(f"hips = {q([names[h] for h in layout.hips])}")
+        lines.append(f"hips = {arr([names[h] for h in layout.hips])}")
     return "\n".join(lines) + "\n"

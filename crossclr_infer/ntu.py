@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def read_skeleton(path: str | Path, *, num_joints: int = NTU_NUM_JOINTS) -> RawS
 
     Raises CrossclrError ``"FILE: line N: expected ..., got ..."`` for malformed files.
     """
-    path = Path(path)
+    path = require_regular_file(path, "skeleton file", missing_ok=True)  # a FIFO would block the read
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -423,7 +424,7 @@ def class_names(benchmark: str) -> list[str]:
 
 def read_name_list(path: str | Path) -> set[str]:
     """Sample names, one per line (blank lines and ``#`` comments ignored), e.g. an ignore list."""
-    path = Path(path)
+    path = require_regular_file(path, "name list", missing_ok=True)  # a FIFO would block the read
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

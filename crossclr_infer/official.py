@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .arrays import check_coordinates, read_npy_header
 from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
+from .fileio import require_regular_file
 from .layouts import Layout, get_layout
 from .preprocess import valid_length
 
@@ -86,7 +87,7 @@ def restricted_load(data: bytes, source: str = "<pickle>") -> Any:
 
 def read_label_pickle(path: str | Path) -> tuple[list[str], np.ndarray]:
     """``(names, labels)`` from an official ``*_label.pkl`` through the restricted unpickler."""
-    path = Path(path)
+    path = require_regular_file(path, "label pickle", missing_ok=True)  # a FIFO would block the read
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -107,6 +108,7 @@ def read_label_pickle(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 def _load_npy(path: Path, mmap: bool = True) -> np.ndarray:
     """A memory-mapped array, or (``mmap`` False) an array read whole once its header passed the limit."""
+    require_regular_file(path, ".npy array", missing_ok=True)  # a FIFO would block the open
     try:
         if not mmap:
             with open(path, "rb") as f:

@@ -11,11 +11,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from .errors import CrossclrError
+from .errors import MAX_NAME_CHARS, CrossclrError, check_name  # noqa: F401 - the name check, re-exported
 from .layouts import Layout
 
 VIEWS = ("joint", "motion", "bone", "accel")
-MAX_NAME_CHARS = 200  # class, layout and other names read from files
 
 
 A = TypeVar("A")  # np.ndarray here, torch.Tensor in training.views
@@ -60,18 +59,6 @@ def check_view_name(value: object, source: str, what: str = "stream") -> str:
     if not isinstance(value, str) or value not in VIEWS:
         raise CrossclrError(f"{source}: {what} name {value!r:.60} is not a known view; expected one of "
                             f"{VIEWS}")
-    return value
-
-
-def check_name(value: object, source: str, what: str) -> str:
-    """A display name read from a file (class name, layout name): a non-empty string of at most
-    MAX_NAME_CHARS printable characters (no line breaks or control characters), else a CrossclrError naming
-    ``source``. Such names go into reports and messages, never into file names."""
-    if not isinstance(value, str):
-        raise CrossclrError(f"{source}: {what} {value!r:.60} is a {type(value).__name__}, expected a string")
-    if not value or len(value) > MAX_NAME_CHARS or not value.isprintable():
-        raise CrossclrError(f"{source}: {what} {value[:MAX_NAME_CHARS]!r} is not a valid name; expected 1 to "
-                            f"{MAX_NAME_CHARS} printable characters without line breaks")
     return value
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from ..cache import open_cache
+from ..errors import printable
+from ..fileio import check_outputs, output_lock
 from ..layouts import BUILTIN_LAYOUTS
 from ..preprocess import DEFAULT_FRAMES, PREPROCESS_MODES
 
@@ -38,7 +40,11 @@ def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, fr
     frames = frames or DEFAULT_FRAMES.get(preprocess or "official", 50)
     from ..arrays import import_arrays
 
-    counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames, benchmark=benchmark)
+    layout_file = Path(layout) if layout not in BUILTIN_LAYOUTS else None
+    check_outputs({"--out": out}, {"NPZ": npz, "--layout": layout_file})
+    with output_lock(out):
+        counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames,
+                               benchmark=benchmark)
     click.echo(_summary(out, counts))
 
 
@@ -52,7 +58,9 @@ def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None
     """Import the official code's processed files ({train,val}_position.npy or _data.npy + _label.pkl)."""
     from ..official import prepare_official
 
-    counts = prepare_official(folder, out, layout=layout, benchmark=benchmark)
+    check_outputs({"--out": out}, {"FOLDER": folder})
+    with output_lock(out):
+        counts = prepare_official(folder, out, layout=layout, benchmark=benchmark)
     click.echo(_summary(out, counts))
 
 
@@ -63,7 +71,8 @@ def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None
                    "AVX-512, "
                    "AVX512-BF16, AMX, VNNI), cores, library versions and onnxruntime providers.")
 def info(cache: Path | None, system: bool) -> None:
-    """Describe a cache: layout, classes, splits with counts, frames and preprocessing (or --system)."""
+    """Describe a cache: layout, classes, splits with counts, frames and preprocessing (or --system).
+    Names from the file are printable text (checked when the cache is opened)."""
     if system:
         from ..hardware import system_lines
 
@@ -76,7 +85,8 @@ def info(cache: Path | None, system: bool) -> None:
     with open_cache(cache) as c:
         lay = c.layout
         splits = {s: c.split(s) for s in c.splits}
-        click.echo(f"file:        {c.path}  (crossclr-cache v{c.format_version}"
+        # every name below passed errors.check_name when the cache was opened; the path is the user's
+        click.echo(f"file:        {printable(c.path)}  (crossclr-cache v{c.format_version}"
                    + (f", written by crossclr {c.crossclr_version})" if c.crossclr_version else ")"))
         shoulders = "none" if lay.shoulders is None else ", ".join(lay.joint_names[s] for s in lay.shoulders)
         click.echo(f"layout:      {lay.name} ({lay.num_joints} joints, center {lay.joint_names[lay.center]}, "
@@ -97,8 +107,8 @@ def info(cache: Path | None, system: bool) -> None:
 @click.command("synth")
 @_out_option
 @click.option("--classes", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--per-class", type=click.IntRange(min=2), default=60, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=2, max=10_000), default=60, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--layout", type=click.Choice(["ntu-rgb+d", "coco-17"]), default="ntu-rgb+d", show_default=True,
               help="ntu-rgb+d: 3-D Kinect joints; coco-17: their 2-D projection with scores (pose2d).")
@@ -106,7 +116,8 @@ def synth(out: Path, classes: int, per_class: int, seed: int, frames: int, layou
     """Generate a synthetic cache of procedurally animated actions (train/val by xsub subjects)."""
     from ..synth import generate_synthetic
 
-    generate_synthetic(out, classes=classes, per_class=per_class, seed=seed, frames=frames, layout=layout)
+    with output_lock(out):
+        generate_synthetic(out, classes=classes, per_class=per_class, seed=seed, frames=frames, layout=layout)
     with open_cache(out) as c:
         click.echo(_summary(out, {s: len(c.split(s)) for s in c.splits}))
 
