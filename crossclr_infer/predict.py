@@ -265,11 +265,18 @@ def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[list[dict[str,
             for row, p in zip(idx, probs, strict=True)]
 
 
+def check_top_k(top_k: object, option: str = "--top-k") -> int:
+    """``top_k`` as an int >= 1 (an integer, not a bool or a float), else a one-line CrossclrError naming
+    ``option``."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise CrossclrError(f"{option} must be an integer >= 1, got {top_k!r:.40}")
+    return int(top_k)
+
+
 def predict(session: ModelSession, inputs: Sequence[SkeletonInput], *, top_k: int = 5,
             batch_size: int = 64) -> list[dict[str, Any]]:
     """Per input: the fused top-k classes with probabilities and each stream's top-k."""
-    if top_k < 1:
-        raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
+    top_k = check_top_k(top_k)
     if not inputs:
         raise CrossclrError("no inputs to predict")
     info = session.info

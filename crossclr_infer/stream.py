@@ -45,10 +45,21 @@ shown, and the end-of-stream summary gives the counts):
 - gaps in time longer than ``max_gap`` seconds: the window restarts (warning), frames before and after a gap
   are never mixed; shorter gaps just mean fewer frames per second in the window;
 - out-of-order or repeated timestamps: the frame is skipped (warning);
-- malformed lines (not JSON, not an object, a missing or non-numeric ``t``, non-numeric coordinates, a wrong
-  number of scores): the line is skipped (warning);
+- malformed lines (not JSON, JSON nested too deeply, not an object, a missing, non-numeric or out-of-range
+  ``t``, non-numeric coordinates, a coordinate or score beyond ±``arrays.MAX_ABS_COORDINATE`` (1e5, the
+  bound of every input: ``arrays.check_coordinates``), a wrong number of scores, a line longer than
+  ``MAX_LINE_BYTES`` (8 MiB, skipped without being held in memory)): the line is skipped (warning) and the
+  stream goes on; a bad line never ends a stream;
+- too many bodies: a stream holds at most ``MAX_STREAM_BODIES`` (32) body IDs in its window. A new ID beyond
+  that evicts the ID seen least recently (it is removed from the window's frames, as if it had left), and a
+  frame listing more than 32 detected bodies keeps its first 32; both are counted as evicted bodies. A
+  window holds at most ``MAX_WINDOW_FRAMES`` (4096) frames (``window`` is refused above it; a ``span``
+  window keeps its newest 4096 frames). Memory per stream is so bounded whatever the input;
 - a body whose joint count or values per joint do not fit the model (wrong layout, 2-D data for a 3-D model):
   a one-line CrossclrError that ends the stream (the model cannot be meant for this stream).
+
+The end-of-stream summary (one line on stderr) counts each kind: frames, predictions, dropped windows,
+malformed lines, out-of-order frames, gaps, windows without bodies, failed windows, evicted bodies.
 
 Slow consumers never block the input. ``StreamPredictor.run`` reads frames on its own thread and hands full
 windows to the consumer through a bounded queue (``queue_size``, default 2); when the consumer (the model, or
@@ -71,7 +82,7 @@ import stat
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +91,7 @@ import numpy as np
 
 from .errors import CrossclrError
 from .layouts import Layout
+from .predict import check_top_k
 from .predictor import Predictor
 from .preprocess import PREPROCESS_MODES, SCORED_MODES, fill_missing_joints
 from .session import ModelInfo
@@ -92,10 +104,43 @@ DEFAULT_FPS = 30.0  # replay frame rate
 HOPS_PER_WINDOW = 5  # default hop: a fifth of the window
 WARNINGS_SHOWN = 5  # warnings of one kind shown before they are only counted
 TIME_EPS = 1e-6  # seconds: timestamps this close count as equal when a span window is cut
+# Bounds that keep a stream's memory fixed whatever its input (module docstring)
+MAX_STREAM_BODIES = 32  # body IDs held in a window; a new one evicts the least recently seen
+MAX_WINDOW_FRAMES = 4096  # frames held in a window (--window at most this; a --span window keeps the newest)
+MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is skipped unread (3,000 bodies of 25 joints fit)
+MIN_SPAN, MAX_SPAN = 1e-3, 3600.0  # seconds per --span window
+MIN_FPS, MAX_FPS = 0.01, 10_000.0  # --replay frame rates
+MAX_QUEUE = 64  # windows waiting for the model (--queue)
+# what a hostile line can make the JSON parser or numpy raise besides a JSON syntax error: RecursionError
+# (nesting), ValueError (an integer of more than 4,300 digits), OverflowError (an integer beyond float64)
+_UNREADABLE = (RecursionError, ValueError, TypeError, OverflowError)
 
 
 class MalformedFrame(CrossclrError):
     """A frame that cannot be read (skipped with a warning), unlike a stream that does not fit the model."""
+
+
+class _Overlong(str):
+    """Stands for a line longer than MAX_LINE_BYTES, which ``open_lines`` skipped without holding it."""
+
+
+def _int_option(option: str, value: object, low: int, high: int) -> int:
+    """An integer option in [low, high], else a one-line CrossclrError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise CrossclrError(f"{option} must be >= {low} and <= {high:,} (an integer), got {value!r:.40}")
+    return int(value)
+
+
+def _float_option(option: str, value: object, low: float, high: float, what: str) -> float:
+    """A real option in [low, high] (finite), else a one-line CrossclrError naming it."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
+    try:
+        x = float(value) if ok else math.nan  # type: ignore[arg-type]
+    except OverflowError:
+        x = math.inf
+    if not low <= x <= high:
+        raise CrossclrError(f"{option} must be from {low:g} to {high:g} {what}, got {value!r:.40}")
+    return x
 
 
 @dataclass(frozen=True)
@@ -184,6 +229,8 @@ class StreamStats:
     dropped: int = 0
     failed: int = 0
     predicted: int = 0
+    evicted: int = 0
+    trimmed: int = 0  # frames dropped from a span window beyond MAX_WINDOW_FRAMES
     shown: Counter = field(default_factory=Counter)
 
     def warn(self, kind: str, msg: str, *args: Any) -> None:
@@ -199,7 +246,14 @@ class StreamStats:
         return (f"stream ended: {self.frames} frames, {self.predicted} predictions, {self.dropped} windows "
                 f"dropped (model behind), {self.malformed} malformed lines, {self.out_of_order} out-of-order "
                 f"frames, {self.gaps} gaps, {self.empty} windows without bodies, {self.failed} windows "
-                "failed")
+                f"failed, {self.evicted} bodies evicted (more than {MAX_STREAM_BODIES} held)"
+                + (f", {self.trimmed} frames beyond {MAX_WINDOW_FRAMES} per window" if self.trimmed else ""))
+
+    @property
+    def troubled(self) -> bool:
+        """Whether anything was skipped, dropped or evicted (the summary is then a warning)."""
+        return bool(self.dropped or self.malformed or self.out_of_order or self.gaps or self.empty
+                    or self.failed or self.evicted or self.trimmed)
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -207,7 +261,7 @@ def _joint_rows(joints: list[Any], spec: FrameSpec, where: str) -> np.ndarray:
     """The ``joints`` list -> (V, D) float64, NaN rows for ``null`` joints."""
     try:
         arr = np.asarray(joints, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         arr = None
     if arr is not None and arr.ndim == 2:
         return arr
@@ -218,8 +272,9 @@ def _joint_rows(joints: list[Any], spec: FrameSpec, where: str) -> np.ndarray:
             continue
         try:
             row = np.asarray(j, dtype=np.float64)
-        except (ValueError, TypeError):
-            raise MalformedFrame(f"{where}: joint values {str(j)[:40]} are not numbers") from None
+        except (ValueError, TypeError, OverflowError):
+            raise MalformedFrame(f"{where}: joint values {str(j)[:40]} are not numbers in float range") \
+                from None
         if row.ndim != 1:
             raise MalformedFrame(f"{where}: a joint is {str(j)[:40]}, expected a list of numbers or null")
         rows.append(row)
@@ -254,8 +309,8 @@ def parse_body(obj: Any, index: int, spec: FrameSpec, where: str) -> Body:
             raise MalformedFrame(f"{where}: scores given both in the joints and in 'scores'; give one")
         try:
             score = np.asarray(obj["scores"], dtype=np.float64)
-        except (ValueError, TypeError):
-            raise MalformedFrame(f"{where}: 'scores' is not a list of numbers") from None
+        except (ValueError, TypeError, OverflowError):
+            raise MalformedFrame(f"{where}: 'scores' is not a list of numbers in float range") from None
         if score.shape != (v,):
             raise MalformedFrame(f"{where}: 'scores' has shape {score.shape}, expected {v} numbers")
     coords = arr[:, :2] if spec.scored else arr[:, :3]
@@ -263,7 +318,14 @@ def parse_body(obj: Any, index: int, spec: FrameSpec, where: str) -> Body:
         score = np.ones(v)
     seen = np.isfinite(coords).all(axis=1) & (np.nan_to_num(score, nan=0.0) > 0)  # (V,)
     values = np.column_stack([coords, score]) if spec.scored else coords  # (V, 3)
-    values = np.where(seen[:, None], values, 0.0).astype(np.float32)
+    values = np.where(seen[:, None], values, 0.0)
+    from .arrays import check_coordinates  # here: loading h5py only when frames arrive
+
+    try:
+        check_coordinates(values, where)  # the bound of every input, before float32 could turn 1e39 into inf
+    except CrossclrError as e:
+        raise MalformedFrame(str(e)) from None
+    values = values.astype(np.float32)
     body_id = obj.get("id", index)
     if isinstance(body_id, bool) or not isinstance(body_id, (int, str)):
         raise MalformedFrame(f"{where}: 'id' is {body_id!r}, expected an integer or a string")
@@ -276,12 +338,21 @@ def parse_frame(obj: Any, spec: FrameSpec, where: str = "frame") -> Frame:
         raise MalformedFrame(f"{where}: a JSON {type(obj).__name__}, expected an object with 't' and "
                              "'bodies'")
     t = obj.get("t")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-        raise MalformedFrame(f"{where}: 't' is {t!r}, expected a finite timestamp in seconds")
+    try:
+        ok = not isinstance(t, bool) and isinstance(t, (int, float)) and math.isfinite(t)
+    except OverflowError:  # an integer beyond float64 (a 400-digit timestamp)
+        ok = False
+    if not ok:
+        raise MalformedFrame(f"{where}: 't' is {str(t)[:40]}, expected a finite timestamp in seconds")
     bodies = obj.get("bodies")
     if not isinstance(bodies, list):
         raise MalformedFrame(f"{where}: 'bodies' missing or not a list")
-    parsed = tuple(parse_body(b, i, spec, where) for i, b in enumerate(bodies))
+    try:
+        parsed = tuple(parse_body(b, i, spec, where) for i, b in enumerate(bodies))
+    except CrossclrError:
+        raise
+    except _UNREADABLE as e:  # hostile values numpy or str() cannot take (nesting, huge integers)
+        raise MalformedFrame(f"{where}: a body cannot be read ({type(e).__name__})") from None
     if len({b.id for b in parsed}) != len(parsed):
         raise MalformedFrame(f"{where}: two bodies share an id")
     return Frame(float(t), parsed)
@@ -292,17 +363,30 @@ def read_frames(lines: Iterable[str], spec: FrameSpec, source: str,
     """Frames of JSON lines; malformed lines are skipped with a warning (counted in ``stats``)."""
     stats = stats if stats is not None else StreamStats()
     for n, line in enumerate(lines, 1):
+        where = f"{source}: line {n}"
+        if isinstance(line, _Overlong) or len(line) > MAX_LINE_BYTES:
+            stats.malformed += 1
+            stats.warn("malformed", "%s: longer than %d bytes (MAX_LINE_BYTES); line skipped", where,
+                       MAX_LINE_BYTES)
+            continue
         if not line.strip():
             continue
-        where = f"{source}: line {n}"
         try:
-            yield parse_frame(json.loads(line), spec, where)
+            frame = parse_frame(json.loads(line), spec, where)
         except json.JSONDecodeError as e:
             stats.malformed += 1
             stats.warn("malformed", "%s: not JSON (%s); line skipped", where, e.msg)
         except MalformedFrame as e:
             stats.malformed += 1
             stats.warn("malformed", "%s; line skipped", e)
+        except CrossclrError:
+            raise  # the stream does not fit the model
+        except _UNREADABLE as e:
+            stats.malformed += 1
+            what = "nested too deeply" if isinstance(e, RecursionError) else f"{type(e).__name__}"
+            stats.warn("malformed", "%s: not a readable frame (%s); line skipped", where, what)
+        else:
+            yield frame
 
 
 # ----------------------------------------------------------------------------------------- the stream
@@ -350,9 +434,10 @@ class _WindowQueue:
 class StreamPredictor:
     """A sliding window over incoming frames and a prediction per hop (see the module docstring).
 
-    ``window``: frames per window (default: the model's frames) or ``span``: seconds per window (not both);
-    ``hop``: frames between predictions (default: a fifth of the window, at least 1); ``max_gap``: seconds
-    without frames after which the window restarts.
+    ``window``: frames per window (default: the model's frames; at most MAX_WINDOW_FRAMES) or ``span``:
+    seconds per window (MIN_SPAN to MAX_SPAN; not both); ``hop``: frames between predictions (default: a fifth
+    of the window, at least 1); ``max_gap``: seconds without frames after which the window restarts. At most
+    MAX_STREAM_BODIES body IDs are held (module docstring).
 
     Push-based use: ``push(frame)`` returns a Window when one is due (cheap, no inference),
     ``predict(window)`` runs the model, ``flush()`` gives the last window at the end. ``run(frames)`` does all
@@ -365,22 +450,23 @@ class StreamPredictor:
         self.spec = FrameSpec.for_model(predictor.info)
         if window is not None and span is not None:
             raise CrossclrError("give a window in frames (--window) or in seconds (--span), not both")
-        if window is not None and window < 1:
-            raise CrossclrError(f"--window must be >= 1 frame, got {window}")
-        if span is not None and not span > 0:
-            raise CrossclrError(f"--span must be > 0 seconds, got {span}")
-        if hop is not None and hop < 1:
-            raise CrossclrError(f"--hop must be >= 1 frame, got {hop}")
-        if top_k < 1:
-            raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
-        if not max_gap > 0:
-            raise CrossclrError(f"--max-gap must be > 0 seconds, got {max_gap}")
+        if window is not None:
+            window = _int_option("--window", window, 1, MAX_WINDOW_FRAMES)
+        if span is not None:
+            span = _float_option("--span", span, MIN_SPAN, MAX_SPAN, "seconds")
+        if hop is not None:
+            hop = _int_option("--hop", hop, 1, 10**9)
+        top_k = check_top_k(top_k)
+        if isinstance(max_gap, bool) or not isinstance(max_gap, (int, float)) or not max_gap > 0:
+            raise CrossclrError(f"--max-gap must be > 0 seconds, got {max_gap!r:.40}")
         self.span = span
-        self.window = None if span is not None else (window or predictor.info.frames)
+        self.window = None if span is not None else min(window or predictor.info.frames, MAX_WINDOW_FRAMES)
         self.hop = hop or max(1, (self.window or predictor.info.frames) // HOPS_PER_WINDOW)
-        self.top_k, self.max_gap = top_k, max_gap
+        self.top_k, self.max_gap = top_k, float(max_gap)
         self.stats = StreamStats()
         self._frames: deque[Frame] = deque()
+        self._held: dict[str, int] = {}  # body id -> frames of the window holding it
+        self._recent: dict[str, None] = {}  # the held ids, least recently seen first
         self._since_window = 0  # frames pushed since the last window (or the last restart)
         self._t_last: float | None = None
         self._t_first: float | None = None  # first frame since the last restart
@@ -402,24 +488,70 @@ class StreamPredictor:
             self.stats.warn("gap", "stream: no frame for %.3g s before t=%.6g s (more than --max-gap %.3g "
                             "s); window restarted", t - self._t_last, t, self.max_gap)
             self._frames.clear()
+            self._held.clear()
+            self._recent.clear()
             self._since_window, self._t_first = 0, None
         self._t_last = t
         self._t_first = t if self._t_first is None else self._t_first
-        self._frames.append(frame)
+        self._append(frame)
         self.stats.frames += 1
         self._since_window += 1
         if self.window is not None:
             while len(self._frames) > self.window:
-                self._frames.popleft()
+                self._pop_oldest()
             full = len(self._frames) == self.window
         else:
             assert self.span is not None
-            while self._frames[0].t <= t - self.span + TIME_EPS:
-                self._frames.popleft()
+            while len(self._frames) > 1 and self._frames[0].t <= t - self.span + TIME_EPS:
+                self._pop_oldest()
+            if len(self._frames) > MAX_WINDOW_FRAMES:
+                self._pop_oldest()
+                self.stats.trimmed += 1
+                self.stats.warn("trimmed", "stream: more than %d frames in --span %.3g s; the window keeps "
+                                "the newest %d (MAX_WINDOW_FRAMES)", MAX_WINDOW_FRAMES, self.span,
+                                MAX_WINDOW_FRAMES)
             full = t - self._t_first >= self.span - TIME_EPS
         if full and self._since_window >= self.hop:
             return self._make_window(partial=False)
         return None
+
+    def _append(self, frame: Frame) -> None:
+        """Hold ``frame`` (its detected bodies, at most MAX_STREAM_BODIES of them), evicting the least
+        recently seen body IDs beyond MAX_STREAM_BODIES held."""
+        bodies = [b for b in frame.bodies if b.seen.any()]  # undetected bodies add nothing to a window
+        if len(bodies) > MAX_STREAM_BODIES:
+            over = len(bodies) - MAX_STREAM_BODIES
+            self.stats.evicted += over
+            self.stats.warn("evicted", "stream: frame at t=%.6g s lists %d detected bodies; keeping the "
+                            "first %d (MAX_STREAM_BODIES)", frame.t, len(bodies), MAX_STREAM_BODIES)
+            bodies = bodies[:MAX_STREAM_BODIES]
+        if len(bodies) != len(frame.bodies):
+            frame = Frame(frame.t, tuple(bodies))
+        for b in bodies:
+            self._held[b.id] = self._held.get(b.id, 0) + 1
+            self._recent.pop(b.id, None)
+            self._recent[b.id] = None  # now the most recent
+        self._frames.append(frame)
+        excess = len(self._held) - MAX_STREAM_BODIES
+        if excess > 0:  # the oldest ids; never those of this frame (at most MAX_STREAM_BODIES, the newest)
+            gone = set(list(self._recent)[:excess])
+            for body_id in gone:
+                del self._held[body_id], self._recent[body_id]
+            self._frames = deque(f if not any(b.id in gone for b in f.bodies)
+                                 else Frame(f.t, tuple(b for b in f.bodies if b.id not in gone))
+                                 for f in self._frames)
+            self.stats.evicted += excess
+            self.stats.warn("evicted", "stream: more than %d body IDs in the window at t=%.6g s; evicted the "
+                            "%d seen least recently (MAX_STREAM_BODIES)", MAX_STREAM_BODIES, frame.t, excess)
+
+    def _pop_oldest(self) -> None:
+        """Drop the window's oldest frame and forget the body IDs no other held frame has."""
+        for b in self._frames.popleft().bodies:
+            n = self._held[b.id] - 1
+            if n:
+                self._held[b.id] = n
+            else:
+                del self._held[b.id], self._recent[b.id]
 
     def flush(self) -> Window | None:
         """At the end of the stream: the window of the newest frames if any arrived since the last one."""
@@ -452,11 +584,11 @@ class StreamPredictor:
         name = f"window {window.index} (t={window.t_start:.6g}..{window.t_end:.6g} s)"
         try:
             x = self.predictor.prepare(window.clip, "CTVM", name)
-        except CrossclrError as e:
+            result = self.predictor.predict_prepared(x, top_k=self.top_k, name=name)
+        except CrossclrError as e:  # e.g. no skeleton after preprocessing: this window only
             self.stats.failed += 1
             self.stats.warn("failed", "stream: %s; no prediction", e)
             return None
-        result = self.predictor.predict_prepared(x, top_k=self.top_k, name=name)
         done = time.perf_counter()
         self.stats.predicted += 1
         return StreamPrediction(window.index, window.t_start, window.t_end, window.clip.shape[1],
@@ -468,9 +600,7 @@ class StreamPredictor:
         """Predictions of a stream of frames; ``frames`` is read on a thread of its own (it may block, e.g. on
         a pipe) and never waits for the consumer unless ``lossless``. Errors of the reader (a stream that
         does not fit the model) are raised here."""
-        if queue_size < 1:
-            raise CrossclrError(f"--queue must be >= 1 window, got {queue_size}")
-        queue = _WindowQueue(queue_size, lossless)
+        queue = _WindowQueue(_int_option("--queue", queue_size, 1, MAX_QUEUE), lossless)
         stop = threading.Event()
 
         def read() -> None:
@@ -483,6 +613,13 @@ class StreamPredictor:
                     except MalformedFrame as e:
                         self.stats.malformed += 1
                         self.stats.warn("malformed", "%s; frame skipped", e)
+                        continue
+                    except CrossclrError:
+                        raise  # the stream does not fit the model
+                    except _UNREADABLE as e:  # a hostile frame object (nesting, huge integers)
+                        self.stats.malformed += 1
+                        self.stats.warn("malformed", "frame: not a readable frame (%s); frame skipped",
+                                        type(e).__name__)
                         continue
                     if window is not None:
                         self._hand_over(queue, window)
@@ -506,10 +643,7 @@ class StreamPredictor:
             stop.set()
             queue.close()
             s = self.stats
-            if s.dropped or s.malformed or s.out_of_order or s.gaps or s.empty or s.failed:
-                log.warning("%s", s.summary())
-            else:
-                log.info("%s", s.summary())
+            log.log(logging.WARNING if s.troubled else logging.INFO, "%s", s.summary())
 
     def _hand_over(self, queue: _WindowQueue, window: Window) -> None:
         dropped = queue.put(window)
@@ -544,16 +678,44 @@ def frames_to_clip(frames: list[Frame], spec: FrameSpec) -> tuple[np.ndarray, tu
 
 
 # -------------------------------------------------------------------------------------------- sources
+def bounded_lines(readline: Callable[[int], str | bytes], source: str) -> Iterator[str]:
+    """Lines of a ``readline(limit)`` (text, or UTF-8 bytes decoded with U+FFFD for invalid bytes), never
+    holding more than MAX_LINE_BYTES + 1 of one line: a longer one is read through and given as ``_Overlong``
+    (``read_frames`` skips it with a warning). A read error is a one-line CrossclrError naming ``source``."""
+    while True:
+        try:
+            line = readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            cut = len(line) > MAX_LINE_BYTES and line[-1:] not in ("\n", b"\n")
+            while cut and (rest := readline(MAX_LINE_BYTES)) and rest[-1:] not in ("\n", b"\n"):
+                pass  # the rest of an overlong line, read and dropped
+        except OSError as e:
+            raise CrossclrError(f"{source}: cannot be read ({e.strerror or e}); expected JSON-lines frames") \
+                from None
+        if cut:
+            yield _Overlong()
+        else:
+            yield line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+
+
 def open_lines(source: str) -> tuple[Iterator[str], bool]:
-    """Lines of ``-`` (stdin), a file or a FIFO, and whether the source is a regular file (it can wait)."""
+    """Lines of ``-`` (stdin), a file or a FIFO, and whether the source is a regular file (it can wait).
+    Lines are read in binary and decoded leniently (a bad byte spoils its line only), each at most
+    MAX_LINE_BYTES (``bounded_lines``)."""
     import sys
 
     if source == "-":
+        stdin = sys.stdin
+        if stdin is None or getattr(stdin, "closed", False):
+            raise CrossclrError("--stream: stdin is closed; pipe JSON-lines frames into stdin or give a file "
+                                "or FIFO as INPUT")
         try:
-            regular = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
-        except (OSError, ValueError, AttributeError):  # stdin replaced (tests) or closed
+            regular = stat.S_ISREG(os.fstat(stdin.fileno()).st_mode)
+        except (OSError, ValueError, AttributeError):  # stdin replaced (tests) or not a file
             regular = False
-        return iter(sys.stdin.readline, ""), regular
+        raw = getattr(stdin, "buffer", None)
+        return bounded_lines((raw or stdin).readline, "stdin"), regular
     p = Path(source)
     if not p.exists():
         raise CrossclrError(f"{p}: stream source not found; expected a JSON-lines file, a FIFO or - (stdin)")
@@ -562,8 +724,13 @@ def open_lines(source: str) -> tuple[Iterator[str], bool]:
     regular = p.is_file()
 
     def lines() -> Iterator[str]:
-        with open(p, encoding="utf-8", errors="replace") as f:  # a FIFO blocks here until a writer opens it
-            yield from iter(f.readline, "")
+        try:
+            f = open(p, "rb")  # noqa: SIM115 - closed below; a FIFO blocks here until a writer opens it
+        except OSError as e:
+            raise CrossclrError(f"{p}: cannot be opened ({e.strerror or e}); expected a JSON-lines file, a "
+                                "FIFO or - (stdin)") from None
+        with f:
+            yield from bounded_lines(f.readline, str(p))
 
     return lines(), regular
 
@@ -610,6 +777,7 @@ def read_clip(path: str | Path, info: ModelInfo, axes: str | None = None) -> np.
             raise CrossclrError(f"{p}: a .skeleton file holds 3-D (x, y, z) joints; the model takes 2-D "
                                 "(x, y, score)")
         raw = read_skeleton(p, num_joints=v)
+        _check_replayed(raw.xyz, p)
         m = max(1, int(raw.bodies_per_frame.max(initial=0)))
         x = np.zeros((3, raw.num_frames, v, m), np.float32)
         # (B_total, V, 3) -> (3, V) per listed body, in its frame's slot
@@ -622,15 +790,24 @@ def read_clip(path: str | Path, info: ModelInfo, axes: str | None = None) -> np.
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise CrossclrError(f"{p}: array dtype {arr.dtype}, expected numbers")
     a = parse_axes(axes, arr.ndim, str(p)) if axes else detect_axes(arr.shape, v, 3, str(p))
+    _check_replayed(arr, p)
     return np.ascontiguousarray(to_ctvm(arr, a), dtype=np.float32)  # (named axes) -> (C, T, V, M)
+
+
+def _check_replayed(x: np.ndarray, path: Path) -> None:
+    """The bound of every input (``arrays.check_coordinates``) on a replayed file's values; NaN and Inf are
+    missing joints (null in the frames), as in a live stream."""
+    from .arrays import check_coordinates
+
+    finite = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, bool)
+    check_coordinates(np.where(finite, x, 0), str(path))
 
 
 def replay_frames(path: str | Path, info: ModelInfo, *, fps: float = DEFAULT_FPS, axes: str | None = None,
                   wait: bool = True) -> Iterator[dict[str, Any]]:
     """The frames of a ``.skeleton``/``.npy`` file as a stream (JSON-format objects), at ``fps`` frames per
     second of timestamps, and in real time when ``wait``."""
-    if not fps > 0:
-        raise CrossclrError(f"--fps must be > 0, got {fps}")
+    fps = _float_option("--fps", fps, MIN_FPS, MAX_FPS, "frames per second")
     frames = clip_frames(read_clip(path, info, axes), FrameSpec.for_model(info), fps)
     start = time.perf_counter()
     for i, frame in enumerate(frames):

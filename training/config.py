@@ -82,7 +82,8 @@ class TrainConfig:
     warmup_epochs: int = 0  # cosine: linear warm-up from 0 over these epochs (MAMP: 20)
     min_lr: float = 0.0  # cosine: the lr at the end of the half cycle (MAMP: 5e-4)
     seed: int = 0  # seed of model init, sampler order and augmentation
-    deterministic: bool = False  # torch deterministic algorithms (slower; exact resume on CPU needs none)
+    deterministic: bool = False  # torch deterministic algorithms and a fixed thread count (slower); a
+    # bit-identical --resume on CPU needs the same thread count in both runs: this, or CROSSCLR_THREADS
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
     bf16: bool | Literal["auto"] = "auto"  # bfloat16 autocast of the encoders; auto: on for CUDA with bf16
     # and CPUs with native bf16 (AVX512-BF16 / AMX), off elsewhere; true on a CPU without it is refused

@@ -61,8 +61,9 @@ def run_stream_command(inputs: tuple[str, ...], *, model: str, top_k: int, axes:
                        preprocessed: bool, providers: list[str] | None, threads: int, stream: bool,
                        replay: str | None, fps: float, no_wait: bool, emit_frames: bool, window: int | None,
                        span: float | None, hop: int | None, max_gap: float, queue_size: int,
-                       lossless: bool | None) -> None:
+                       lossless: bool | None, backend: str = "auto", precision: str = "auto") -> None:
     """``predict --stream`` / ``--replay``: JSON lines out (predictions, or frames with ``--emit-frames``)."""
+    from ..predict import check_top_k
     from ..predictor import Predictor
     from ..stream import StreamPredictor, read_frames, replay_frames
 
@@ -78,22 +79,22 @@ def run_stream_command(inputs: tuple[str, ...], *, model: str, top_k: int, axes:
         raise CrossclrError(f"--replay takes its file as its value; unexpected INPUT {inputs[0]!r}")
     if stream and len(inputs) > 1:
         raise CrossclrError(f"--stream reads one source (a file, a FIFO or - for stdin), got {len(inputs)}")
-    if top_k < 1:
-        raise CrossclrError(f"--top-k must be >= 1, got {top_k}")
-    predictor = Predictor(model, providers, threads)
+    check_top_k(top_k)
+    predictor = Predictor(model, providers, threads, backend=backend, precision=precision)
     if replay:
         frames: Iterable[Any] = replay_frames(replay, predictor.info, fps=fps, axes=axes, wait=not no_wait)
         if emit_frames:
             _echo_json(frames)
             return
         can_wait = no_wait
-    else:
-        from ..stream import FrameSpec, open_lines
+    sp = StreamPredictor(predictor, window=window, span=span, hop=hop, top_k=top_k, max_gap=max_gap)
+    if not replay:
+        from ..stream import open_lines
 
         source = inputs[0] if inputs else "-"
         lines, can_wait = open_lines(source)
-        frames = read_frames(lines, FrameSpec.for_model(predictor.info), "stdin" if source == "-" else source)
-    sp = StreamPredictor(predictor, window=window, span=span, hop=hop, top_k=top_k, max_gap=max_gap)
+        # the stream's own counters: skipped lines are in its end-of-stream summary
+        frames = read_frames(lines, sp.spec, "stdin" if source == "-" else source, sp.stats)
     preds = sp.run(frames, queue_size=queue_size, lossless=can_wait if lossless is None else lossless)
     _echo_json(preds, lambda p: p.to_dict())
 
