@@ -8,7 +8,9 @@ and ``crossclr info`` start without it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 
 import click
 
@@ -26,7 +28,9 @@ _MODULES = (ntu_commands, cache_commands, infer_commands, train_commands, eval_c
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crossclr")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def crossclr(verbose: int) -> None:
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of an error instead of one line (or set CROSSCLR_DEBUG=1).")
+def crossclr(verbose: int, debug: bool) -> None:
     """CrosSCLR skeleton action representation learning: prepare, train, evaluate, export, predict."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -128,22 +132,138 @@ def _demo_eval_score(report: dict) -> str:
     top1, sps = report["results"]["fused"]["top1"], report["run"]["samples_per_s"]
     return f"ONNX fused top-1 {top1:.1f}% (val), {sps:.0f} samples/s"
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit status 1, never a traceback."""
+
+# parameters of the commands that name their inputs: the one-line report of an unexpected error names them
+_INPUT_PARAMS = ("data", "checkpoint", "model", "models", "inputs", "cache", "metrics", "npz", "raw_dir",
+                 "folder", "reports", "file", "calibration", "init_from")
+_GLOBAL_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "--debug")
+_DEBUG_ENV = "CROSSCLR_DEBUG"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a message may quote names read from files)."""
+    from crossclr_infer.errors import printable
+
+    return printable(text)
+
+
+def _one_line(text: str) -> str:
+    """The first non-empty line of ``text``, escaped."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return _printable(lines[0]) if lines else ""
+
+
+def _command_and_inputs(argv: list[str]) -> tuple[str, list[str]]:
+    """``crossclr <command>`` as typed, and the inputs it was given (for the report of an unexpected
+    error): the command's arguments parsed again without running anything."""
+    words = [a for a in argv if a not in _GLOBAL_FLAGS]
+    cmd: click.Command = crossclr
+    path = ["crossclr"]
+    while isinstance(cmd, click.Group) and words and not words[0].startswith("-"):
+        sub = cmd.get_command(click.Context(cmd), words[0])
+        if sub is None:
+            break
+        cmd, path, words = sub, [*path, words[0]], words[1:]
+    inputs: list[str] = []
     try:
-        crossclr.main(args=argv, prog_name="crossclr", standalone_mode=False)
+        ctx = cmd.make_context(path[-1], list(words), resilient_parsing=True)
+        for name in _INPUT_PARAMS:
+            value = ctx.params.get(name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            inputs += [str(v) for v in values if v not in (None, "")]
+    except Exception:  # noqa: BLE001 - only a report: without inputs when the arguments do not parse
+        pass
+    return " ".join(path), inputs
+
+
+def _unexpected(error: BaseException, argv: list[str]) -> str:
+    """One line for an exception that is not a user error: the command, its inputs, what happened."""
+    command, inputs = _command_and_inputs(argv)
+    where = command + (f" ({', '.join(inputs[:4])}{', ...' if len(inputs) > 4 else ''})" if inputs else "")
+    if isinstance(error, RecursionError):
+        what = "an input is nested too deeply to read (RecursionError)"
+    elif isinstance(error, MemoryError):
+        what = "out of memory (MemoryError): an input declares more data than this machine holds"
+    else:
+        what = f"unexpected {type(error).__name__}" + (f": {_one_line(str(error))}" if str(error).strip()
+                                                        else "")
+    return (f"error: {_printable(where)}: {what}; this is a bug or an input it does not expect; rerun with "
+            f"--debug (or {_DEBUG_ENV}=1) for the traceback")
+
+
+def _usage_error(error: click.UsageError) -> str:
+    """A Click usage error (unknown option, bad value, missing argument) as one line naming the command."""
+    cmd = error.ctx.command_path if error.ctx is not None else "crossclr"
+    message = " ".join(error.format_message().split())
+    return f"error: {_printable(cmd)}: {_printable(message)} (see {_printable(cmd)} --help)"
+
+
+def _debug(argv: list[str]) -> bool:
+    command_at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    return "--debug" in argv[:command_at] or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
+
+
+def _raised_in_h5py(error: BaseException) -> bool:
+    """Whether ``error`` or an error chained to it was raised inside h5py."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(f"{os.sep}h5py{os.sep}" in frame.filename for frame in traceback.extract_tb(e.__traceback__)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _end_after_write_failure() -> None:
+    """Exit 1 without finalizers: HDF5 cannot close a file whose last write failed, and closing it again at
+    exit crashes the process (see ``crossclr_infer.fileio.WriteFailed``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every error becomes one line on stderr and a non-zero exit status, never a traceback
+    (unless ``--debug`` or ``CROSSCLR_DEBUG=1``). Exit status 1: bad input, a usage error or an unexpected
+    error; 130: Ctrl-C; 143: a training run stopped by SIGTERM (resumable)."""
+    from crossclr_infer.fileio import WriteFailed
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = crossclr.main(args=args, prog_name="crossclr", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (ValueError, OSError, KeyError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        click.echo(f"error: {msg}", err=True)
-        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `crossclr` or `crossclr prepare` alone: the help
+            click.echo(e.format_message())
+            sys.exit(0)
+        click.echo(_usage_error(e), err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        click.echo(f"error: {_one_line(e.format_message())}", err=True)
+        sys.exit(1)
+    except WriteFailed as e:
+        click.echo(f"error: {_one_line(str(e))}", err=True)
+        if _raised_in_h5py(e):
+            _end_after_write_failure()
+        sys.exit(1)
+    except (ValueError, OSError) as e:  # CrossclrError, and the library errors about bad values or files
+        if _debug(args):
+            traceback.print_exc()
+        msg = _one_line(str(e)) or type(e).__name__
+        click.echo(f"error: {msg}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if _debug(args):
+            traceback.print_exc()
+        click.echo(_unexpected(e, args), err=True)
+        sys.exit(1)
+    if isinstance(code, int) and code:  # a command that returned an exit status (ctx.exit)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from crossclr_infer.fileio import check_outputs, output_lock
 from crossclr_infer.views import parse_streams
 
 
@@ -34,6 +35,10 @@ from crossclr_infer.views import parse_streams
 @click.option("--graph-form", type=click.Choice(["matmul", "einsum"]), default="matmul", show_default=True,
               help="matmul: BatchNorm folded and the graph product as MatMul (fast); einsum: the training "
                    "modules as they are.")
+@click.option("--attention", type=click.Choice(["mha", "contrib-attention", "onnx-attention", "plain"]),
+              default="mha", show_default=True,
+              help="Transformers: how each block's attention is written (mha: onnxruntime's fused "
+                   "MultiHeadAttention; onnx-attention needs --opset 23; plain: MatMul/Softmax).")
 @click.option("--opset", default=17, show_default=True, type=int,
               help="ONNX opset, 13 to 23 (--dynamo writes at least 18).")
 @click.option("--dynamo", is_flag=True, help="Use torch's dynamo exporter (default: the TorchScript "
@@ -43,8 +48,8 @@ from crossclr_infer.views import parse_streams
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, data: str | None,
                quantize: str | None, int8_target: str, calibration: str | None, precision: str,
-               fp16_tolerance: float, graph_form: str, opset: int, dynamo: bool, tolerance: float,
-               overwrite: bool) -> None:
+               fp16_tolerance: float, graph_form: str, attention: str, opset: int, dynamo: bool,
+               tolerance: float, overwrite: bool) -> None:
     """Export encoders + linear heads to ONNX: one model per stream and a fused ensemble.
 
     Every model is checked by onnx.checker and compared with torch on random (and, with --data, real) inputs;
@@ -55,10 +60,13 @@ def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, d
     from .quantize import Int8Config
 
     st = parse_streams(streams)
-    res = export_checkpoint(checkpoint, out, streams=st, ensemble=ensemble, opset=opset, dynamo=dynamo,
-                            data=data, quantize=quantize, calibration=calibration, tolerance=tolerance,
-                            precision=precision, fp16_tolerance=fp16_tolerance, graph_form=graph_form,
-                            int8_config=Int8Config(target=int8_target), overwrite=overwrite)
+    check_outputs({"--out": out}, {"--checkpoint": checkpoint, "--data": data, "--calibration": calibration})
+    with output_lock(out, "--out", mkdir=True):
+        res = export_checkpoint(checkpoint, out, streams=st, ensemble=ensemble, opset=opset, dynamo=dynamo,
+                                data=data, quantize=quantize, calibration=calibration, tolerance=tolerance,
+                                precision=precision, fp16_tolerance=fp16_tolerance, graph_form=graph_form,
+                                attention=attention, int8_config=Int8Config(target=int8_target),
+                                overwrite=overwrite)
     click.echo(f"exported to {res.out_dir}")
     for name, fname in res.files.items():
         p = res.parity.get(name)
@@ -72,6 +80,11 @@ def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, d
             line += (f" top-1 {q['top1_int8']:.2f}% vs fp32 {q['top1_fp32']:.2f}% "
                      f"({q['top1_change_pt']:+.2f} pt, {q['eval_samples']} samples)")
         click.echo(line)
+    if data:  # where bf16 may serve the models here, check it on the cache now (crossclr_infer.precision)
+        from crossclr_infer.precision import check_exported
+
+        for line in check_exported(res.out_dir, res.files, data):
+            click.echo(line)
 
 
 COMMANDS: list = [export_cmd]

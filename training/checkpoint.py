@@ -23,7 +23,7 @@ import torch
 
 from crossclr_infer import __version__
 from crossclr_infer.errors import CrossclrError
-from crossclr_infer.fileio import atomic_output
+from crossclr_infer.fileio import WriteFailed, atomic_output
 from crossclr_infer.layouts import layout_from_toml_text
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,18 @@ def restore_rng(state: dict[str, Any], augment_generator: torch.Generator | None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``. A write that
+    fails (disk full, ``ulimit -f``: torch then reports only "unexpected pos ...") is one line naming
+    ``path``; the temp file is removed and a previous ``path`` is kept."""
     path = Path(path)
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_output(path) as tmp:
+            torch.save(obj, tmp)
+    except WriteFailed:
+        raise
+    except (OSError, RuntimeError) as e:
+        raise CrossclrError(f"{path}: could not be written ({_reason(e)}); check the free space and the file "
+                            "size limit (ulimit -f); any previous file is kept") from e
     return path
 
 

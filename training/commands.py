@@ -2,11 +2,64 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 from pathlib import Path
+from typing import Any
 
 import click
 
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import check_outputs, output_lock
 from crossclr_infer.views import parse_streams
+
+log = logging.getLogger(__name__)
+
+# threads or worker processes per core a torch command may ask for: more only adds memory and switching
+MAX_THREADS_PER_CORE = 4
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(n: int | None, option: str) -> int | None:
+    """``n`` threads or worker processes (None: the default) when this machine can run them, else one line
+    naming ``option``: at most ``MAX_THREADS_PER_CORE`` per usable core (``--num-workers 100000`` once grew
+    to 6.4 GB and never started)."""
+    if n is None:
+        return None
+    limit = MAX_THREADS_PER_CORE * usable_cores()
+    if n > limit:
+        raise CrossclrError(f"{option} {n}: more than this machine can run ({usable_cores()} usable cores); "
+                            f"expected 0 to {limit}")
+    return n
+
+
+def _check_finite_config(cfg: Any, config: str | None) -> None:
+    """The learning rate is a finite number > 0 and the other rates finite and >= 0, before the run folder
+    is made: ``--lr nan`` once wrote a run folder and failed at the second step."""
+    where = f"--lr / {config or 'the config'}"
+    for key, positive in (("lr", True), ("weight_decay", False), ("momentum", False)):
+        value = getattr(cfg, key, None)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise CrossclrError(f"{where}: {key} = {value}; expected a finite number "
+                                f"{'>' if positive else '>='} 0")
+
+
+def _is_rank0() -> bool:
+    """Not a secondary process of a torchrun launch (those share rank 0's output folder)."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
 
 
 @click.command("train")
@@ -48,6 +101,9 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     from training.config import load_config
     from training.trainer import train
 
+    config_file = Path(config) if config is not None and Path(config).suffix == ".toml" else None
+    check_outputs({"--out": out}, {"--data": data, "--init-from": init_from, "--config": config_file})
+    check_threads(num_workers, "--num-workers")
     overrides = {"streams": parse_streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
                  "batch_size": batch_size, "lr": lr, "device": device, "num_workers": num_workers,
                  "save_every": save_every, "seed": seed, "bf16": bf16, "deterministic": deterministic,
@@ -55,8 +111,19 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     base = None
     if resume and config is None and (out / CHECKPOINT_NAME).is_file():
         base = load_checkpoint(out / CHECKPOINT_NAME)["config"]
-    cfg = load_config(config, overrides, base=base)
-    result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    try:
+        cfg = load_config(config, overrides, base=base)
+    except RecursionError:
+        raise CrossclrError(f"--config {config}: nested too deeply; expected a flat TOML config (see the "
+                            "presets in training/presets)") from None
+    _check_finite_config(cfg, config)
+    if num_workers is None:
+        check_threads(cfg.num_workers, f"{config or 'the config'}: num_workers =")
+    if _is_rank0():
+        with output_lock(out, "--out", mkdir=True):
+            result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    else:
+        result = train(cfg, data, out, resume=resume, progress=not no_progress)
     if result.checkpoint is not None:
         click.echo(f"wrote {result.checkpoint} ({result.epochs_done} epochs)")
     elif result.epochs_done >= cfg.epochs:
@@ -79,6 +146,7 @@ def import_official_command(file: Path, out: Path, layout: str, frames: int, num
     (MAMP: the transformer encoder; its decoder is dropped with a note)."""
     from training.checkpoint import convert_official_file
 
+    check_outputs({"--out": out}, {"FILE": file})
     written = convert_official_file(file, out, layout=layout, frames=frames, num_person=num_person)
     click.echo(f"wrote {written}")
 

@@ -6,6 +6,7 @@ same figures as JSON (``--json FILE``) for scripts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import check_outputs, output_lock
 from crossclr_infer.views import parse_streams
 
 
@@ -68,6 +70,13 @@ def _common(f: Callable) -> Callable:
         ),
     ]
     return _apply(f, opts)
+
+
+def _check_number(value: float, flag: str, *, positive: bool = True) -> None:
+    """A finite number (> 0 with ``positive``, else >= 0), else one line naming ``flag``: NaN or inf would
+    train or score silently on garbage."""
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise CrossclrError(f"{flag} {value}: expected a finite number {'>' if positive else '>='} 0")
 
 
 def _head_training(
@@ -170,6 +179,8 @@ def linear_cmd(
     from training.linear import LinearConfig, evaluate_linear, run_linear
 
     views = parse_streams(streams)
+    inputs = {"--data": data, "--checkpoint": checkpoint}
+    check_outputs({"--json": json_out, "--out": out if plots or not eval_only else None}, inputs)
     if eval_only:
         report = evaluate_linear(
             data, checkpoint, split=eval_split, device=device, streams=views, plots_dir=out if plots else None
@@ -179,6 +190,8 @@ def linear_cmd(
     if out is None:
         raise CrossclrError("--out is required (the folder for linear.pt), unless --eval-only")
     ms = tuple(_int_list(milestones, "--milestones", "epochs")) if milestones else None
+    _check_number(lr, "--lr")
+    _check_number(momentum, "--momentum", positive=False)
     cfg = LinearConfig(
         epochs=epochs,
         lr=lr,
@@ -189,18 +202,19 @@ def linear_cmd(
         milestones=ms,
         standardize=standardize,
     )
-    report = run_linear(
-        data,
-        checkpoint,
-        out,
-        streams=views,
-        cfg=cfg,
-        weights=_weights(weights),
-        device=device,
-        train_split=train_split,
-        eval_split=eval_split,
-        plots=plots,
-    )
+    with output_lock(out, "--out", mkdir=True):
+        report = run_linear(
+            data,
+            checkpoint,
+            out,
+            streams=views,
+            cfg=cfg,
+            weights=_weights(weights),
+            device=device,
+            train_split=train_split,
+            eval_split=eval_split,
+            plots=plots,
+        )
     footer = f"fusion {report['fusion']} {report['fusion_weights']}; checkpoint: {report['output']}"
     _emit_accuracy(report, footer, json_out)
 
@@ -231,9 +245,11 @@ def knn_cmd(
     from training.knn import run_knn
     from training.protocol_io import format_table
 
+    check_outputs({"--json": json_out, "--plots": plots}, {"--data": data, "--checkpoint": checkpoint})
     k_list = sorted(set(_int_list(ks, "-k", "integers")))
     if not k_list or k_list[0] < 1:
         raise CrossclrError("-k: k must be ≥ 1")
+    _check_number(temperature, "-t/--temperature")
     report = run_knn(
         data,
         checkpoint,
@@ -304,6 +320,9 @@ def finetune_cmd(
     from training.finetune import FinetuneConfig, check_fraction, run_finetune
 
     check_fraction(label_fraction)
+    _check_number(lr, "--lr")
+    _check_number(weight_decay, "--weight-decay", positive=False)
+    check_outputs({"--out": out, "--json": json_out}, {"--data": data, "--checkpoint": checkpoint})
     cfg = FinetuneConfig(
         label_fraction=label_fraction,
         epochs=epochs,
@@ -315,18 +334,19 @@ def finetune_cmd(
         seed=seed,
         eval_every=eval_every,
     )
-    report = run_finetune(
-        data,
-        checkpoint,
-        out,
-        streams=parse_streams(streams),
-        cfg=cfg,
-        weights=_weights(weights),
-        device=device,
-        train_split=train_split,
-        eval_split=eval_split,
-        plots=plots,
-    )
+    with output_lock(out, "--out", mkdir=True):
+        report = run_finetune(
+            data,
+            checkpoint,
+            out,
+            streams=parse_streams(streams),
+            cfg=cfg,
+            weights=_weights(weights),
+            device=device,
+            train_split=train_split,
+            eval_split=eval_split,
+            plots=plots,
+        )
     _emit_accuracy(
         report,
         f"{report['num_labelled']} of {report['num_train']} training samples labelled ({label_fraction:g}); "
@@ -378,6 +398,7 @@ def tsne_cmd(
         load_any_encoders,
     )
 
+    check_outputs({"--out": out, "--json": json_out}, {"--data": data, "--checkpoint": checkpoint})
     dev = default_device(device)
     encoders, _, meta = load_any_encoders(checkpoint, parse_streams(streams), dev)
     with open_cache(data) as cache:
@@ -419,7 +440,8 @@ def tsne_cmd(
     help="PNG path (default: curves.png beside the metrics file).",
 )
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--rows", "max_rows", type=int, default=12, show_default=True, help="Epoch rows in the table.")
+@click.option("--rows", "max_rows", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Epoch rows in the table.")
 def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max_rows: int) -> None:
     """Training curves (loss, per-view losses, lr) from runs/NAME/metrics.jsonl (or the run folder)."""
     import numpy as np
@@ -428,10 +450,11 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
     from training.protocol_io import format_table
 
     path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
-    rows = read_metrics(path)
     out = out or path.with_name("curves.png")
+    check_outputs({"--out": out, "--json": json_out}, {"METRICS": path})
+    rows = read_metrics(path)
+    per_epoch = summarize_metrics(rows)  # before the plot: a bad row is refused with nothing written
     png = plot_metrics(rows, out, title=path.parent.name or "training")
-    per_epoch = summarize_metrics(rows)
     keys = sorted({k for r in per_epoch for k in r if k.startswith("loss") or k == "mining_precision"})
     shown = (
         per_epoch

@@ -149,19 +149,39 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         )
     rows = []
     with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CrossclrError(f"{path}: line {n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise CrossclrError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):  # noqa: B007 - n: the last line read, for a decoding error
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CrossclrError(f"{path}: line {n}: not JSON ({e.msg})") from None
+                except (RecursionError, ValueError):  # deep nesting; integers of over 4,300 digits
+                    raise CrossclrError(f"{path}: line {n}: JSON nested too deeply or a number too long; "
+                                        "expected one flat record per line as crossclr train writes"
+                                        ) from None
+                if not isinstance(row, dict):
+                    raise CrossclrError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+                _check_row(row, path, n)
+                rows.append(row)
+        except UnicodeDecodeError:
+            raise CrossclrError(f"{path}: not UTF-8 text (after line {n}); expected the metrics.jsonl "
+                                "written by crossclr train") from None
     if not rows:
         raise CrossclrError(f"{path}: no metrics rows")
     return rows
+
+
+def _check_row(row: dict[str, Any], path: Path, n: int) -> None:
+    """The numbers of a metrics row are within float range (a 400-digit epoch overflowed when plotted)."""
+    for key, value in row.items():
+        if _is_number(value) and isinstance(value, int) and abs(value) > 2**53:
+            raise CrossclrError(f"{path}: line {n}: {key!r} is a {len(str(abs(value)))}-digit number, out "
+                                "of range; expected the metrics.jsonl written by crossclr train")
+        if key in ("epoch", "step") and not _is_number(value):
+            raise CrossclrError(f"{path}: line {n}: {key!r} is {type(value).__name__}, expected a number")
 
 
 def summarize_metrics(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

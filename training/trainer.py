@@ -27,6 +27,8 @@ import math
 import os
 import platform
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,6 +65,7 @@ from training.data import (
     open_train_data,
 )
 from training.mamp import MAMP
+from training.threads import ThreadGovernor, training_threads
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +452,7 @@ class _Run:
     net: nn.Module  # the model, DDP-wrapped when distributed
     start_epoch: int = 0
     global_step: int = 0
+    threads: ThreadGovernor | None = None  # CPU intra-op threads measured under load (training.threads)
 
 
 def _setup_process(cfg: TrainConfig) -> tuple[DistInfo, torch.device]:
@@ -537,6 +541,8 @@ def _build_run(cfg: TrainConfig, data: TrainData, info: DistInfo, device: torch.
         _restore(run, ckpt)
     if info.distributed:
         run.net = wrap_ddp(model, device)
+    run.threads = training_threads(deterministic=cfg.deterministic, distributed=info.distributed,
+                                   cpu=device.type == "cpu")
     return run
 
 
@@ -668,6 +674,54 @@ def _log_step(run: _Run, metrics: MetricsLog, outputs: dict[str, torch.Tensor], 
         bar.set_postfix(loss=f"{vals['loss']:.3f}", refresh=False)
 
 
+class TrainingStopped(CrossclrError):
+    """SIGTERM stopped the run between two steps; the last checkpoint is kept (exit status 143)."""
+
+    exit_code = 143
+
+
+class _Sigterm:
+    """SIGTERM during ``train``: the first one asks the loop to stop once the current step (or checkpoint
+    write) is done; a second one stops at once. Either way ``TrainingStopped`` says how to continue. Only
+    in the main thread (Python runs signal handlers there); elsewhere SIGTERM keeps its usual action."""
+
+    requested = False
+
+    def __init__(self, ckpt_path: Path) -> None:
+        self.ckpt_path = ckpt_path
+        self._previous: Any = None
+
+    def __enter__(self) -> _Sigterm:
+        _Sigterm.requested = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        _Sigterm.requested = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if _Sigterm.requested:
+            raise self.stopped("a second SIGTERM")
+        _Sigterm.requested = True
+        log.info("SIGTERM: stopping after the current step")
+
+    def stopped(self, when: str) -> TrainingStopped:
+        if self.ckpt_path.is_file():
+            kept = f"{self.ckpt_path} holds the last saved epoch; resume with --resume"
+        else:
+            kept = f"no checkpoint was saved yet ({self.ckpt_path}); start the run again"
+        return TrainingStopped(f"{self.ckpt_path.parent}: stopped by SIGTERM ({when}); {kept}")
+
+
+def _stop_if_asked(run: _Run, epoch: int) -> None:
+    """Raise ``TrainingStopped`` at a step boundary once SIGTERM asked for it (see ``_Sigterm``)."""
+    if _Sigterm.requested:
+        raise _Sigterm(run.ckpt_path).stopped(f"epoch {epoch + 1}, after step {run.global_step}")
+
+
 def _progress_bar(run: _Run, epoch: int, stage: str) -> Any:
     from tqdm import tqdm
 
@@ -689,10 +743,14 @@ def _train_epoch(run: _Run, epoch: int, metrics: MetricsLog, *, progress: bool,
     wait_total = 0.0
     t_epoch = time.perf_counter()
     bar = _progress_bar(run, epoch, stage) if info.is_main and progress else None
+    if run.threads is not None:
+        run.threads.restart()
     try:
         for x, y, wait in _timed_batches(run.loader, run.device, _batch_check(run)):
             lr = run.optimizer.param_groups[0]["lr"]
             outputs = _train_step(run, x, y, cross)
+            if run.threads is not None:
+                run.threads.lap()
             run.global_step += 1
             wait_total += wait
             means.add(outputs)
@@ -700,6 +758,7 @@ def _train_epoch(run: _Run, epoch: int, metrics: MetricsLog, *, progress: bool,
                 _log_step(run, metrics, outputs, epoch, stage, lr, wait, throughput, bar)
             if bar is not None:
                 bar.update(1)
+            _stop_if_asked(run, epoch)
             if stop_after_steps is not None and run.global_step >= stop_after_steps:
                 return None
     finally:
@@ -801,8 +860,9 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
                 log.info("%s: the run has %d epochs, epochs = %d: nothing to train", ckpt_path,
                          run.start_epoch, cfg.epochs)
                 return TrainResult(model=run.model, epochs_done=run.start_epoch, checkpoint=None)
-            return _train_epochs(run, out, resume=resume, progress=progress,
-                                 stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps)
+            with _Sigterm(ckpt_path):
+                return _train_epochs(run, out, resume=resume, progress=progress,
+                                     stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps)
         finally:
             data.cache.close()
     finally:
@@ -814,5 +874,5 @@ def get_layout_text(data: TrainData) -> str:
     return layout_to_toml(data.layout)
 
 
-__all__ = ["train", "TrainResult", "apply_mallopt", "setup_distributed", "resolve_device", "build_model",
-           "build_optimizer", "build_scheduler", "param_groups"]
+__all__ = ["train", "TrainResult", "TrainingStopped", "apply_mallopt", "setup_distributed", "resolve_device",
+           "build_model", "build_optimizer", "build_scheduler", "param_groups"]

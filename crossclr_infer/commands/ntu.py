@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
+from crossclr_infer.errors import CrossclrError
+from crossclr_infer.fileio import check_outputs, output_lock
 from crossclr_infer.ntu import BENCHMARKS, MIN_VALID_FRAMES, prepare_ntu
 from crossclr_infer.preprocess import PREPROCESS_MODES
+
+# parse processes per usable core `prepare ntu` accepts (as `train --num-workers`): more only adds memory
+MAX_WORKERS_PER_CORE = 4
+
+
+def _check_workers(workers: int) -> None:
+    """Refuse more parse processes than this machine can run (``--workers 100000`` forked until it hung)."""
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cores = max(1, os.cpu_count() or 1)
+    if workers > MAX_WORKERS_PER_CORE * cores:
+        raise CrossclrError(f"--workers {workers}: more than this machine can run ({cores} usable cores); "
+                            f"expected 1 to {MAX_WORKERS_PER_CORE * cores}")
 
 
 @click.command("ntu")
@@ -37,8 +54,12 @@ def prepare_ntu_command(raw_dir: Path, benchmark: str, out: Path, mode: str, fra
     from crossclr_infer.preprocess import DEFAULT_FRAMES
 
     frames = frames or DEFAULT_FRAMES[mode]
-    summary = prepare_ntu(raw_dir, benchmark, out, preprocess=mode, frames=frames, ignore_list=ignore_list,
-                          workers=workers, min_frames=min_frames, progress=not no_progress)
+    _check_workers(workers)
+    check_outputs({"--out": out}, {"RAW_DIR": raw_dir, "--ignore-list": ignore_list})
+    with output_lock(out):
+        summary = prepare_ntu(raw_dir, benchmark, out, preprocess=mode, frames=frames,
+                              ignore_list=ignore_list, workers=workers, min_frames=min_frames,
+                              progress=not no_progress)
     for line in summary.lines():
         click.echo(line)
 
