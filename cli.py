@@ -223,6 +223,11 @@ def _end_after_write_failure() -> None:
     os._exit(1)
 
 
+# optional modules -> the extra of pyproject.toml that installs them
+MISSING_EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "viz",
+                  "sklearn": "viz", "onnxruntime": "cpu", "openvino": "openvino"}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every error becomes one line on stderr and a non-zero exit status, never a traceback
     (unless ``--debug`` or ``CROSSCLR_DEBUG=1``). Exit status 1: bad input, a usage error or an unexpected
@@ -257,6 +262,17 @@ def main(argv: list[str] | None = None) -> None:
         msg = _one_line(str(e)) or type(e).__name__
         click.echo(f"error: {msg}", err=True)
         sys.exit(getattr(e, "exit_code", 1))
+    except ModuleNotFoundError as e:
+        if _debug(args):
+            traceback.print_exc()
+        extra = MISSING_EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            click.echo(_unexpected(e, args), err=True)
+        else:
+            command, _ = _command_and_inputs(args)
+            click.echo(f"error: {_printable(command)}: needs {e.name}, which is not installed: install it "
+                       f"with pip install 'crossclr[{extra}]'", err=True)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if _debug(args):
             traceback.print_exc()

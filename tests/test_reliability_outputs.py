@@ -266,6 +266,7 @@ def test_an_unexpected_error_is_one_line_naming_the_command_and_input(
 
 def test_deeply_nested_metrics_and_huge_shard_counts_are_one_line(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("torch", reason="plot-metrics is a command of the training side (extra 'train')")
     f = _files(tmp_path)
     deep = f["metrics.jsonl"]
     deep.write_text("[" * 100_000 + "\n")
@@ -431,3 +432,20 @@ def test_worker_counts_beyond_the_machine_are_refused(toy: Path, tmp_path: Path,
     err = cli_error(["train", "--data", str(toy), "--config", str(cfg), "--out", str(tmp_path / "r")], capsys)
     assert err.startswith(f"error: {cfg}: num_workers = 100000: more than this machine can run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many.toml"]
+
+
+
+def test_a_missing_optional_module_names_the_extra_to_install(tmp_path: Path) -> None:
+    """A command whose optional dependency is absent (e.g. plot-metrics without torch in a runtime-only
+    install) ends with one line naming the module and the extra, not the catch-all 'this is a bug' line.
+    torch is hidden in a fresh interpreter (``sys.modules['torch'] = None`` makes importing it fail)."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 0, "step": 1, "loss": 1.0}\n')
+    code = ("import sys; sys.modules['torch'] = None; import cli; "
+            f"cli.main(['plot-metrics', {str(metrics)!r}, '--out', {str(tmp_path / 'c.png')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1
+    want = ("error: crossclr plot-metrics: needs torch, which is not installed: install it with pip install "
+            "'crossclr[train]'")
+    assert r.stderr.strip() == want, r.stderr
+    assert not (tmp_path / "c.png").exists()

@@ -110,6 +110,7 @@ def test_prepare_ntu_refuses_more_workers_than_the_machine_runs(tmp_path: Path, 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache and a random pretrain.pt beside it (folder returned)."""
+    pytest.importorskip("torch", reason="the training commands need torch (extra 'train')")
     folder = tmp_path_factory.mktemp("toy")
     write_cache(folder / "c.h5")
     write_pretrain(folder / "pretrain.pt", folder / "c.h5")
