@@ -102,11 +102,31 @@ def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
     return model, flags
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1; read at each call."""
     try:
-        return len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+        return max(1, os.cpu_count() or 1)
+
+
+# threads or worker processes per usable core that a command accepts: more only add memory and contention
+# (`--num-workers 100000` once grew to 6.4 GB and never started; `prepare ntu --workers 100000` hung)
+MAX_WORKERS_PER_CORE = 4
+
+
+def check_worker_count(n: int | None, option: str, low: int = 0) -> int | None:
+    """``n`` (None: the command's default) when this machine can run that many threads or processes, else a
+    CrossclrError naming ``option``: at most ``MAX_WORKERS_PER_CORE`` per usable core."""
+    if n is None:
+        return None
+    cores = usable_cores()
+    if n > MAX_WORKERS_PER_CORE * cores:
+        from .errors import CrossclrError
+
+        raise CrossclrError(f"{option} {n}: more than this machine can run ({cores} usable cores); expected "
+                            f"{low} to {MAX_WORKERS_PER_CORE * cores}")
+    return n
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,7 +138,7 @@ def cpu_caps() -> CpuCaps:
             model, flags = parse_cpuinfo(f.read())
     except OSError:
         model = platform.processor() or "unknown CPU"
-    return CpuCaps(model=model, arch=platform.machine(), cores=_cores(), flags=flags,
+    return CpuCaps(model=model, arch=platform.machine(), cores=usable_cores(), flags=flags,
                    onednn_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
 
 

@@ -12,33 +12,19 @@ import click
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import check_outputs, output_lock
+from crossclr_infer.hardware import MAX_WORKERS_PER_CORE, check_worker_count, usable_cores  # noqa: F401
 from crossclr_infer.views import parse_streams
 
 log = logging.getLogger(__name__)
 
 # threads or worker processes per core a torch command may ask for: more only adds memory and switching
-MAX_THREADS_PER_CORE = 4
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+MAX_THREADS_PER_CORE = MAX_WORKERS_PER_CORE
 
 
 def check_threads(n: int | None, option: str) -> int | None:
     """``n`` threads or worker processes (None: the default) when this machine can run them, else one line
-    naming ``option``: at most ``MAX_THREADS_PER_CORE`` per usable core (``--num-workers 100000`` once grew
-    to 6.4 GB and never started)."""
-    if n is None:
-        return None
-    limit = MAX_THREADS_PER_CORE * usable_cores()
-    if n > limit:
-        raise CrossclrError(f"{option} {n}: more than this machine can run ({usable_cores()} usable cores); "
-                            f"expected 0 to {limit}")
-    return n
+    naming ``option`` (``crossclr_infer.hardware.check_worker_count``)."""
+    return check_worker_count(n, option)
 
 
 def _check_finite_config(cfg: Any, config: str | None) -> None:

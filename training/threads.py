@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.hardware import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,6 @@ WINDOW_STEPS = 4  # steps per measurement
 MARGIN = 0.10  # a try must be this much faster (median step time) to be kept
 ABORT = 1.5  # a try whose step takes this many times the current median ends at once
 MAX_INTERVAL = 32  # most windows between two tries
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _stat_fields(stat: Path) -> list[str] | None:

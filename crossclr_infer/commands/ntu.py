@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import check_outputs, output_lock
+from crossclr_infer.hardware import check_worker_count
 from crossclr_infer.ntu import BENCHMARKS, MIN_VALID_FRAMES, prepare_ntu
 from crossclr_infer.preprocess import PREPROCESS_MODES
-
-# parse processes per usable core `prepare ntu` accepts (as `train --num-workers`): more only adds memory
-MAX_WORKERS_PER_CORE = 4
 
 
 def _check_workers(workers: int) -> None:
     """Refuse more parse processes than this machine can run (``--workers 100000`` forked until it hung)."""
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        cores = max(1, os.cpu_count() or 1)
-    if workers > MAX_WORKERS_PER_CORE * cores:
-        raise CrossclrError(f"--workers {workers}: more than this machine can run ({cores} usable cores); "
-                            f"expected 1 to {MAX_WORKERS_PER_CORE * cores}")
+    check_worker_count(workers, "--workers", low=1)
 
 
 @click.command("ntu")
