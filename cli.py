@@ -216,8 +216,10 @@ def _raised_in_h5py(error: BaseException) -> bool:
 
 
 def _end_after_write_failure() -> None:
-    """Exit 1 without finalizers: HDF5 cannot close a file whose last write failed, and closing it again at
-    exit crashes the process (see ``crossclr_infer.fileio.WriteFailed``)."""
+    """Exit 1 without finalizers: HDF5 cannot close a dataset whose cached chunks failed to flush, and closing
+    it again at exit crashed the process (see ``crossclr_infer.fileio.WriteFailed``). The cache writer keeps
+    no chunk cache, so it no longer gets there (tested in library use); this stays as the guard for any other
+    HDF5 write."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)

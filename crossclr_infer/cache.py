@@ -210,7 +210,10 @@ class CacheWriter:
         self._output = atomic_output(self.path, mkdir=False)
         self._tmp = self._output.__enter__()
         try:
-            self._file = h5py.File(self._tmp, "w")
+            # no chunk cache: every chunk goes to the file when written, so a failed write (full disk, ulimit
+            # -f) fails there and leaves no dirty chunk behind; with one, HDF5 2.0 fails to close the dataset
+            # and closing it again when h5py frees it crashed the process (exit 139)
+            self._file = h5py.File(self._tmp, "w", rdcc_nbytes=0)
         except OSError as e:
             err = CrossclrError(f"{self.path}: cannot create the cache file ({e})")
             self._abort(err)

@@ -633,3 +633,38 @@ def test_check_name_is_shared_by_views_and_errors() -> None:
     from crossclr_infer import views
 
     assert views.check_name is check_name and views.MAX_NAME_CHARS == 200
+
+
+_WRITE_UNDER_LIMIT = """
+import resource, signal, sys
+import numpy as np
+limit = int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from crossclr_infer.cache import CacheWriter
+from crossclr_infer.fileio import WriteFailed
+from crossclr_infer.layouts import get_layout
+try:
+    with CacheWriter(sys.argv[1], layout=get_layout("ntu-rgb+d"), class_names=["a", "b"], benchmark="x",
+                     frames=50, num_person=2, preprocess={}) as w:
+        for i in range(100):
+            w.add("train", np.zeros((3, 50, 25, 2), np.float32), i % 2, f"s{i}", 50)
+except WriteFailed as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("limit", [1_000, 50_000, 1_000_000, 3_000_000])
+def test_a_cache_write_over_the_size_limit_fails_cleanly_in_library_use(tmp_path: Path, limit: int) -> None:
+    """``ulimit -f`` hit anywhere in a cache write (first bytes, mid-way, near the end) raises WriteFailed and
+    the process then ends normally: no crash when h5py frees its objects (it was exit 139 with HDF5 2.0 when a
+    dirty chunk could not be flushed), and nothing under the cache's name."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "c.h5"
+    r = subprocess.run([sys.executable, "-c", _WRITE_UNDER_LIMIT, str(out), str(limit)], capture_output=True,
+                       text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])
+    assert r.stdout.startswith(f"refused: {out}: could not be written"), r.stdout
+    assert list(tmp_path.iterdir()) == []
