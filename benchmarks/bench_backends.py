@@ -5,8 +5,9 @@
 
 The model is exported by ``export.onnx_export.export_models`` exactly as ``crossclr export`` writes it
 (random weights, one stream + a linear head, 2 bodies): the MAMP-size transformer (120 frames; its attention
-in the export's default form, and the plain MatMul/Softmax graph as issue 18's baseline) or the official-size
-ST-GCN (50 frames, BatchNorm folded). Rows, each timed in interleaved rounds (order rotated every round):
+in the export's default form, and the plain MatMul/Softmax graph as the baseline, see docs/backends.md) or the
+official-size ST-GCN (50 frames, BatchNorm folded). Rows, each timed in interleaved rounds (order rotated
+every round):
 
 - ``ORT fp32``: onnxruntime CPU, ``intra_op_num_threads`` = threads, on the exported graph (the baseline of
   every ratio); for the transformer also ``ORT fp32 plain`` (attention as MatMul/Softmax/MatMul) and

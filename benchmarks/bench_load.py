@@ -1,5 +1,5 @@
 """Training speed beside a competing busy process: ``crossclr train --config tiny`` quiet and loaded, per
-thread setting (issue 20, item 12).
+thread setting (docs/reliability.md, "Training under load").
 
 Each measurement is one ``crossclr train --config tiny`` run (3 streams, ``--epochs`` epochs, the cross-view
 stage in the second half, CPU) in a fresh process on a small synthetic cache; its figure is the run's

@@ -1,4 +1,4 @@
-"""Hostile-user probe of the installed ``crossclr`` CLI (issue 20, "Done means").
+"""Hostile-user probe of the installed ``crossclr`` CLI (docs/reliability.md).
 
 Builds every bad input, fault and argument itself in a temp folder (hostile HDF5 caches, ONNX models made with
 the ``onnx`` library, layout TOML, .npz/.npy/.skeleton/.pkl files, JSON-lines streams, odd paths, bad numbers

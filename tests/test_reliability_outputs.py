@@ -1,5 +1,5 @@
 """Outputs never destroy inputs, one run writes an output at a time, and every failure is one line with a
-meaningful exit status (issue 20, items 3, 4, 9, 11, 13, 16, 17): each test builds its situation itself and
+meaningful exit status (docs/reliability.md): each test builds its situation itself and
 checks the exit status, the one line naming the file or option, and that nothing was written or replaced."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cases found by the hostile-user re-probe (benchmarks/probe_hostile.py, issue 20 "Done means") in the
+"""Cases found by the hostile-user re-probe (benchmarks/probe_hostile.py, docs/reliability.md) in the
 finished areas: each builds its bad input here and asserts exit status 1, one ``error:`` line naming the file
 or option, and that nothing was written or overwritten (device nodes and FIFOs stay what they were)."""
 

@@ -3,7 +3,7 @@
 Why: torch's OpenMP threads meet at a barrier after every operation. On a quiet machine two threads on two
 cores are ~1.6× faster than one (tiny preset); but when another busy process takes one of the cores, the
 thread that lost its core holds every barrier up until the scheduler runs it again, and a step gets ~7×
-slower (issue 20, item 12: 107.7 samples/s quiet, 15.7 beside one busy process on a 2-core Xeon), while one
+slower (docs/reliability.md, "Training under load"; benchmarks/bench_load.py measures it), while one
 thread keeps its speed (66 / 67). Neither fixed choice is right for both cases, and the load changes
 during a run, so ``ThreadGovernor`` measures:
 

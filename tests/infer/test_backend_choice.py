@@ -1,5 +1,5 @@
 """Backend choice and session safety that need no OpenVINO: the ``auto`` rule, ``--backend openvino`` without
-the extra, non-finite model outputs (issue 20 item 15), thread counts bounded by the machine (item 9), the
+the extra, non-finite model outputs, thread counts bounded by the machine (docs/reliability.md), the
 precision check's figures against a numpy reference and its sidecar read defensively."""
 
 from __future__ import annotations

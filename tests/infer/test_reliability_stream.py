@@ -1,4 +1,4 @@
-"""Streams and Predictor under hostile input (issue 20 items 6, 13, 14, 16): every test builds its bad input
+"""Streams and Predictor under hostile input (docs/reliability.md): every test builds its bad input
 itself. A stream holds a bounded number of bodies and frames whatever arrives; a bad line is skipped, counted
 and never ends the stream; options and Predictor arguments get one-line errors; coordinates beyond
 ±MAX_ABS_COORDINATE are refused at every entry (the one check, ``arrays.check_coordinates``)."""

@@ -1,4 +1,4 @@
-"""Training threads under load (issue 20 item 12): the governor's decisions on scripted step times (a fake
+"""Training threads under load (docs/reliability.md): the governor's decisions on scripted step times (a fake
 clock, no timing of real work), the knobs, and the cases where the count must stay fixed. The speed itself
 is measured in benchmarks/bench_load.py, never asserted here."""
 
