@@ -26,13 +26,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_infer import interleaved  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -93,24 +93,6 @@ def child_export_rss(folder: str, frames: int, attention: str) -> None:
 def run_child(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def interleaved(fns: dict[str, Callable[[], object]], batch: int, rounds: int, min_time: float
-                ) -> dict[str, float]:
-    """Samples/s of every function: median over ``rounds`` alternating rounds (order rotated each round),
-    each round at least ``min_time`` seconds or one call."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            n, t0 = 0, time.perf_counter()
-            while n < 1 or time.perf_counter() - t0 < min_time:
-                fns[k]()
-                n += 1
-            times[k].append((time.perf_counter() - t0) / n)
-    return {k: batch / float(np.median(v)) for k, v in times.items()}
 
 
 def openvino_check(path: Path, x: np.ndarray, want: np.ndarray) -> str:
@@ -203,7 +185,7 @@ def main() -> None:
         for b in batches:
             x = (rng.standard_normal((b, 3, args.frames, 25, 2)) * 0.3).astype(np.float32)
             calls = {f: (lambda s=sessions[f], x=x: s.run(None, {"skeleton": x})) for f in forms}
-            rates[b] = interleaved(calls, b, args.rounds, args.min_time)
+            rates[b] = interleaved(calls, b, args.min_time * args.rounds, args.rounds)[0]
             for f in forms:
                 r = run_child(["--child-session", str(paths[f]), str(b), "--frames", str(args.frames),
                                "--threads", str(args.threads)])

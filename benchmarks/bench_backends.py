@@ -21,10 +21,10 @@ every round):
   ``crossclr auto, bf16 checked``: the same once a bf16 check has passed (the check is *forced* here, the
   weights being random; ``crossclr evaluate`` runs the real one on a cache).
 
-Per row also: top-1 agreement with ORT fp32 on 64 random inputs, the largest logit deviation as a share of the
-logit scale, and the peak resident memory (``VmHWM``) of a separate process that opens only that row's
-runtime and runs its batch once (printed beside the RSS of the same process before it opened the model, so
-the delta is what the runtime and its buffers take). Rows print as they are measured.
+Per row also: top-1 agreement with ORT fp32 on 16 random inputs (``--agree-samples``), the largest logit
+deviation as a share of the logit scale, and the peak resident memory (``VmHWM``) of a separate process that
+opens only that row's runtime and runs its batch once (printed beside the RSS of the same process before it
+opened the model, so the delta is what the runtime and its buffers take). Rows print as they are measured.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_infer import interleaved  # noqa: E402
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -111,22 +112,6 @@ def make_runner(row: str, paths: dict[str, str], threads: int, batch: int) -> Ru
 
 ROWS = ("ORT fp32", "ORT fp32 plain", "ORT int8 dynamic", "OpenVINO f32", "OpenVINO bf16", "OpenVINO default",
         "crossclr onnxruntime", "crossclr auto", "crossclr auto, bf16 checked")
-
-
-def interleaved(fns: dict[str, Runner], x: np.ndarray, min_time: float, rounds: int) -> dict[str, float]:
-    """Samples/s of each runner on ``x``: median over rounds, order rotated every round."""
-    for fn in fns.values():
-        fn(x)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            n, t0 = 0, time.perf_counter()
-            while n < 1 or time.perf_counter() - t0 < min_time / rounds:
-                fns[k](x)
-                n += 1
-            times[k].append((time.perf_counter() - t0) / n)
-    return {k: len(x) / float(np.median(v)) for k, v in times.items()}
 
 
 def export(kind: str, work: Path, frames: int) -> dict[str, str]:
@@ -248,7 +233,8 @@ def run(kind: str, batches: list[int], threads: int, min_time: float, rounds: in
             x = (np.random.default_rng(b).standard_normal((b, *shape)) * 0.3).astype(np.float32)
             chosen = [r for r in ROWS if rows is None or r in rows or r == "ORT fp32"]
             fns = {r: f for r in chosen if (f := make_runner(r, paths, threads, b)) is not None}
-            sps = interleaved(fns, x, min_time * len(fns), rounds)
+            calls = {r: (lambda f=f, x=x: f(x)) for r, f in fns.items()}
+            sps = interleaved(calls, len(x), min_time * len(fns), rounds)[0]
             n = max(b, agree_samples - agree_samples % b)
             xa = (np.random.default_rng(99).standard_normal((n, *shape)) * 0.3).astype(np.float32)
             outs = {r: np.concatenate([fn(xa[i:i + b]) for i in range(0, n, b)]) for r, fn in fns.items()}

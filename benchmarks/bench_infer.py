@@ -64,16 +64,17 @@ def timeit(fn: Callable[[], object], batch: int, min_time: float, min_iters: int
 
 def interleaved(fns: Mapping[str, Callable[[], object]], batch: int, seconds: float, rounds: int
                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Samples/s of each function, timed in ``rounds`` alternating rounds (order reversed every other round,
-    ``seconds / rounds`` per function per round, at least one call), so that load from other processes hits
-    all of them; returns (median samples/s per name, per-round times per name)."""
+    """Samples/s of each function, timed in ``rounds`` alternating rounds (order rotated every round: with two
+    functions, reversed every other round; ``seconds / rounds`` per function per round, at least one call), so
+    that load from other processes hits all of them; returns (median samples/s per name, per-round times per
+    name). The one timer of the benchmarks (bench_transformer, bench_backends, bench_attention_export)."""
     names = list(fns)
     for n in names:
         fns[n]()
         fns[n]()
     per: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
+        for n in names[r % len(names):] + names[:r % len(names)]:
             k, t0 = 0, time.perf_counter()
             while k < 1 or time.perf_counter() - t0 < seconds / rounds:
                 fns[n]()

@@ -24,30 +24,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def interleaved(fns: dict[str, Callable[[], object]], batch: int, min_time: float, rounds: int = 6
-                ) -> dict[str, float]:
-    """Samples/s of every function, timed in alternating rounds (order rotated each round)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            n, t0 = 0, time.perf_counter()
-            while n < 2 or time.perf_counter() - t0 < min_time / rounds:
-                fns[k]()
-                n += 1
-            times[k].append((time.perf_counter() - t0) / n)
-    return {k: batch / float(np.median(v)) for k, v in times.items()}
+from bench_infer import interleaved  # noqa: E402
 
 
 def int8_rows(ort: object, so: object, path: Path, td: Path, frames: int, batches: list[int],
@@ -66,7 +49,7 @@ def int8_rows(ort: object, so: object, path: Path, td: Path, frames: int, batche
     for b in batches:
         x = (rng.standard_normal((b, 3, frames, 25, 2)) * 0.3).astype(np.float32)
         r = interleaved({"fp32": lambda x=x: s32.run(None, {"skeleton": x}),
-                         "int8": lambda x=x: s8.run(None, {"skeleton": x})}, b, min_time)
+                         "int8": lambda x=x: s8.run(None, {"skeleton": x})}, b, min_time, 6)[0]
         out[b] = r["int8"] / r["fp32"]
         a, c = s32.run(None, {"skeleton": x})[0], s8.run(None, {"skeleton": x})[0]
         out["err"] = max(out.get("err", 0.0), float(np.abs(a - c).max() / max(np.abs(a).max(), 1e-6)))
@@ -146,7 +129,7 @@ def main() -> None:
                 def onnx(sess=sess, xn=xn) -> None:
                     sess.run(None, {"skeleton": xn})
 
-                rows[(name, batch)] = interleaved({"torch": eager, "ort": onnx}, batch, args.min_time)
+                rows[(name, batch)] = interleaved({"torch": eager, "ort": onnx}, batch, args.min_time, 6)[0]
             rows[(name, "flops")] = flops(net, torch.randn(2, 3, frames, 25, 2))
             if name == "transformer":
                 rows["int8"] = int8_rows(ort, so, path, Path(td), frames, batches, args.min_time)
@@ -184,7 +167,7 @@ def main() -> None:
         loss.backward()
         opt_c.step()
 
-    tr = interleaved({"mamp": step_mamp, "skeletonclr": step_clr}, n, args.min_time * 3, rounds=4)
+    tr = interleaved({"mamp": step_mamp, "skeletonclr": step_clr}, n, args.min_time * 3, 4)[0]
     print(f"\n## training (samples/s, batch {n}, fp32, one view)")
     print(f"MAMP (transformer, {args.frames} frames) {tr['mamp']:.1f}   SkeletonCLR (ST-GCN, 50 frames) "
           f"{tr['skeletonclr']:.1f}   MAMP / SkeletonCLR {tr['mamp'] / tr['skeletonclr']:.2f}x")

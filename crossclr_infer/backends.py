@@ -178,7 +178,7 @@ class OpenVINOModel:
         self.output_shapes = {o.get_any_name(): _dims(o.get_partial_shape()) for o in self._model.outputs}
         self.fused_attention = any(mark in data for mark in _FUSED_ATTENTION_MARKS)
 
-    def compile(self, precision: str, threads: int, use: str) -> OpenVINOCompiled:
+    def compile(self, precision: str, threads: int) -> OpenVINOCompiled:
         """The model compiled for the CPU at ``precision`` (fp32 / bf16) on ``threads`` threads."""
         config = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "INFERENCE_NUM_THREADS": int(threads),
                   "PERFORMANCE_HINT": "LATENCY"}

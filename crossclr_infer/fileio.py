@@ -23,6 +23,7 @@ ends, so a killed run never blocks the next.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -498,3 +499,20 @@ def output_lock(path: str | Path, option: str = "--out", *, mkdir: bool = False)
         except OSError:
             pass
         os.close(fd)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (model identities in reports and precision checks). Hashed once per file
+    version: opening a model, its precision check and the report ask for the same model's hash."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """The hash of ``path`` as it was at (size, mtime_ns, inode): a rewritten file gets a new key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

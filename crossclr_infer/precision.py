@@ -21,7 +21,6 @@ A sidecar that is not a well-formed record file is ignored with a warning (the m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CrossclrError
+from .fileio import file_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ def lookup(model: str | Path, model_sha256: str, backend: str, precision: str,
 
 def save(model: str | Path, record: Mapping[str, Any]) -> None:
     """Add ``record`` to the model's sidecar (atomic rewrite); a folder that cannot be written only warns."""
-    from .fileio import write_json_atomic
 
     key = check_key(record["model_sha256"], record["backend"], record["precision"], record["backend_version"])
     with _LOCK:
@@ -227,11 +226,7 @@ def ensure_checked(model: str | Path, data: str | Path, split: str = "val", *, b
 
 def model_sha256(path: str | Path) -> str:
     """SHA-256 of the model file (the record's key: a re-exported model is checked again)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def check_exported(out_dir: str | Path, files: Mapping[str, str], data: str | Path) -> list[str]:

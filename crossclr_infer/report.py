@@ -13,7 +13,6 @@ other shard. Reports read from files are checked field by field (``check_report`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -27,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import CrossclrError
-from .fileio import atomic_output
+from .fileio import atomic_output, file_sha256
 from .metrics import (
     FUSED,
     check_fusion_weights,
@@ -156,14 +155,6 @@ def merge_reports(reports: Sequence[Mapping[str, Any]], sources: Sequence[str] |
     out = {k: first[k] for k in keep}
     out.update({"num_samples": total, "shard": None, "results": results, "run": run})
     return out
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_report(path: str | Path) -> dict[str, Any]:

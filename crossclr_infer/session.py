@@ -408,7 +408,7 @@ class ModelSession:
                             "openvino, pip install 'crossclr[openvino]')", p, self.precision)
         else:
             try:
-                self._open_openvino(ov_model, ov_precision, plan, use)
+                self._open_openvino(ov_model, ov_precision, plan)
             except CrossclrError as e:
                 if requested != "auto":
                     raise
@@ -480,9 +480,9 @@ class ModelSession:
         self._check_signature(p, props, [i.name for i in inputs], list(inputs[0].shape) if inputs else [],
                               [o.name for o in outputs], {o.name: list(o.shape) for o in outputs})
 
-    def _open_openvino(self, model: Any, want: str, plan: ThreadPlan, use: str) -> None:
+    def _open_openvino(self, model: Any, want: str, plan: ThreadPlan) -> None:
         threads = plan.intra_op_threads * max(1, plan.workers)  # every core of the plan, OpenVINO's threads
-        self._ov = model.compile(want, threads, use)
+        self._ov = model.compile(want, threads)
         self.precision = self._ov.precision if self.info.precision == "fp32" else self.info.precision
         if want == "bf16" and self.precision != "bf16":
             log.warning("%s: OpenVINO compiled the model in %s, not bf16", self.path, self.precision)

@@ -420,9 +420,9 @@ def test_help_still_works(capsys: pytest.CaptureFixture) -> None:
 
 def test_worker_counts_beyond_the_machine_are_refused(toy: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
-    from training.commands import MAX_THREADS_PER_CORE, usable_cores
+    from crossclr_infer.hardware import MAX_WORKERS_PER_CORE, usable_cores
 
-    limit = MAX_THREADS_PER_CORE * usable_cores()
+    limit = MAX_WORKERS_PER_CORE * usable_cores()
     err = cli_error(["train", "--data", str(toy), "--config", "tiny", "--out", str(tmp_path / "r"),
                      "--num-workers", "100000"], capsys)
     assert err == (f"error: --num-workers 100000: more than this machine can run ({usable_cores()} usable "

@@ -12,21 +12,12 @@ import click
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import check_outputs, output_lock
-from crossclr_infer.hardware import MAX_WORKERS_PER_CORE, check_worker_count, usable_cores  # noqa: F401
+from crossclr_infer.hardware import check_worker_count
 from crossclr_infer.views import parse_streams
 
 log = logging.getLogger(__name__)
 
 # threads or worker processes per core a torch command may ask for: more only adds memory and switching
-MAX_THREADS_PER_CORE = MAX_WORKERS_PER_CORE
-
-
-def check_threads(n: int | None, option: str) -> int | None:
-    """``n`` threads or worker processes (None: the default) when this machine can run them, else one line
-    naming ``option`` (``crossclr_infer.hardware.check_worker_count``)."""
-    return check_worker_count(n, option)
-
-
 def _check_finite_config(cfg: Any, config: str | None) -> None:
     """The learning rate is a finite number > 0 and the other rates finite and >= 0, before the run folder
     is made: ``--lr nan`` once wrote a run folder and failed at the second step."""
@@ -89,7 +80,7 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
 
     config_file = Path(config) if config is not None and Path(config).suffix == ".toml" else None
     check_outputs({"--out": out}, {"--data": data, "--init-from": init_from, "--config": config_file})
-    check_threads(num_workers, "--num-workers")
+    check_worker_count(num_workers, "--num-workers")
     overrides = {"streams": parse_streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
                  "batch_size": batch_size, "lr": lr, "device": device, "num_workers": num_workers,
                  "save_every": save_every, "seed": seed, "bf16": bf16, "deterministic": deterministic,
@@ -104,7 +95,7 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
                             "presets in training/presets)") from None
     _check_finite_config(cfg, config)
     if num_workers is None:
-        check_threads(cfg.num_workers, f"{config or 'the config'}: num_workers =")
+        check_worker_count(cfg.num_workers, f"{config or 'the config'}: num_workers =")
     if _is_rank0():
         with output_lock(out, "--out", mkdir=True):
             result = train(cfg, data, out, resume=resume, progress=not no_progress)

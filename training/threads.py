@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crossclr_infer.errors import CrossclrError
-from crossclr_infer.hardware import usable_cores
+from crossclr_infer.hardware import MAX_WORKERS_PER_CORE, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def fixed_threads(environ: os._Environ[str] | dict[str, str] = os.environ) -> in
     if text in ("", "auto"):
         return None
     cores = usable_cores()
-    if not text.isdigit() or not 1 <= int(text) <= 4 * cores:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS_PER_CORE * cores:
         raise CrossclrError(f"{ENV}={environ.get(ENV)!r}: expected 'auto' or a thread count from 1 to "
-                            f"{4 * cores} (this process may use {cores} cores)")
+                            f"{MAX_WORKERS_PER_CORE * cores} (this process may use {cores} cores)")
     return int(text)
 
 

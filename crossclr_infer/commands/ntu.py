@@ -12,11 +12,6 @@ from crossclr_infer.ntu import BENCHMARKS, MIN_VALID_FRAMES, prepare_ntu
 from crossclr_infer.preprocess import PREPROCESS_MODES
 
 
-def _check_workers(workers: int) -> None:
-    """Refuse more parse processes than this machine can run (``--workers 100000`` forked until it hung)."""
-    check_worker_count(workers, "--workers", low=1)
-
-
 @click.command("ntu")
 @click.argument("raw_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--benchmark", required=True, type=click.Choice(sorted(BENCHMARKS)),
@@ -44,7 +39,7 @@ def prepare_ntu_command(raw_dir: Path, benchmark: str, out: Path, mode: str, fra
     from crossclr_infer.preprocess import DEFAULT_FRAMES
 
     frames = frames or DEFAULT_FRAMES[mode]
-    _check_workers(workers)
+    check_worker_count(workers, "--workers", low=1)  # more parse processes than cores only add memory
     check_outputs({"--out": out}, {"RAW_DIR": raw_dir, "--ignore-list": ignore_list})
     with output_lock(out):
         summary = prepare_ntu(raw_dir, benchmark, out, preprocess=mode, frames=frames,
