@@ -33,6 +33,7 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import atomic_output_dir
 from crossclr_infer.layouts import Layout, layout_from_toml_text
 from crossclr_infer.session import INPUT_NAME, ONNX_FORMAT
+from training.transformer import fused_attention
 from training.views import compute_view
 
 log = logging.getLogger(__name__)
@@ -346,11 +347,7 @@ class _AttentionOp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, heads: int, scale: float,
                 form: str) -> torch.Tensor:
-        bsz, n, d = x.shape
-        # (B, L, 3D) -> (B, L, 3, H, D/H) -> (3, B, H, L, D/H)
-        q, k, v = (torch.matmul(x, w) + b).reshape(bsz, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, L, D/H)
-        return out.transpose(1, 2).reshape(bsz, n, d)  # (B, H, L, D/H) -> (B, L, D)
+        return fused_attention(torch.matmul(x, w) + b, heads, scale)  # (B, L, D)
 
     @staticmethod
     def symbolic(g: Any, x: Any, w: Any, b: Any, heads: int, scale: float, form: str) -> Any:

@@ -59,6 +59,17 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def fused_attention(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale)·v by ``scaled_dot_product_attention`` from the qkv projection (B, L, 3D), split in
+    the official (B, L, 3, H, D/H) order; returns (B, L, D) before the output projection. Shared with the
+    export's fused attention node (``export.onnx_export``)."""
+    b, n, d3 = qkv.shape
+    d = d3 // 3
+    qkv = qkv.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (B, L, 3D) -> (3, B, H, L, D/H)
+    out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=scale)  # (B, H, L, D/H)
+    return out.transpose(1, 2).reshape(b, n, d)  # (B, H, L, D/H) -> (B, L, D)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention softmax(q·kᵀ·scale)·v, (B, L, D) -> (B, L, D); scale = (D/H)^-0.5.
 
@@ -86,12 +97,7 @@ class Attention(nn.Module):
         return self.forward_exact(x)
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        h = self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, h, d // h)  # (B, L, 3D) -> (B, L, 3, H, D/H)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # -> (3, B, H, L, D/H)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)  # (B, H, L, D/H)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, H, L, D/H) -> (B, L, D)
+        return self.proj(fused_attention(self.qkv(x), self.num_heads, self.scale))
 
     def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
