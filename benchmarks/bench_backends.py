@@ -121,8 +121,8 @@ def export(kind: str, work: Path, frames: int) -> dict[str, str]:
 
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from export.onnx_export import export_models
-    from training.stgcn import EncoderConfig
-    from training.transformer import SkeletonTransformer
+    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.transformer import SkeletonTransformer
 
     torch.manual_seed(0)
     ntu = BUILTIN_LAYOUTS["ntu-rgb+d"]

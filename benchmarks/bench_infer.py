@@ -146,7 +146,7 @@ def flops_per_sample(module, x) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.stgcn import set_fast_ops
+    from training.encoders.stgcn import set_fast_ops
 
     set_fast_ops(False)
     try:
@@ -162,7 +162,7 @@ def random_encoder(layout, cfg):
     no-op), in eval mode."""
     import torch
 
-    from training.stgcn import STGCN
+    from training.encoders.stgcn import STGCN
 
     enc = STGCN(layout, cfg, num_person=2)
     for m in enc.modules():
@@ -188,7 +188,7 @@ def build_default(cache: Path, classes: int, threads: int):
 
     from crossclr_infer.cache import open_cache
     from crossclr_infer.views import compute_view
-    from training.stgcn import EncoderConfig
+    from training.encoders.stgcn import EncoderConfig
 
     torch.manual_seed(0)
     cfg = EncoderConfig()
@@ -281,7 +281,7 @@ def main() -> None:
     from crossclr_infer.metrics import fuse_logits
     from crossclr_infer.session import ModelSession, ThreadPlan, plan_threads
     from export.onnx_export import EnsembleNet, StreamNet, export_models
-    from training.stgcn import set_fast_ops
+    from training.encoders.stgcn import set_fast_ops
 
     caps = cpu_caps()
     threads = args.threads or caps.cores
@@ -294,7 +294,7 @@ def main() -> None:
 
         cache = generate_synthetic(work / "synth.h5", classes=args.classes, per_class=args.per_class, seed=0)
     if args.checkpoint:
-        from training.protocol_io import load_linear
+        from training.protocols.io import load_linear
 
         encoders, heads, meta = load_linear(args.checkpoint)
         streams = tuple(v for v in STREAMS if v in heads) or tuple(heads)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from crossclr_infer.layouts import BUILTIN_LAYOUTS
-from training.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
-from training.protocol_io import encode_source
-from training.stgcn import STGCN, EncoderConfig
+from training.protocols.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
+from training.protocols.io import encode_source
+from training.encoders.stgcn import STGCN, EncoderConfig
 
 
 def main() -> None:

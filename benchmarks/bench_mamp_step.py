@@ -35,8 +35,8 @@ def build(batch: int, decoder_depth: int, seed: int = 0, dtype: str = "float32")
     import torch
 
     from crossclr_infer.layouts import BUILTIN_LAYOUTS
-    from training.mamp import MAMP, MAMPConfig
-    from training.stgcn import EncoderConfig
+    from training.objectives.mamp import MAMP, MAMPConfig
+    from training.encoders.stgcn import EncoderConfig
 
     torch.manual_seed(seed)
     model = MAMP(BUILTIN_LAYOUTS["ntu-rgb+d"], EncoderConfig(graph="transformer", projector="none"),
@@ -51,7 +51,7 @@ def build(batch: int, decoder_depth: int, seed: int = 0, dtype: str = "float32")
 def make_step(model, opt, x, fused: bool, bf16: bool):  # noqa: ANN001, ANN201
     import torch
 
-    from training.transformer import set_fused_attention
+    from training.encoders.transformer import set_fused_attention
 
     g = torch.Generator().manual_seed(1)
 
@@ -98,7 +98,7 @@ def parity(decoder_depth: int) -> dict[str, dict[str, float]]:
     """Max relative difference fused vs exact: loss and every gradient (the worst), fp32 and float64."""
     import torch
 
-    from training.transformer import set_fused_attention
+    from training.encoders.transformer import set_fused_attention
 
     out = {}
     for dtype in ("float32", "float64"):

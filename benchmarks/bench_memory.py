@@ -43,7 +43,7 @@ def linear_code(data: Path, ckpt: Path, out: Path, chunk: int | None, threads: i
     args = ["linear", "--data", str(data), "--checkpoint", str(ckpt), "--out", str(out),
             "--batch-size", "256", "--epochs", "1", "--device", "cpu"]
     return (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import torch; torch.set_num_threads({threads}); "
-            "from training.transformer import SkeletonTransformer; "
+            "from training.encoders.transformer import SkeletonTransformer; "
             f"SkeletonTransformer.feature_chunk = {chunk!r}; import cli; cli.main({args!r})")
 
 

@@ -7,9 +7,9 @@ metrics.jsonl, dropping the warmup steps. The cases run ``--repeats`` times, int
 round 2: every case in reverse order, ...), and each figure is the median over the rounds, so a load change on
 a shared machine hits all cases alike. Every ratio is between measurements of this one run.
 
-Baselines: ``training.stgcn.set_fast_ops(False)`` runs the official operations one for one (einsum graph conv,
+Baselines: ``training.encoders.stgcn.set_fast_ops(False)`` runs the official operations one for one (einsum graph conv,
 ``nn.Dropout``, conv2d temporal convolutions in NCHW), in fp32, with and without glibc mallopt; the fast
-operations (``training.fastops``) are measured with mallopt, as the trainer runs by default.
+operations (``training.encoders.fastops``) are measured with mallopt, as the trainer runs by default.
 
 ``--isa avx2`` runs the children as on an AVX2-only CPU (AMD Zen 3 class): ``ATEN_CPU_CAPABILITY=avx2``
 (torch's own kernels), ``ONEDNN_MAX_CPU_ISA=AVX2`` (convolutions, bf16 then refused) and
@@ -72,7 +72,7 @@ def _probe() -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     from training.config import load_config
-    from training.stgcn import set_fast_ops
+    from training.encoders.stgcn import set_fast_ops
     from training.trainer import train
 
     _set_threads(args.threads)
@@ -99,8 +99,8 @@ def _profile_worker(args: argparse.Namespace) -> None:
     from crossclr_infer.layouts import get_layout
     from training.augment import augment
     from training.config import load_config
-    from training.crossclr import CrosSCLR
-    from training.stgcn import set_fast_ops
+    from training.objectives.crossclr import CrosSCLR
+    from training.encoders.stgcn import set_fast_ops
     from training.trainer import apply_mallopt, build_optimizer
 
     apply_mallopt()

@@ -83,10 +83,10 @@ def main() -> None:
     from crossclr_infer.hardware import cpu_caps
     from crossclr_infer.layouts import BUILTIN_LAYOUTS
     from training.augment import augment
-    from training.crossclr import CrosSCLR
-    from training.mamp import MAMP, MAMPConfig
-    from training.stgcn import STGCN, EncoderConfig
-    from training.transformer import SkeletonTransformer
+    from training.objectives.crossclr import CrosSCLR
+    from training.objectives.mamp import MAMP, MAMPConfig
+    from training.encoders.stgcn import STGCN, EncoderConfig
+    from training.encoders.transformer import SkeletonTransformer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -49,9 +49,9 @@ Settings are chosen with ``--holdout 0.3`` (train on part of the training subjec
 the test split is not read) or on training-split quantities (loss, mining precision), never on the test
 split. ``--merge`` joins results.json files of processes run with different ``--seed``.
 
-Linear evaluation (``training.linear.run_linear``): frozen encoders, linear heads trained on cached
+Linear evaluation (``training.protocols.linear.run_linear``): frozen encoders, linear heads trained on cached
 features; several streams: heads trained jointly on the mean of their logits (official 3-stream
-protocol). kNN (``training.knn.run_knn``): cosine, t = 0.1, k = ``knn_k`` (the official 200 exceeds
+protocol). kNN (``training.protocols.knn.run_knn``): cosine, t = 0.1, k = ``knn_k`` (the official 200 exceeds
 these training sets; fused streams: concatenated normalised features). The table shows the **last**
 linear epoch (the best epoch is in the JSON and the table too, but choosing it looks at the test set).
 
@@ -221,7 +221,7 @@ def prepare(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData, suff
 
 def ssl_config(hp: SmallData, num_train: int, extra: dict[str, Any] | None = None) -> Any:
     """The SSLConfig of every pretraining: the small-data values, ``hp.ssl_options``, then ``extra``."""
-    from training.crossclr import SSLConfig
+    from training.objectives.crossclr import SSLConfig
 
     values = {"queue_size": hp.queue_size(num_train), "momentum": hp.ssl_momentum,
               "temperature": hp.temperature, "topk": hp.topk, **dict(hp.ssl_options), **(extra or {})}
@@ -230,7 +230,7 @@ def ssl_config(hp: SmallData, num_train: int, extra: dict[str, Any] | None = Non
 
 def train_config(run: Run, hp: SmallData, num_train: int, ssl_extra: dict[str, Any] | None = None) -> Any:
     from training.config import TrainConfig
-    from training.stgcn import EncoderConfig
+    from training.encoders.stgcn import EncoderConfig
 
     epochs = hp.epochs(num_train)
     return TrainConfig(
@@ -310,7 +310,7 @@ def recalibrate(ckpt: Path, cache: Path) -> Path:
 
     from crossclr_infer.cache import open_cache
     from training.checkpoint import atomic_torch_save, torch_load_safe
-    from training.protocol_io import LINEAR_FORMAT, load_any_encoders
+    from training.protocols.io import LINEAR_FORMAT, load_any_encoders
 
     raw = torch_load_safe(ckpt, missing="no such checkpoint", unreadable="not readable ({reason})")
     encoders, _, _ = load_any_encoders(ckpt, None)
@@ -339,7 +339,7 @@ def pretrain(run: Run, cache: Path, out: Path, hp: SmallData, num_train: int, *,
 
 
 def supervised(cache: Path, random_ckpt: Path, out: Path, hp: SmallData, num_train: int) -> dict[str, Any]:
-    from training.finetune import FinetuneConfig, run_finetune
+    from training.protocols.finetune import FinetuneConfig, run_finetune
 
     epochs = hp.supervised_epochs(num_train)
     cfg = FinetuneConfig(label_fraction=1.0, epochs=epochs, lr=hp.supervised_lr,
@@ -350,8 +350,8 @@ def supervised(cache: Path, random_ckpt: Path, out: Path, hp: SmallData, num_tra
 
 def evaluate(cache: Path, ckpt: Path, streams: tuple[str, ...], out: Path, hp: SmallData,
              standardize: bool = False) -> dict[str, Any]:
-    from training.knn import run_knn
-    from training.linear import LinearConfig, run_linear
+    from training.protocols.knn import run_knn
+    from training.protocols.linear import LinearConfig, run_linear
 
     cfg = LinearConfig(epochs=hp.linear_epochs, lr=hp.linear_lr, batch_size=hp.linear_batch, fusion="joint",
                        seed=hp.seed, standardize=standardize)
@@ -516,8 +516,8 @@ def run_split(ds: rd.RealDataset, split: rd.Split, work: Path, hp: SmallData, ca
                                "prepare_s": prep_s, "bn_calibration_s": calib_s}
         t0 = time.perf_counter()
         if row.run == "supervised":
-            from training.knn import run_knn
-            from training.linear import evaluate_linear
+            from training.protocols.knn import run_knn
+            from training.protocols.linear import evaluate_linear
 
             ev = evaluate_linear(cache, sup_clean, split="val", streams=["joint"])
             knn = run_knn(cache, sup_clean, streams=["joint"], ks=(hp.knn_k,), t=hp.knn_t)
@@ -576,9 +576,9 @@ def transformer_frames(hp: SmallData, th: SmallTransformer) -> int:
 def transformer_config(kind: str, hp: SmallData, th: SmallTransformer, num_train: int,
                        init_from: Path | None = None) -> Any:
     from training.config import TrainConfig
-    from training.crossclr import SSLConfig
-    from training.mamp import MAMPConfig
-    from training.stgcn import EncoderConfig
+    from training.objectives.crossclr import SSLConfig
+    from training.objectives.mamp import MAMPConfig
+    from training.encoders.stgcn import EncoderConfig
 
     epochs = hp.epochs(num_train)
     common = {"streams": JMB, "epochs": epochs, "batch_size": hp.batch_size, "seed": hp.seed,

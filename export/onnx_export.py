@@ -33,7 +33,7 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import atomic_output_dir
 from crossclr_infer.layouts import Layout, layout_from_toml_text
 from crossclr_infer.session import INPUT_NAME, ONNX_FORMAT
-from training.transformer import fused_attention
+from training.encoders.transformer import fused_attention
 from training.views import compute_view
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class ServingBlock(nn.Module):
 
 
 class ServingSTGCN(nn.Module):
-    """Export-only form of an eval-mode ``training.stgcn.STGCN`` (spatial or flow graph), the same map:
+    """Export-only form of an eval-mode ``training.encoders.stgcn.STGCN`` (spatial or flow graph), the same map:
 
     - every BatchNorm folded: the input BN into one scale and shift per (channel, joint), the BN after each
       graph product into the block's 1×1 convolution, the temporal and residual BNs into their convolutions
@@ -368,7 +368,7 @@ class _AttentionOp(torch.autograd.Function):
 
 
 class FusedAttention(nn.Module):
-    """Export form of ``training.transformer.Attention`` built from its parameters only (``qkv``, ``proj``,
+    """Export form of ``training.encoders.transformer.Attention`` built from its parameters only (``qkv``, ``proj``,
     ``num_heads``, ``scale``), whatever its forward is: (B, L, D) -> (B, L, D), the attention one node of
     kind ``form`` (see ATTENTION_FORMS) followed by the output projection."""
 
@@ -386,7 +386,7 @@ class FusedAttention(nn.Module):
 
 
 class ServingTransformer(nn.Module):
-    """Export form of ``training.transformer.SkeletonTransformer``: a copy whose blocks' ``attn`` modules are
+    """Export form of ``training.encoders.transformer.SkeletonTransformer``: a copy whose blocks' ``attn`` modules are
     FusedAttention (``form``); everything else is the training module. ``source`` is the original encoder
     (the float16 export keeps its plain graph: onnxruntime's CPU attention kernels are float32)."""
 
@@ -439,7 +439,7 @@ def serving_encoder(encoder: nn.Module, frames: int, form: str = DEFAULT_GRAPH_F
         raise CrossclrError(f"graph form {form!r}: expected one of {GRAPH_FORMS}")
     if attention not in ATTENTION_FORMS:
         raise CrossclrError(f"attention {attention!r}: expected one of {list(ATTENTION_FORMS)}")
-    from training.stgcn import STGCN
+    from training.encoders.stgcn import STGCN
 
     if form == "matmul" and isinstance(encoder, STGCN) and encoder.cfg.graph in ("spatial", "flow"):
         return ServingSTGCN(encoder, frames, dft=dft, bias_channel=bias_channel,
@@ -816,8 +816,8 @@ def check_parity(reference: nn.Module, path: Path, names: Sequence[str], inputs:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, **kwargs: Any) -> ExportResult:
-    """Export a linear checkpoint (EVAL's ``training.protocol_io.load_linear``)."""
-    from training.protocol_io import load_linear
+    """Export a linear checkpoint (EVAL's ``training.protocols.io.load_linear``)."""
+    from training.protocols.io import load_linear
 
     check_opset(kwargs.get("opset", DEFAULT_OPSET), kwargs.get("dynamo", False))  # before the slow part
     encoders, heads, meta = load_linear(checkpoint)

@@ -20,7 +20,7 @@ STREAMS3 = ("joint", "motion", "bone")
 
 
 def tiny_encoder_config():
-    from training.stgcn import EncoderConfig
+    from training.encoders.stgcn import EncoderConfig
 
     return EncoderConfig(
         base_channels=8, hidden_dim=32, feature_dim=16, stage_blocks=(1, 1, 1), temporal_kernel=3
@@ -67,7 +67,7 @@ def write_cache(
 def make_model(streams: Sequence[str] = STREAMS3, seed: int = 0):
     import torch
 
-    from training.crossclr import CrosSCLR, SSLConfig
+    from training.objectives.crossclr import CrosSCLR, SSLConfig
 
     torch.manual_seed(seed)
     return CrosSCLR(NTU, tiny_encoder_config(), SSLConfig(queue_size=64), tuple(streams))
@@ -104,7 +104,7 @@ def write_pretrain(
 
     from training.checkpoint import atomic_torch_save, make_checkpoint
     from training.config import TrainConfig, config_to_dict
-    from training.crossclr import SSLConfig
+    from training.objectives.crossclr import SSLConfig
 
     model = model if model is not None else make_model(streams, seed)
     if perturb_bn:

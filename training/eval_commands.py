@@ -101,7 +101,7 @@ def _head_training(
 
 
 def _emit(report: dict[str, Any], table: str, json_out: Path | None) -> None:
-    from training.protocol_io import write_json
+    from training.protocols.io import write_json
 
     click.echo(table)
     if json_out is not None:
@@ -115,7 +115,7 @@ def _emit_accuracy(report: dict[str, Any], footer: str, json_out: Path | None) -
 
 
 def _acc_table(report: dict[str, Any]) -> str:
-    from training.protocol_io import format_table
+    from training.protocols.io import format_table
 
     rows = []
     best = report.get("best", {})
@@ -176,7 +176,7 @@ def linear_cmd(
     standardize: bool,
 ) -> None:
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
-    from training.linear import LinearConfig, evaluate_linear, run_linear
+    from training.protocols.linear import LinearConfig, evaluate_linear, run_linear
 
     views = parse_streams(streams)
     inputs = {"--data": data, "--checkpoint": checkpoint}
@@ -242,8 +242,8 @@ def knn_cmd(
     plots: Path | None,
 ) -> None:
     """Weighted kNN (cosine, votes exp(sim/t)) on frozen features, per stream and fused."""
-    from training.knn import run_knn
-    from training.protocol_io import format_table
+    from training.protocols.knn import run_knn
+    from training.protocols.io import format_table
 
     check_outputs({"--json": json_out, "--plots": plots}, {"--data": data, "--checkpoint": checkpoint})
     k_list = sorted(set(_int_list(ks, "-k", "integers")))
@@ -317,7 +317,7 @@ def finetune_cmd(
     plots: bool,
 ) -> None:
     """Semi-supervised / full fine-tuning of encoders + heads on a stratified labelled subset."""
-    from training.finetune import FinetuneConfig, check_fraction, run_finetune
+    from training.protocols.finetune import FinetuneConfig, check_fraction, run_finetune
 
     check_fraction(label_fraction)
     _check_number(lr, "--lr")
@@ -390,7 +390,7 @@ def tsne_cmd(
 
     from crossclr_infer.cache import open_cache
     from training.plots import plot_tsne, stream_png, tsne_embed
-    from training.protocol_io import (
+    from training.protocols.io import (
         check_compatible,
         default_device,
         encode_source,
@@ -447,7 +447,7 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
     import numpy as np
 
     from training.plots import plot_metrics, read_metrics, summarize_metrics
-    from training.protocol_io import format_table
+    from training.protocols.io import format_table
 
     path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
     out = out or path.with_name("curves.png")

@@ -55,7 +55,7 @@ from training.checkpoint import (
     restore_rng,
 )
 from training.config import TrainConfig, config_from_dict, config_to_dict
-from training.crossclr import CrosSCLR
+from training.objectives.crossclr import CrosSCLR
 from training.data import (
     TrainData,
     batch_is_finite,
@@ -64,7 +64,7 @@ from training.data import (
     make_loader,
     open_train_data,
 )
-from training.mamp import MAMP
+from training.objectives.mamp import MAMP
 from training.threads import ThreadGovernor, training_threads
 
 log = logging.getLogger(__name__)

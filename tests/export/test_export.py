@@ -18,7 +18,7 @@ from crossclr_infer.metrics import fuse_logits, softmax  # noqa: E402
 from crossclr_infer.session import ModelSession  # noqa: E402
 from crossclr_infer.views import compute_view  # noqa: E402
 from export.onnx_export import export_models  # noqa: E402
-from training.stgcn import STGCN, EncoderConfig  # noqa: E402
+from training.encoders.stgcn import STGCN, EncoderConfig  # noqa: E402
 
 NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
 CLASSES = ["c0", "c1", "c2", "c3"]
@@ -141,7 +141,7 @@ def test_int8_quantization_and_real_input_parity(tiny_cache, tmp_path) -> None:
 
 def test_cli_export_from_a_linear_checkpoint(tmp_path, capsys) -> None:
     import cli
-    from training.protocol_io import save_linear
+    from training.protocols.io import save_linear
 
     encoders, heads, meta = tiny_parts("flow", ("joint", "bone"))
     ckpt = tmp_path / "linear.pt"

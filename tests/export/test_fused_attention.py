@@ -33,8 +33,8 @@ from export.onnx_export import (  # noqa: E402
     half_encoder,
     serving_encoder,
 )
-from training.stgcn import EncoderConfig  # noqa: E402
-from training.transformer import Attention, SkeletonTransformer  # noqa: E402
+from training.encoders.stgcn import EncoderConfig  # noqa: E402
+from training.encoders.transformer import Attention, SkeletonTransformer  # noqa: E402
 
 NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
 FRAMES, DEPTH = 16, 2

@@ -24,7 +24,7 @@ from tests.helpers import cli_error  # noqa: E402
 
 @pytest.fixture(scope="module")
 def linear_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.protocol_io import save_linear
+    from training.protocols.io import save_linear
 
     encoders, heads, meta = tiny_parts("spatial", ("joint",))
     path = tmp_path_factory.mktemp("ckpt") / "linear.pt"

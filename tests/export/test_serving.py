@@ -28,7 +28,7 @@ from export.onnx_export import (  # noqa: E402
     half_encoder,
     serving_encoder,
 )
-from training.stgcn import STGCN, EncoderConfig  # noqa: E402
+from training.encoders.stgcn import STGCN, EncoderConfig  # noqa: E402
 
 NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
 CLASSES = ["a", "b", "c"]
@@ -300,7 +300,7 @@ def test_fp16_parity_failure_and_bad_precision(tmp_path) -> None:
 
 def test_cli_export_precision_fp16_and_int8_target(tiny_cache, tmp_path, capsys) -> None:
     import cli
-    from training.protocol_io import save_linear
+    from training.protocols.io import save_linear
 
     encoders, heads, meta = parts(("joint",))
     meta["config"] = {"model": encoders["joint"].cfg.to_dict()}

@@ -19,8 +19,8 @@ def test_transformer_exports_with_parity_and_ort_fusions(tmp_path: Path) -> None
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.stgcn import EncoderConfig
-    from training.transformer import SkeletonTransformer
+    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.transformer import SkeletonTransformer
 
     torch.manual_seed(0)
     data = generate_synthetic(tmp_path / "s.h5", classes=3, per_class=4, seed=0, frames=16)
@@ -65,8 +65,8 @@ def test_transformer_int8_is_dynamic_matmul_quantization(tmp_path: Path) -> None
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.stgcn import EncoderConfig
-    from training.transformer import SkeletonTransformer
+    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.transformer import SkeletonTransformer
 
     torch.manual_seed(0)
     data = generate_synthetic(tmp_path / "s.h5", classes=3, per_class=4, seed=0, frames=16)

@@ -129,8 +129,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.stgcn import EncoderConfig
-    from training.transformer import SkeletonTransformer
+    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.transformer import SkeletonTransformer
 
     tmp = tmp_path_factory.mktemp("bf16")
     data = generate_synthetic(tmp / "s.h5", classes=4, per_class=130, seed=0, frames=8)

@@ -299,7 +299,7 @@ def test_one_validator_for_fusion_weights() -> None:
 
 def test_linear_refuses_nan_weights_before_storing(env, tmp_path, capsys) -> None:
     pytest.importorskip("torch")
-    from training.linear import LinearConfig, train_linear
+    from training.protocols.linear import LinearConfig, train_linear
 
     with pytest.raises(CrossclrError, match="fusion weight of 'joint' is nan"):
         train_linear(None, None, 2, ["joint"], LinearConfig(), {"joint": math.nan})  # checked first

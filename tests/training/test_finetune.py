@@ -16,7 +16,7 @@ from tests.helpers import protocol_args, run_cli, write_cache, write_pretrain  #
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
 def test_stratified_subset_counts_per_class(fraction):
-    from training.finetune import stratified_subset
+    from training.protocols.finetune import stratified_subset
 
     counts = np.array([200, 55, 7, 1, 120])
     y = np.random.default_rng(0).permutation(np.repeat(np.arange(5), counts))
@@ -30,7 +30,7 @@ def test_stratified_subset_counts_per_class(fraction):
 
 
 def test_stratified_subset_is_reproducible_and_seed_dependent():
-    from training.finetune import stratified_subset
+    from training.protocols.finetune import stratified_subset
 
     y = np.repeat(np.arange(10), 50)
     a, b = stratified_subset(y, 0.1, seed=7), stratified_subset(y, 0.1, seed=7)
@@ -44,7 +44,7 @@ def test_stratified_subset_is_reproducible_and_seed_dependent():
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, float("nan")])
 def test_fraction_out_of_range_is_an_error(fraction):
     from crossclr_infer.errors import CrossclrError
-    from training.finetune import stratified_subset
+    from training.protocols.finetune import stratified_subset
 
     with pytest.raises(CrossclrError, match=r"\(0, 1\]"):
         stratified_subset(np.arange(10), fraction)
@@ -76,8 +76,8 @@ def test_cli_fraction_out_of_range_is_a_one_line_error(setup, capsys, fraction):
 
 def test_cli_finetune_trains_encoders_and_writes_a_linear_format_checkpoint(setup, capsys):
     from crossclr_infer.cache import open_cache
-    from training.finetune import stratified_subset
-    from training.protocol_io import load_linear
+    from training.protocols.finetune import stratified_subset
+    from training.protocols.io import load_linear
 
     out = setup["dir"] / "ft"
     code, stdout, err = run_cli(
@@ -120,15 +120,15 @@ def test_cli_finetune_trains_encoders_and_writes_a_linear_format_checkpoint(setu
 
 
 def rep_indices(labels):
-    from training.finetune import stratified_subset
+    from training.protocols.finetune import stratified_subset
 
     return stratified_subset(labels, 0.5, 0).tolist()
 
 
 def test_finetune_same_seed_same_result(setup):
     from crossclr_infer.cache import open_cache
-    from training.finetune import FinetuneConfig, finetune, stratified_subset
-    from training.protocol_io import load_any_encoders
+    from training.protocols.finetune import FinetuneConfig, finetune, stratified_subset
+    from training.protocols.io import load_any_encoders
 
     heads = []
     with open_cache(setup["cache"]) as c:

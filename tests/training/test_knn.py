@@ -31,7 +31,7 @@ def knn_reference(
 
 @pytest.mark.parametrize("k", [1, 10, 20, 200])
 def test_knn_scores_equal_brute_force_numpy(k):
-    from training.knn import knn_scores
+    from training.protocols.knn import knn_scores
 
     rng = np.random.default_rng(k)
     train, query = rng.normal(size=(150, 12)), rng.normal(size=(23, 12))
@@ -51,7 +51,7 @@ def test_knn_scores_equal_brute_force_numpy(k):
 
 
 def test_knn_evaluate_fused_is_mean_cosine_and_matches_reference():
-    from training.knn import fuse_features, knn_evaluate
+    from training.protocols.knn import fuse_features, knn_evaluate
 
     rng = np.random.default_rng(0)
     tr = {v: torch.tensor(rng.normal(size=(60, 8)), dtype=torch.float32) for v in ("joint", "bone")}
@@ -74,7 +74,7 @@ def test_knn_evaluate_fused_is_mean_cosine_and_matches_reference():
 
 
 def test_knn_k_larger_than_the_bank_uses_every_sample():
-    from training.knn import knn_scores
+    from training.protocols.knn import knn_scores
 
     tr = torch.eye(3)
     s = knn_scores(tr, torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0, 0.0]]), 2, k=200, t=1.0)

@@ -87,7 +87,7 @@ def test_tiny_mamp_pretraining_predicts_held_out_motion(tmp_path: Path) -> None:
     (``norm_target = false``): the generator jitters every joint, so the official per-patch normalisation
     turns still joints into unit-variance noise and the loss sits at its predict-zero level for hundreds of
     steps."""
-    from training.mamp import masked_mse, motion_target
+    from training.objectives.mamp import masked_mse, motion_target
 
     torch.set_num_threads(1)
     data = generate_synthetic(tmp_path / "synth.h5", classes=6, per_class=20, seed=1, frames=16)

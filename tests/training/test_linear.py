@@ -36,7 +36,7 @@ def _split_tensors(cache: Path, split: str):
 # --------------------------------------------------------------------------------------------- metrics
 def test_topk_percent_on_tensor_scores_matches_numpy():
     from crossclr_infer.metrics import topk_percent
-    from training.protocol_io import to_numpy
+    from training.protocols.io import to_numpy
 
     rng = np.random.default_rng(1)
     s, y = rng.normal(size=(50, 7)), rng.integers(0, 7, 50)
@@ -67,7 +67,7 @@ def test_fusion_weights_and_parse():
 
 
 def test_milestone_scales_with_epochs():
-    from training.linear import LinearConfig
+    from training.protocols.linear import LinearConfig
 
     assert LinearConfig().resolved_milestones() == (80,)
     assert LinearConfig(epochs=10).resolved_milestones() == (8,)
@@ -76,8 +76,8 @@ def test_milestone_scales_with_epochs():
 
 # ----------------------------------------------------------------------------------------- frozen encoders
 def test_linear_training_leaves_encoder_weights_and_bn_stats_unchanged(setup):
-    from training.linear import LinearConfig, ReencodingFeatures, train_linear
-    from training.protocol_io import load_any_encoders
+    from training.protocols.linear import LinearConfig, ReencodingFeatures, train_linear
+    from training.protocols.io import load_any_encoders
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], None)
     before = {v: {k: t.clone() for k, t in e.state_dict().items()} for v, e in encoders.items()}
@@ -139,8 +139,8 @@ def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, ca
 @pytest.mark.parametrize("fusion", ["joint", "separate"])
 def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
     from crossclr_infer.metrics import fusion_weights_for
-    from training.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
-    from training.protocol_io import encode_source, load_any_encoders
+    from training.protocols.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
+    from training.protocols.io import encode_source, load_any_encoders
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "bone"])
     x, y = _split_tensors(setup["cache"], "train")
@@ -182,8 +182,8 @@ def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
 
 
 def test_separate_fusion_trains_each_head_alone(setup):
-    from training.linear import CachedFeatures, LinearConfig, train_linear
-    from training.protocol_io import encode_source, load_any_encoders
+    from training.protocols.linear import CachedFeatures, LinearConfig, train_linear
+    from training.protocols.io import encode_source, load_any_encoders
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "motion"])
     x, y = _split_tensors(setup["cache"], "train")
@@ -203,7 +203,7 @@ def test_separate_fusion_trains_each_head_alone(setup):
 
 
 def test_lr_drops_tenfold_at_the_scaled_milestone(setup):
-    from training.linear import CachedFeatures, LinearConfig, train_linear
+    from training.protocols.linear import CachedFeatures, LinearConfig, train_linear
 
     feats = {"joint": torch.randn(16, 32)}
     res = train_linear(
@@ -214,7 +214,7 @@ def test_lr_drops_tenfold_at_the_scaled_milestone(setup):
 
 def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
     from crossclr_infer.metrics import fuse_logits, topk_percent
-    from training.protocol_io import encode_split, load_linear
+    from training.protocols.io import encode_split, load_linear
 
     out = setup["dir"] / "lin2"
     code, _, err = run_cli(
@@ -338,9 +338,9 @@ def test_pretrained_encoder_beats_a_random_one_on_synthetic_data(tmp_path):
     protocol on a randomly initialized encoder of the same architecture."""
     from crossclr_infer.synth import generate_synthetic
     from training.config import load_config
-    from training.crossclr import CrosSCLR
-    from training.knn import run_knn
-    from training.linear import LinearConfig, run_linear
+    from training.objectives.crossclr import CrosSCLR
+    from training.protocols.knn import run_knn
+    from training.protocols.linear import LinearConfig, run_linear
     from training.trainer import train
 
     cache = generate_synthetic(tmp_path / "s.h5", classes=4, per_class=24, seed=0)
@@ -379,7 +379,7 @@ def test_standardized_probe_matches_a_numpy_batchnorm_and_folds_exactly():
     the saved plain Linear gives the same logits on raw features."""
     import torch
 
-    from training.linear import CachedFeatures, LinearConfig, Standardized, feature_stats, train_linear
+    from training.protocols.linear import CachedFeatures, LinearConfig, Standardized, feature_stats, train_linear
 
     rng = np.random.default_rng(0)
     f = torch.from_numpy((rng.normal(size=(40, 6)) * [1, 10, 0.1, 5, 2, 50] + [3, -2, 0, 40, 1, 7])

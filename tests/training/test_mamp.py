@@ -9,7 +9,7 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
-from training.mamp import (
+from training.objectives.mamp import (
     MAMP,
     MAMPConfig,
     MAMPDecoder,
@@ -21,9 +21,9 @@ from training.mamp import (
     patchify,
     token_motion,
 )
-from training.mamp_import import convert_mamp_state, decoder_config, token_grid
-from training.stgcn import EncoderConfig
-from training.transformer import SkeletonTransformer
+from training.importers.mamp import convert_mamp_state, decoder_config, token_grid
+from training.encoders.stgcn import EncoderConfig
+from training.encoders.transformer import SkeletonTransformer
 from training.views import motion
 
 NTU = get_layout("ntu-rgb+d")
@@ -255,7 +255,7 @@ def test_convert_official_state_gives_identical_model() -> None:
 
 
 def test_convert_rejects_foreign_and_broken_states() -> None:
-    from training.stgcn import STGCN
+    from training.encoders.stgcn import STGCN
 
     stgcn = {f"encoder_q.{k}": v for k, v in STGCN(NTU).state_dict().items()}
     with pytest.raises(CrossclrError, match=r"^crossclr\.pt: not a MAMP transformer checkpoint"):

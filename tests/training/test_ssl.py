@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from crossclr_infer.errors import CrossclrError
-from training.ssl import (
+from training.objectives.ssl import (
     MemoryQueue,
     cross_view_loss,
     info_nce,

@@ -11,7 +11,7 @@ import torch
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import get_layout
-from training.stgcn import STGCN, EncoderConfig, count_parameters
+from training.encoders.stgcn import STGCN, EncoderConfig, count_parameters
 
 NTU = get_layout("ntu-rgb+d")
 TINY = dict(base_channels=4, hidden_dim=12, feature_dim=6, stage_blocks=(2, 1, 2))
@@ -210,7 +210,7 @@ def _run_paths(enc: STGCN, x: torch.Tensor, train: bool = True) -> list[tuple]:
     """Features, gradients and buffers of ``enc`` with the official operations, then with the fast ones."""
     import copy
 
-    from training import stgcn
+    from training.encoders import stgcn
 
     out = []
     for fast in (False, True):
@@ -233,7 +233,7 @@ def test_fast_ops_equal_official_ops_forward_and_backward(graph: str, dft_channe
     """The fast CPU blocks (channels-last; DFT temporal conv in a (T, N·V, C) layout for wide stride-1 blocks,
     here the last block, or every stride-1 block with the threshold at 1) equal the official operations:
     features, every gradient and the BatchNorm running statistics, in training and in eval mode."""
-    from training import fastops
+    from training.encoders import fastops
 
     monkeypatch.setattr(fastops, "DFT_MIN_CHANNELS", dft_channels)
     torch.manual_seed(0)
@@ -255,7 +255,7 @@ def test_fast_dropout_equals_official_dropout_given_the_same_mask(dft_channels: 
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """With p = 0.5 the fast path folds the scale 2 into the batch norm and fuses mask, residual and ReLU:
     given the same mask (indexed like the official (N, C, T, V) tensor) it equals ``F.dropout`` exactly."""
-    from training import fastops
+    from training.encoders import fastops
 
     def logical_mask(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         idx = [torch.arange(s).view([-1 if i == d else 1 for i in range(4)]) for d, s in enumerate(shape)]
@@ -284,7 +284,7 @@ def test_fast_dropout_equals_official_dropout_given_the_same_mask(dft_channels: 
                          [(13, 9, 1, True), (20, 9, 2, True), (25, 9, 2, False), (1, 9, 1, True),
                           (2, 9, 1, True), (3, 9, 2, True), (8, 3, 1, True), (12, 5, 1, False)])
 def test_temporal_conv_dft_equals_conv2d(frames: int, kernel: int, stride: int, bias: bool) -> None:
-    from training.fastops import temporal_conv_dft
+    from training.encoders.fastops import temporal_conv_dft
 
     g = torch.Generator().manual_seed(frames * 10 + kernel)
     n, c, o, v = 2, 5, 6, 3
@@ -303,7 +303,7 @@ def test_temporal_conv_dft_equals_conv2d(frames: int, kernel: int, stride: int, 
 
 @pytest.mark.parametrize("p", [0.5, 0.3])
 def test_keep_mask_rate_and_layout(p: float) -> None:
-    from training.fastops import keep_mask
+    from training.encoders.fastops import keep_mask
 
     torch.manual_seed(0)
     like = torch.empty(40, 50, 30, 25).contiguous(memory_format=torch.channels_last)
@@ -317,7 +317,7 @@ def test_keep_mask_rate_and_layout(p: float) -> None:
 
 
 def test_fast_dropout_keeps_rate_and_scale() -> None:
-    from training.stgcn import Dropout
+    from training.encoders.stgcn import Dropout
 
     torch.manual_seed(0)
     d = Dropout(0.3).train()

@@ -213,7 +213,7 @@ def test_cli_resume_without_config_uses_checkpoint_config(toy_cache: Path, tmp_p
 
 
 def test_optimizer_and_schedule_follow_config(toy_cache: Path) -> None:
-    from training.crossclr import CrosSCLR
+    from training.objectives.crossclr import CrosSCLR
 
     cfg = load_config("crossclr-ntu60-xsub", {"ssl.queue_size": 16})
     model = CrosSCLR(get_layout("ntu-rgb+d"), cfg.model, cfg.ssl, views=cfg.streams)
@@ -244,7 +244,7 @@ def test_mallopt_applies_on_glibc() -> None:
 
 def test_import_official_pretrain_and_linear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from tests.training.test_official_import import official_3view_pretrain, official_encoder
-    from training.protocol_io import load_linear
+    from training.protocols.io import load_linear
 
     sd, mods = official_3view_pretrain()
     src = tmp_path / "official.pt"

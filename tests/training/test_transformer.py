@@ -12,8 +12,8 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
-from training.stgcn import EncoderConfig, count_parameters
-from training.transformer import SkeletonTransformer, drop_path_rates
+from training.encoders.stgcn import EncoderConfig, count_parameters
+from training.encoders.transformer import SkeletonTransformer, drop_path_rates
 
 NTU = get_layout("ntu-rgb+d")
 TINY = dict(graph="transformer", projector="none", hidden_dim=32, depth=2, num_heads=4, t_patch=4)

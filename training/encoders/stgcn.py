@@ -2,7 +2,7 @@
 
 Submodule names follow the official code (``data_bn``, ``st_gcn_networks.i.gcn.conv``,
 ``st_gcn_networks.i.tcn.*``, ``st_gcn_networks.i.residual.*``, ``edge_importance.i``, ``fc``) so that
-official checkpoints map onto this module without renaming (see ``training.official_import``).
+official checkpoints map onto this module without renaming (see ``training.importers.crossclr``).
 
 Einsum letters: n batch (·bodies), k spatial partition, c channels, t frames, v/w joints.
 """
@@ -19,9 +19,9 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import Layout
 
-from . import fastops
+from training.encoders import fastops
 
-GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # transformer: MAMP's (training.transformer)
+GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # transformer: MAMP's (training.encoders.transformer)
 PROJECTORS = ("mlp", "linear", "none")
 
 
@@ -108,7 +108,7 @@ _FAST_OPS = True
 
 
 def set_fast_ops(enabled: bool) -> None:
-    """Switch the CPU fast paths on or off (``training.fastops``: channels-last blocks, DFT temporal
+    """Switch the CPU fast paths on or off (``training.encoders.fastops``: channels-last blocks, DFT temporal
     convolution of the wide blocks, graph sum before the 1×1 conv when C_in < C_out, dropout mask from random
     bits with its scale folded into the batch norm). Off runs the official operations one for one; the
     results are equal either way within float rounding (tested, forward and backward), and

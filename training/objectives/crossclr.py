@@ -1,4 +1,4 @@
-"""SkeletonCLR (one view) and CrosSCLR (several views) composed from the units in ``training.ssl``.
+"""SkeletonCLR (one view) and CrosSCLR (several views) composed from the units in ``training.objectives.ssl``.
 
 Differences from the official code (docs/design.md §3, fixed on purpose): every key encoder gets its momentum
 update in both stages; each view has its own projector; key encoders start as exact copies of the query
@@ -18,9 +18,9 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import check_streams
 
-from .augment import augment_extreme
-from .encoders import build_encoder
-from .ssl import (
+from training.augment import augment_extreme
+from training.encoders import build_encoder
+from training.objectives.ssl import (
     CROSS_LOSSES,
     MINING_SOURCES,
     MemoryQueue,
@@ -29,8 +29,8 @@ from .ssl import (
     mining_precision,
     momentum_update,
 )
-from .stgcn import EncoderConfig
-from .views import compute_view
+from training.encoders.stgcn import EncoderConfig
+from training.views import compute_view
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import check_streams
 
-from .stgcn import EncoderConfig
-from .transformer import Block, SkeletonTransformer, init_vit_weights
-from .views import compute_view
+from training.encoders.stgcn import EncoderConfig
+from training.encoders.transformer import Block, SkeletonTransformer, init_vit_weights
+from training.views import compute_view
 
 
 @dataclass(frozen=True)

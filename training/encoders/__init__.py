@@ -1,7 +1,7 @@
 """One constructor for every encoder kind, so trainers, evaluation, import and export never branch on it.
 
 ``EncoderConfig.graph`` picks the kind: ``spatial``/``flow``/``adaptive`` build the ST-GCN
-(``training.stgcn.STGCN``), ``transformer`` the MAMP encoder (``training.transformer.SkeletonTransformer``),
+(``training.encoders.stgcn.STGCN``), ``transformer`` the MAMP encoder (``training.encoders.transformer.SkeletonTransformer``),
 which also needs the frame count (its temporal embedding has one entry per temporal patch).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from crossclr_infer.layouts import Layout
-from training.stgcn import STGCN, EncoderConfig
+from training.encoders.stgcn import STGCN, EncoderConfig
 
 
 def is_transformer(cfg: EncoderConfig) -> bool:
@@ -21,7 +21,7 @@ def build_encoder(layout: Layout, cfg: EncoderConfig, num_person: int = 2, in_ch
                   frames: int = 50) -> nn.Module:
     """The encoder ``cfg`` describes, for ``layout`` skeletons of ``frames`` frames, ``num_person`` bodies."""
     if is_transformer(cfg):
-        from training.transformer import SkeletonTransformer
+        from training.encoders.transformer import SkeletonTransformer
 
         return SkeletonTransformer(layout, cfg, num_person=num_person, in_channels=in_channels, frames=frames)
     return STGCN(layout, cfg, num_person=num_person, in_channels=in_channels)

@@ -35,7 +35,7 @@ from crossclr_infer.metrics import (
     fusion_weights_for,
     topk_percent,
 )
-from training.protocol_io import encode_batch, encode_split, to_numpy
+from training.protocols.io import encode_batch, encode_split, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def save_result(
     """Write encoders + trained heads in the linear checkpoint format (``save_linear``): the source
     checkpoint's encoder config, the cache ``info``, best/last metrics and ``extra`` fields. The fusion
     weights are checked (finite, >= 0, not all zero) before anything is written."""
-    from training.protocol_io import save_linear
+    from training.protocols.io import save_linear
 
     check_fusion_weights(result.fusion_weights, f"{path}: fusion weights")
 
@@ -385,7 +385,7 @@ def run_linear(
 ) -> dict[str, Any]:
     """``crossclr linear``: load encoders, encode both splits once, train heads, write linear.pt."""
     from crossclr_infer.cache import open_cache
-    from training.protocol_io import check_compatible, default_device, load_any_encoders, write_json
+    from training.protocols.io import check_compatible, default_device, load_any_encoders, write_json
 
     dev = default_device(device)
     out = Path(out)
@@ -460,7 +460,7 @@ def evaluate_linear(
 ) -> dict[str, Any]:
     """Score an existing linear.pt on a cache split (no training): top-1/top-5 per stream and fused."""
     from crossclr_infer.cache import open_cache
-    from training.protocol_io import check_compatible, default_device, load_any_encoders
+    from training.protocols.io import check_compatible, default_device, load_any_encoders
 
     dev = default_device(device)
     encoders, heads, meta = load_any_encoders(checkpoint, streams, dev)

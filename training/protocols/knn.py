@@ -25,7 +25,7 @@ from torch import Tensor
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.metrics import FUSED, confusion_matrix, topk_percent
-from training.protocol_io import encode_split, to_numpy
+from training.protocols.io import encode_split, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def run_knn(
 ) -> dict[str, Any]:
     """``crossclr knn``: encode both splits with frozen encoders, weighted kNN per stream and fused."""
     from crossclr_infer.cache import open_cache
-    from training.protocol_io import check_compatible, default_device, load_any_encoders
+    from training.protocols.io import check_compatible, default_device, load_any_encoders
 
     dev = default_device(device)
     encoders, _, meta = load_any_encoders(checkpoint, streams, dev)

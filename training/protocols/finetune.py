@@ -23,7 +23,7 @@ from tqdm import tqdm
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.metrics import FUSED, FUSIONS, confusion_matrix, fusion_weights_for
-from training.linear import (
+from training.protocols.linear import (
     LinearResult,
     cache_info,
     head_loss,
@@ -33,7 +33,7 @@ from training.linear import (
     sgd_with_steps,
     with_fused,
 )
-from training.protocol_io import stream_inputs as _stream_inputs
+from training.protocols.io import stream_inputs as _stream_inputs
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def run_finetune(
 ) -> dict[str, Any]:
     """``crossclr finetune``: writes OUT/finetune.pt (linear format) and finetune_metrics.json."""
     from crossclr_infer.cache import open_cache
-    from training.protocol_io import check_compatible, default_device, load_any_encoders, write_json
+    from training.protocols.io import check_compatible, default_device, load_any_encoders, write_json
 
     dev = default_device(device)
     out = Path(out)

@@ -6,7 +6,7 @@ joint embedding (1, 1, V, D) are added; pre-norm blocks attend over all tokens a
 
 Submodule and parameter names are the official checkpoint keys (``joints_embed.proj.*``, ``temp_embed``,
 ``pos_embed``, ``blocks.{i}.norm1|attn.qkv|attn.proj|norm2|mlp.fc1|mlp.fc2``, ``norm``), so official weights
-load by name (``training.mamp_import``). Initialisation is the official one: trunc-normal (std 0.02)
+load by name (``training.importers.mamp``). Initialisation is the official one: trunc-normal (std 0.02)
 embeddings, xavier-uniform Linear weights with zero biases, LayerNorm ones/zeros, the patch Conv2d at
 PyTorch's default.
 
@@ -23,7 +23,7 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 
-from .stgcn import EncoderConfig, projector_head
+from training.encoders.stgcn import EncoderConfig, projector_head
 
 
 class DropPath(nn.Module):

@@ -19,8 +19,8 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 
-from .mamp import MAMPConfig
-from .stgcn import EncoderConfig
+from training.objectives.mamp import MAMPConfig
+from training.encoders.stgcn import EncoderConfig
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _DECODER_BLOCK_RE = re.compile(r"^decoder_blocks\.(\d+)\.")
