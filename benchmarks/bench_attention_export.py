@@ -69,7 +69,7 @@ def child_export_rss(folder: str, frames: int, attention: str) -> None:
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
     from training.encoders.transformer import SkeletonTransformer
 
     torch.set_num_threads(2)
@@ -147,7 +147,7 @@ def main() -> None:
         export_graph,
         serving_encoder,
     )
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
     from training.encoders.transformer import SkeletonTransformer
 
     forms = args.forms.split(",") if args.forms else ["plain", *[f for f in ATTENTION_FORMS if f != "plain"]]

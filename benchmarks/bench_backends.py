@@ -121,7 +121,7 @@ def export(kind: str, work: Path, frames: int) -> dict[str, str]:
 
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from export.onnx_export import export_models
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
     from training.encoders.transformer import SkeletonTransformer
 
     torch.manual_seed(0)

@@ -188,7 +188,7 @@ def build_default(cache: Path, classes: int, threads: int):
 
     from crossclr_infer.cache import open_cache
     from crossclr_infer.views import compute_view
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
 
     torch.manual_seed(0)
     cfg = EncoderConfig()

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from crossclr_infer.layouts import BUILTIN_LAYOUTS
-from training.protocols.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import STGCN
 from training.protocols.io import encode_source
-from training.encoders.stgcn import STGCN, EncoderConfig
+from training.protocols.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
 
 
 def main() -> None:

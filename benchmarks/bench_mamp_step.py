@@ -35,8 +35,8 @@ def build(batch: int, decoder_depth: int, seed: int = 0, dtype: str = "float32")
     import torch
 
     from crossclr_infer.layouts import BUILTIN_LAYOUTS
+    from training.encoders.config import EncoderConfig
     from training.objectives.mamp import MAMP, MAMPConfig
-    from training.encoders.stgcn import EncoderConfig
 
     torch.manual_seed(seed)
     model = MAMP(BUILTIN_LAYOUTS["ntu-rgb+d"], EncoderConfig(graph="transformer", projector="none"),

@@ -64,7 +64,7 @@ def build_models(work: Path, width: str) -> tuple[Path, Path, str]:
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
     from training.config import load_config
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -7,7 +7,7 @@ metrics.jsonl, dropping the warmup steps. The cases run ``--repeats`` times, int
 round 2: every case in reverse order, ...), and each figure is the median over the rounds, so a load change on
 a shared machine hits all cases alike. Every ratio is between measurements of this one run.
 
-Baselines: ``training.encoders.stgcn.set_fast_ops(False)`` runs the official operations one for one (einsum graph conv,
+Baselines: ``stgcn.set_fast_ops(False)`` runs the official operations one for one (einsum graph conv,
 ``nn.Dropout``, conv2d temporal convolutions in NCHW), in fp32, with and without glibc mallopt; the fast
 operations (``training.encoders.fastops``) are measured with mallopt, as the trainer runs by default.
 
@@ -99,8 +99,8 @@ def _profile_worker(args: argparse.Namespace) -> None:
     from crossclr_infer.layouts import get_layout
     from training.augment import augment
     from training.config import load_config
-    from training.objectives.crossclr import CrosSCLR
     from training.encoders.stgcn import set_fast_ops
+    from training.objectives.crossclr import CrosSCLR
     from training.trainer import apply_mallopt, build_optimizer
 
     apply_mallopt()

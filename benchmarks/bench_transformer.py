@@ -83,10 +83,11 @@ def main() -> None:
     from crossclr_infer.hardware import cpu_caps
     from crossclr_infer.layouts import BUILTIN_LAYOUTS
     from training.augment import augment
+    from training.encoders.config import EncoderConfig
+    from training.encoders.stgcn import STGCN
+    from training.encoders.transformer import SkeletonTransformer
     from training.objectives.crossclr import CrosSCLR
     from training.objectives.mamp import MAMP, MAMPConfig
-    from training.encoders.stgcn import STGCN, EncoderConfig
-    from training.encoders.transformer import SkeletonTransformer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -230,7 +230,7 @@ def ssl_config(hp: SmallData, num_train: int, extra: dict[str, Any] | None = Non
 
 def train_config(run: Run, hp: SmallData, num_train: int, ssl_extra: dict[str, Any] | None = None) -> Any:
     from training.config import TrainConfig
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
 
     epochs = hp.epochs(num_train)
     return TrainConfig(
@@ -576,9 +576,9 @@ def transformer_frames(hp: SmallData, th: SmallTransformer) -> int:
 def transformer_config(kind: str, hp: SmallData, th: SmallTransformer, num_train: int,
                        init_from: Path | None = None) -> Any:
     from training.config import TrainConfig
+    from training.encoders.config import EncoderConfig
     from training.objectives.crossclr import SSLConfig
     from training.objectives.mamp import MAMPConfig
-    from training.encoders.stgcn import EncoderConfig
 
     epochs = hp.epochs(num_train)
     common = {"streams": JMB, "epochs": epochs, "batch_size": hp.batch_size, "seed": hp.seed,

@@ -265,7 +265,7 @@ class ServingBlock(nn.Module):
 
 
 class ServingSTGCN(nn.Module):
-    """Export-only form of an eval-mode ``training.encoders.stgcn.STGCN`` (spatial or flow graph), the same map:
+    """Export-only form of an eval-mode ``STGCN`` (spatial or flow graph), the same map:
 
     - every BatchNorm folded: the input BN into one scale and shift per (channel, joint), the BN after each
       graph product into the block's 1×1 convolution, the temporal and residual BNs into their convolutions
@@ -368,7 +368,7 @@ class _AttentionOp(torch.autograd.Function):
 
 
 class FusedAttention(nn.Module):
-    """Export form of ``training.encoders.transformer.Attention`` built from its parameters only (``qkv``, ``proj``,
+    """Export form of ``transformer.Attention`` built from its parameters only (``qkv``, ``proj``,
     ``num_heads``, ``scale``), whatever its forward is: (B, L, D) -> (B, L, D), the attention one node of
     kind ``form`` (see ATTENTION_FORMS) followed by the output projection."""
 
@@ -386,7 +386,7 @@ class FusedAttention(nn.Module):
 
 
 class ServingTransformer(nn.Module):
-    """Export form of ``training.encoders.transformer.SkeletonTransformer``: a copy whose blocks' ``attn`` modules are
+    """Export form of ``SkeletonTransformer``: a copy whose blocks' ``attn`` modules are
     FusedAttention (``form``); everything else is the training module. ``source`` is the original encoder
     (the float16 export keeps its plain graph: onnxruntime's CPU attention kernels are float32)."""
 

@@ -20,7 +20,7 @@ STREAMS3 = ("joint", "motion", "bone")
 
 
 def tiny_encoder_config():
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
 
     return EncoderConfig(
         base_channels=8, hidden_dim=32, feature_dim=16, stage_blocks=(1, 1, 1), temporal_kernel=3

@@ -279,7 +279,8 @@ def test_calibrate_bn_sets_statistics_of_the_data() -> None:
     torch = pytest.importorskip("torch")
     from benchmarks.real_data import calibrate_bn
     from crossclr_infer.layouts import get_layout
-    from training.encoders.stgcn import STGCN, EncoderConfig
+    from training.encoders.config import EncoderConfig
+    from training.encoders.stgcn import STGCN
 
     torch.manual_seed(0)
     layout = get_layout("kinect-v1")

@@ -257,8 +257,8 @@ def _convert_mamp(path: Path, out: Path, state: dict[str, torch.Tensor], layout:
     into ``SkeletonTransformer`` before anything is written."""
     from crossclr_infer.layouts import layout_to_toml
     from training.config import TrainConfig, config_to_dict
-    from training.importers.mamp import convert_mamp_state, token_grid
     from training.encoders.transformer import SkeletonTransformer
+    from training.importers.mamp import convert_mamp_state, token_grid
 
     cfg, enc_state, dec_state, dropped = convert_mamp_state(state, str(path))
     grid = token_grid(enc_state)
@@ -302,9 +302,9 @@ def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "n
     """
     from crossclr_infer.layouts import get_layout, layout_to_toml
     from training.config import TrainConfig, config_to_dict
-    from training.objectives.crossclr import SSLConfig
+    from training.encoders.config import EncoderConfig
     from training.importers.crossclr import build_imported, convert_official_state
-    from training.encoders.stgcn import EncoderConfig
+    from training.objectives.crossclr import SSLConfig
 
     path, out = Path(path), Path(out)
     lay = get_layout(layout)

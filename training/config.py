@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.views import VIEWS
+from training.encoders.config import EncoderConfig
 from training.objectives.crossclr import SSLConfig
 from training.objectives.mamp import MAMPConfig
-from training.encoders.stgcn import EncoderConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

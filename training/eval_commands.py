@@ -242,8 +242,8 @@ def knn_cmd(
     plots: Path | None,
 ) -> None:
     """Weighted kNN (cosine, votes exp(sim/t)) on frozen features, per stream and fused."""
-    from training.protocols.knn import run_knn
     from training.protocols.io import format_table
+    from training.protocols.knn import run_knn
 
     check_outputs({"--json": json_out, "--plots": plots}, {"--data": data, "--checkpoint": checkpoint})
     k_list = sorted(set(_int_list(ks, "-k", "integers")))

@@ -55,7 +55,6 @@ from training.checkpoint import (
     restore_rng,
 )
 from training.config import TrainConfig, config_from_dict, config_to_dict
-from training.objectives.crossclr import CrosSCLR
 from training.data import (
     TrainData,
     batch_is_finite,
@@ -64,6 +63,7 @@ from training.data import (
     make_loader,
     open_train_data,
 )
+from training.objectives.crossclr import CrosSCLR
 from training.objectives.mamp import MAMP
 from training.threads import ThreadGovernor, training_threads
 

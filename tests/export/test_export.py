@@ -18,7 +18,8 @@ from crossclr_infer.metrics import fuse_logits, softmax  # noqa: E402
 from crossclr_infer.session import ModelSession  # noqa: E402
 from crossclr_infer.views import compute_view  # noqa: E402
 from export.onnx_export import export_models  # noqa: E402
-from training.encoders.stgcn import STGCN, EncoderConfig  # noqa: E402
+from training.encoders.config import EncoderConfig  # noqa: E402
+from training.encoders.stgcn import STGCN  # noqa: E402
 
 NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
 CLASSES = ["c0", "c1", "c2", "c3"]

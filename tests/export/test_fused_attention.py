@@ -33,7 +33,7 @@ from export.onnx_export import (  # noqa: E402
     half_encoder,
     serving_encoder,
 )
-from training.encoders.stgcn import EncoderConfig  # noqa: E402
+from training.encoders.config import EncoderConfig  # noqa: E402
 from training.encoders.transformer import Attention, SkeletonTransformer  # noqa: E402
 
 NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]

@@ -224,7 +224,8 @@ def test_quantize_models_reports_accuracy_and_agreement(tiny_cache, tmp_path) ->
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from export.onnx_export import export_models
     from export.quantize import quantize_models
-    from training.encoders.stgcn import STGCN, EncoderConfig
+    from training.encoders.config import EncoderConfig
+    from training.encoders.stgcn import STGCN
 
     torch.manual_seed(0)
     ntu = BUILTIN_LAYOUTS["ntu-rgb+d"]
@@ -358,7 +359,8 @@ def trained_export(tmp_path_factory):
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.encoders.stgcn import STGCN, EncoderConfig
+    from training.encoders.config import EncoderConfig
+    from training.encoders.stgcn import STGCN
 
     root = tmp_path_factory.mktemp("trained")
     cache = generate_synthetic(root / "synth.h5", classes=4, per_class=30, seed=0, frames=TRAIN_FRAMES)

@@ -28,7 +28,8 @@ from export.onnx_export import (  # noqa: E402
     half_encoder,
     serving_encoder,
 )
-from training.encoders.stgcn import STGCN, EncoderConfig  # noqa: E402
+from training.encoders.config import EncoderConfig  # noqa: E402
+from training.encoders.stgcn import STGCN  # noqa: E402
 
 NTU = BUILTIN_LAYOUTS["ntu-rgb+d"]
 CLASSES = ["a", "b", "c"]

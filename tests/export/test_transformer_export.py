@@ -19,7 +19,7 @@ def test_transformer_exports_with_parity_and_ort_fusions(tmp_path: Path) -> None
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
     from training.encoders.transformer import SkeletonTransformer
 
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def test_transformer_int8_is_dynamic_matmul_quantization(tmp_path: Path) -> None
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
     from training.encoders.transformer import SkeletonTransformer
 
     torch.manual_seed(0)

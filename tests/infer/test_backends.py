@@ -129,7 +129,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml
     from crossclr_infer.synth import generate_synthetic
     from export.onnx_export import export_models
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
     from training.encoders.transformer import SkeletonTransformer
 
     tmp = tmp_path_factory.mktemp("bf16")

@@ -10,8 +10,8 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 from training.config import PRESETS, TrainConfig, config_from_dict, config_to_dict, load_config
+from training.encoders.config import EncoderConfig
 from training.objectives.crossclr import SSLConfig
-from training.encoders.stgcn import EncoderConfig
 
 OFFICIAL_3S = ("crossclr-ntu60-xsub", "crossclr-ntu60-xview", "crossclr-ntu120-xsub", "crossclr-ntu120-xset")
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
 from tests.helpers import momentum_stepped_copy
+from training.encoders.config import EncoderConfig
 from training.objectives.crossclr import CrosSCLR, SSLConfig
 from training.objectives.ssl import cross_view_loss, info_nce
-from training.encoders.stgcn import EncoderConfig
 from training.views import compute_view
 
 NTU = get_layout("ntu-rgb+d")

@@ -15,9 +15,9 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
 from tests.helpers import momentum_stepped_copy
 from training.augment import add_noise, augment_extreme, axis_mask, gaussian_blur_time
+from training.encoders.config import EncoderConfig
 from training.objectives.crossclr import CrosSCLR, SSLConfig
 from training.objectives.ssl import cross_view_loss, mining_precision, topk_positive_mask
-from training.encoders.stgcn import EncoderConfig
 from training.views import compute_view
 
 NTU = get_layout("ntu-rgb+d")

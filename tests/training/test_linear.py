@@ -76,8 +76,8 @@ def test_milestone_scales_with_epochs():
 
 # ----------------------------------------------------------------------------------------- frozen encoders
 def test_linear_training_leaves_encoder_weights_and_bn_stats_unchanged(setup):
-    from training.protocols.linear import LinearConfig, ReencodingFeatures, train_linear
     from training.protocols.io import load_any_encoders
+    from training.protocols.linear import LinearConfig, ReencodingFeatures, train_linear
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], None)
     before = {v: {k: t.clone() for k, t in e.state_dict().items()} for v, e in encoders.items()}
@@ -139,8 +139,8 @@ def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, ca
 @pytest.mark.parametrize("fusion", ["joint", "separate"])
 def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
     from crossclr_infer.metrics import fusion_weights_for
-    from training.protocols.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
     from training.protocols.io import encode_source, load_any_encoders
+    from training.protocols.linear import CachedFeatures, LinearConfig, ReencodingFeatures, train_linear
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "bone"])
     x, y = _split_tensors(setup["cache"], "train")
@@ -182,8 +182,8 @@ def test_cached_and_reencoding_training_give_the_same_heads(setup, fusion):
 
 
 def test_separate_fusion_trains_each_head_alone(setup):
-    from training.protocols.linear import CachedFeatures, LinearConfig, train_linear
     from training.protocols.io import encode_source, load_any_encoders
+    from training.protocols.linear import CachedFeatures, LinearConfig, train_linear
 
     encoders, _, _ = load_any_encoders(setup["ckpt"], ["joint", "motion"])
     x, y = _split_tensors(setup["cache"], "train")
@@ -379,7 +379,13 @@ def test_standardized_probe_matches_a_numpy_batchnorm_and_folds_exactly():
     the saved plain Linear gives the same logits on raw features."""
     import torch
 
-    from training.protocols.linear import CachedFeatures, LinearConfig, Standardized, feature_stats, train_linear
+    from training.protocols.linear import (
+        CachedFeatures,
+        LinearConfig,
+        Standardized,
+        feature_stats,
+        train_linear,
+    )
 
     rng = np.random.default_rng(0)
     f = torch.from_numpy((rng.normal(size=(40, 6)) * [1, 10, 0.1, 5, 2, 50] + [3, -2, 0, 40, 1, 7])

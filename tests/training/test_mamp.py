@@ -9,6 +9,9 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
+from training.encoders.config import EncoderConfig
+from training.encoders.transformer import SkeletonTransformer
+from training.importers.mamp import convert_mamp_state, decoder_config, token_grid
 from training.objectives.mamp import (
     MAMP,
     MAMPConfig,
@@ -21,9 +24,6 @@ from training.objectives.mamp import (
     patchify,
     token_motion,
 )
-from training.importers.mamp import convert_mamp_state, decoder_config, token_grid
-from training.encoders.stgcn import EncoderConfig
-from training.encoders.transformer import SkeletonTransformer
 from training.views import motion
 
 NTU = get_layout("ntu-rgb+d")

@@ -15,8 +15,8 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.hardware import CpuCaps
 from crossclr_infer.layouts import layout_to_toml
 from training.config import load_config
-from training.trainer import build_optimizer, build_scheduler, resolve_bf16, train
 from training.encoders.transformer import SkeletonTransformer
+from training.trainer import build_optimizer, build_scheduler, resolve_bf16, train
 
 from .test_trainer import make_toy_cache
 
@@ -194,8 +194,8 @@ def test_import_official_mamp_checkpoint_gives_identical_embeddings(tmp_path: Pa
     import cli
     from crossclr_infer.layouts import get_layout
     from training.checkpoint import load_encoders
+    from training.encoders.config import EncoderConfig
     from training.objectives.mamp import MAMP, MAMPConfig
-    from training.encoders.stgcn import EncoderConfig
 
     torch.manual_seed(3)
     cfg = EncoderConfig(graph="transformer", projector="none", hidden_dim=32, depth=2, num_heads=8,

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from crossclr_infer.layouts import get_layout
-from training.protocols.io import encode_source
-from training.encoders.stgcn import EncoderConfig
+from training.encoders.config import EncoderConfig
 from training.encoders.transformer import SkeletonTransformer, set_fused_attention
+from training.protocols.io import encode_source
 
 NTU = get_layout("ntu-rgb+d")
 TINY = dict(graph="transformer", projector="none", hidden_dim=32, depth=2, num_heads=4, t_patch=4)

@@ -8,8 +8,9 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import STGCN
 from training.importers.crossclr import build_imported, convert_official_state
-from training.encoders.stgcn import STGCN, EncoderConfig
 
 NTU = get_layout("ntu-rgb+d")
 OFFICIAL = EncoderConfig(projector="mlp")  # quarter width, 10 blocks: what official checkpoints hold

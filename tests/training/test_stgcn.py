@@ -11,7 +11,8 @@ import torch
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import get_layout
-from training.encoders.stgcn import STGCN, EncoderConfig, count_parameters
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import STGCN, count_parameters
 
 NTU = get_layout("ntu-rgb+d")
 TINY = dict(base_channels=4, hidden_dim=12, feature_dim=6, stage_blocks=(2, 1, 2))

@@ -12,7 +12,8 @@ import torch
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
-from training.encoders.stgcn import EncoderConfig, count_parameters
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import count_parameters
 from training.encoders.transformer import SkeletonTransformer, drop_path_rates
 
 NTU = get_layout("ntu-rgb+d")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from crossclr_infer.layouts import get_layout
-from training.objectives.mamp import MAMP, MAMPConfig
-from training.encoders.stgcn import EncoderConfig
+from training.encoders.config import EncoderConfig
 from training.encoders.transformer import Attention, SkeletonTransformer, exporting, set_fused_attention
+from training.objectives.mamp import MAMP, MAMPConfig
 
 NTU = get_layout("ntu-rgb+d")
 TINY = dict(graph="transformer", projector="none", hidden_dim=32, depth=2, num_heads=4, t_patch=4)

@@ -1,7 +1,7 @@
 """One constructor for every encoder kind, so trainers, evaluation, import and export never branch on it.
 
 ``EncoderConfig.graph`` picks the kind: ``spatial``/``flow``/``adaptive`` build the ST-GCN
-(``training.encoders.stgcn.STGCN``), ``transformer`` the MAMP encoder (``training.encoders.transformer.SkeletonTransformer``),
+(``training.encoders.stgcn.STGCN``), ``transformer`` the MAMP encoder (``transformer.SkeletonTransformer``),
 which also needs the frame count (its temporal embedding has one entry per temporal patch).
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from crossclr_infer.layouts import Layout
-from training.encoders.stgcn import STGCN, EncoderConfig
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import STGCN
 
 
 def is_transformer(cfg: EncoderConfig) -> bool:

@@ -1,6 +1,6 @@
 """CPU fast paths of the ST-GCN block: the official operations' maps, computed with fewer passes and FLOPs.
 
-``training.encoders.stgcn`` runs :func:`block_forward` for every block when the fast operations are on, the input is on
+``stgcn`` runs :func:`block_forward` for every block when the fast operations are on, the input is on
 the CPU, autocast is off and nothing traces the model (ONNX export, TorchScript); otherwise it runs the
 official operations one for one. Forward and backward equal the official operations within float rounding
 (``tests/training/test_stgcn.py`` checks features, every gradient and the BatchNorm statistics in float64).

@@ -22,8 +22,8 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-
-from training.encoders.stgcn import EncoderConfig, projector_head
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import projector_head
 
 
 class DropPath(nn.Module):

@@ -11,7 +11,7 @@ Official key layout (LinguoLi/CrosSCLR ``net/skeletonclr.py``, ``net/crossclr.py
 - queues ``queue`` / ``queue_motion`` / ``queue_bone`` (D, K) and pointers ``queue_ptr*`` (1,);
 - linear-evaluation checkpoints hold only query encoders whose ``fc`` (classes, hidden) is the linear head.
 
-Backbone names are identical to ``training.encoders.stgcn.STGCN``, so backbones map without renaming. The nested
+Backbone names are identical to ``stgcn.STGCN``, so backbones map without renaming. The nested
 motion/bone projectors cannot be expressed as this project's per-view two-layer projector: those projectors
 are freshly initialised (seeded, listed in ``meta["fresh_keys"]``); the 256-d features are exact.
 """
@@ -28,8 +28,8 @@ import torch
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import BUILTIN_LAYOUTS, Layout
-
-from training.encoders.stgcn import STGCN, EncoderConfig, projector_head
+from training.encoders.config import EncoderConfig
+from training.encoders.stgcn import STGCN, projector_head
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ from typing import Any, NamedTuple
 import torch
 
 from crossclr_infer.errors import CrossclrError
-
+from training.encoders.config import EncoderConfig
 from training.objectives.mamp import MAMPConfig
-from training.encoders.stgcn import EncoderConfig
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _DECODER_BLOCK_RE = re.compile(r"^decoder_blocks\.(\d+)\.")

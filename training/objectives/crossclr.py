@@ -17,9 +17,9 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import check_streams
-
 from training.augment import augment_extreme
 from training.encoders import build_encoder
+from training.encoders.config import EncoderConfig
 from training.objectives.ssl import (
     CROSS_LOSSES,
     MINING_SOURCES,
@@ -29,7 +29,6 @@ from training.objectives.ssl import (
     mining_precision,
     momentum_update,
 )
-from training.encoders.stgcn import EncoderConfig
 from training.views import compute_view
 
 

@@ -28,8 +28,7 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import check_streams
-
-from training.encoders.stgcn import EncoderConfig
+from training.encoders.config import EncoderConfig
 from training.encoders.transformer import Block, SkeletonTransformer, init_vit_weights
 from training.views import compute_view
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.metrics import FUSED, FUSIONS, confusion_matrix, fusion_weights_for
+from training.protocols.io import stream_inputs as _stream_inputs
 from training.protocols.linear import (
     LinearResult,
     cache_info,
@@ -33,7 +34,6 @@ from training.protocols.linear import (
     sgd_with_steps,
     with_fused,
 )
-from training.protocols.io import stream_inputs as _stream_inputs
 
 log = logging.getLogger(__name__)
 

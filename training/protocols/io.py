@@ -141,7 +141,7 @@ def checkpoint_format(path: str | Path) -> str:
 
 def encoder_config_from(config: Mapping[str, Any], source: str) -> Any:
     """The EncoderConfig stored in a checkpoint's ``config`` dict (a TrainConfig dict or its 'model' part)."""
-    from training.encoders.stgcn import EncoderConfig
+    from training.encoders.config import EncoderConfig
 
     model = config.get("model", config) if isinstance(config, Mapping) else None
     if not isinstance(model, Mapping):
