@@ -42,8 +42,10 @@ class Objective(ABC):
         self.cfg = cfg
 
     @classmethod
-    def check_config(cls, cfg: TrainConfig) -> None:  # noqa: B027 - optional hook, nothing to check by default
-        """Refuse (``CrossclrError``, one line naming the key) settings this objective cannot train with."""
+    def check_config(cls, cfg: TrainConfig) -> None:  # noqa: B027 - optional hook
+        """Refuse (``CrossclrError``, one line naming the key) settings this objective cannot train with;
+        nothing by default."""
+        return None
 
     @abstractmethod
     def build_model(self, layout: Layout, *, num_person: int, in_channels: int, frames: int) -> nn.Module:
