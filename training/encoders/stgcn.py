@@ -164,6 +164,8 @@ class STGCN(nn.Module):
     ``forward_head`` -> the projector output (N, feature_dim) (identity when ``projector="none"``).
     """
 
+    kind = "stgcn"  # the registered encoder kind (training.encoders)
+
     def __init__(self, layout: Layout, cfg: EncoderConfig | None = None, num_person: int = 2,
                  in_channels: int = 3) -> None:
         super().__init__()
@@ -190,6 +192,11 @@ class STGCN(nn.Module):
         else:
             self.edge_importance = None
         self.fc = projector_head(cfg)
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of ``forward_features`` (what linear, kNN and fine-tuning see)."""
+        return self.cfg.hidden_dim
 
     @property
     def feature_dim(self) -> int:

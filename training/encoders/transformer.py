@@ -179,6 +179,7 @@ class SkeletonTransformer(nn.Module):
     ``projector="none"``); ``forward_tokens`` encodes per-body sequences, optionally only kept tokens (MAMP).
     """
 
+    kind = "transformer"  # the registered encoder kind (training.encoders)
     feature_budget_bytes: int = 256 * 2**20  # no-grad forward_features: activation budget per chunk
     feature_chunk: int | None = None  # samples per no-grad forward_features call (None: by budget, 0: all)
 
@@ -209,6 +210,11 @@ class SkeletonTransformer(nn.Module):
         self.blocks.apply(init_vit_weights)
         self.norm.apply(init_vit_weights)
         self.fc = projector_head(cfg)
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of ``forward_features`` (what linear, kNN and fine-tuning see)."""
+        return self.cfg.hidden_dim
 
     @property
     def feature_dim(self) -> int:
