@@ -138,13 +138,13 @@ def main() -> None:
 
     from crossclr_infer.hardware import cpu_caps
     from crossclr_infer.layouts import BUILTIN_LAYOUTS
-    from export.onnx_export import (
+    from export.config import DEFAULT_OPSET
+    from export.onnx_export import export_graph
+    from export.serving import (
         ATTENTION_FORMS,
         DEFAULT_ATTENTION,
-        DEFAULT_OPSET,
         ONNX_ATTENTION_OPSET,
         StreamNet,
-        export_graph,
         serving_encoder,
     )
     from training.encoders.config import EncoderConfig

@@ -280,7 +280,8 @@ def main() -> None:
     from crossclr_infer.layouts import layout_from_toml_text
     from crossclr_infer.metrics import fuse_logits
     from crossclr_infer.session import ModelSession, ThreadPlan, plan_threads
-    from export.onnx_export import EnsembleNet, StreamNet, export_models
+    from export.onnx_export import export_models
+    from export.serving import EnsembleNet, StreamNet
     from training.encoders.stgcn import set_fast_ops
 
     caps = cpu_caps()
@@ -486,7 +487,8 @@ def main() -> None:
 
 def export_direct(net, meta, folder: Path, example) -> Path:
     """The stream model in the serving form without the DFT block (folder/NAME.onnx), for the graph rows."""
-    from export.onnx_export import ExportMeta, StreamNet, export_graph, serving_encoder, set_metadata
+    from export.onnx_export import ExportMeta, export_graph, set_metadata
+    from export.serving import StreamNet, serving_encoder
 
     em = ExportMeta.from_checkpoint_meta(meta, [net.view], "bench")
     encoder = serving_encoder(net.encoder, em.frames, dft=False)
@@ -513,7 +515,7 @@ def fp16_agreement(fp32: Path, fp16: Path, cache: Path, max_samples: int = 1024)
 
 def cuda_rows(args, torch, encoders, heads, layout, out: Path, shape, j: str, rng) -> None:
     """torch-CUDA and ORT-CUDA (fp32 and fp16 models, I/O binding) where a GPU exists."""
-    from export.onnx_export import StreamNet
+    from export.serving import StreamNet
 
     if not torch.cuda.is_available():
         print("\nCUDA: not available on this machine (torch.cuda.is_available() is False)")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from crossclr_infer.fileio import check_outputs, output_lock
 from crossclr_infer.views import parse_streams
+
+if TYPE_CHECKING:
+    from .onnx_export import ExportResult
 
 
 @click.command("export")
@@ -56,17 +61,23 @@ def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, d
     a failed comparison writes nothing. The float32 models are always written (CPU serving, the int8
     source); --precision fp16 adds NAME.fp16.onnx for GPUs.
     """
+    from .config import ExportConfig
     from .onnx_export import export_checkpoint
     from .quantize import Int8Config
 
-    st = parse_streams(streams)
+    cfg = ExportConfig(streams=parse_streams(streams), ensemble=ensemble, opset=opset, dynamo=dynamo,
+                       data=data, quantize=quantize, calibration=calibration, tolerance=tolerance,
+                       precision=precision, fp16_tolerance=fp16_tolerance, graph_form=graph_form,
+                       attention=attention, int8_config=Int8Config(target=int8_target), overwrite=overwrite,
+                       source=checkpoint)
     check_outputs({"--out": out}, {"--checkpoint": checkpoint, "--data": data, "--calibration": calibration})
     with output_lock(out, "--out", mkdir=True):
-        res = export_checkpoint(checkpoint, out, streams=st, ensemble=ensemble, opset=opset, dynamo=dynamo,
-                                data=data, quantize=quantize, calibration=calibration, tolerance=tolerance,
-                                precision=precision, fp16_tolerance=fp16_tolerance, graph_form=graph_form,
-                                attention=attention, int8_config=Int8Config(target=int8_target),
-                                overwrite=overwrite)
+        res = export_checkpoint(checkpoint, out, cfg)
+    echo_result(res, data)
+
+
+def echo_result(res: ExportResult, data: str | None) -> None:
+    """One line per written file: its parity with torch, and for int8 models the accuracy change."""
     click.echo(f"exported to {res.out_dir}")
     for name, fname in res.files.items():
         p = res.parity.get(name)
@@ -85,6 +96,5 @@ def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, d
 
         for line in check_exported(res.out_dir, res.files, data):
             click.echo(line)
-
 
 COMMANDS: list = [export_cmd]

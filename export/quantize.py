@@ -1,4 +1,6 @@
-"""Static int8 quantization of exported models, calibrated on cache samples, with the accuracy change.
+"""int8 quantization of exported models with the accuracy change: static (calibrated on cache samples) for
+ST-GCN-like encoders, dynamic for encoder kinds whose serving form asks for it (export.serving; the
+transformer).
 
 Default (``Int8Config()``), chosen by measurement (benchmarks/bench_infer.py, interleaved A/B against fp32 ORT
 on 2 Zen 5 cores, a CPU with AVX512-VNNI; tried: per-tensor weights, reduce_range, Entropy/Percentile
@@ -7,7 +9,10 @@ without pre-processing): QDQ format, U8 asymmetric activations, S8 symmetric per
 calibration on 512 cache samples, only the convolutions quantized, after onnxruntime's ``quant_pre_process``
 graph optimization (without symbolic shape inference). Quantizing the graph MatMuls and the Gemm heads too was
 slower and changed more predictions; the graph einsum and the fusion stay float. Dynamic quantization was
-measured 2× slower than fp32 on this encoder, so it is not offered.
+measured 2× slower than fp32 on the ST-GCN encoder, so ST-GCNs are quantized statically. Encoder kinds
+registered with ``int8="dynamic"`` (``export.serving.register_serving``: the transformer) get ``dynamic_int8``
+instead: ``Int8Config.dynamic``, onnxruntime's ``quantize_dynamic`` of the MatMul/Gemm weights, no calibration
+(metadata ``quantization`` = ``int8-dynamic``).
 
 Weight range by CPU target (``Int8Config.target``, recorded as metadata ``int8_target``; see
 ``crossclr_infer.int8``): ``vnni`` = full-range S8 weights (|w| ≤ 127), the measured default above, accurate
@@ -143,12 +148,12 @@ class Int8Config:
 DEFAULT_INT8 = Int8Config()
 
 
-def transformer_int8(config: Int8Config) -> Int8Config:
-    """The int8 recipe for transformer encoders: dynamic quantization of their MatMul/Gemm weights (the
-    target's weight range kept). Static calibration would record every attention map (750 × 750 per head and
-    layer): a static run on the official size with 32 calibration clips was killed (SIGKILL, memory on a
-    24 GiB machine, not profiled further); dynamic int8 ran 2.07× the fp32 model at batch 1
-    (``benchmarks/bench_transformer.py``, Intel Xeon, one thread)."""
+def dynamic_int8(config: Int8Config) -> Int8Config:
+    """The int8 recipe of encoder kinds registered with dynamic int8 (the transformer): dynamic quantization
+    of their MatMul/Gemm weights (the target's weight range kept). Static calibration would record every
+    attention map (750 × 750 per head and layer): a static run on the official size with 32 calibration
+    clips was killed (SIGKILL, memory on a 24 GiB machine, not profiled further); dynamic int8 ran 2.07× the
+    fp32 model at batch 1 (``benchmarks/bench_transformer.py``, Intel Xeon, one thread)."""
     return replace(config, dynamic=True, op_types=("MatMul", "Gemm"))
 
 
@@ -195,11 +200,13 @@ class _Reader:
 
 
 def quantize_int8(src: Path, dst: Path, calib: np.ndarray, config: Int8Config = DEFAULT_INT8) -> Int8Config:
-    """Static int8 quantization of ``src`` into ``dst`` as ``config`` says, calibrated on ``calib``; returns
-    the config used (``config.resolved()``: an ``auto`` target resolved for this machine's CPU).
+    """int8 quantization of ``src`` into ``dst`` as ``config`` says: static, calibrated on ``calib``, or
+    dynamic when ``config.dynamic`` (``calib`` unused); returns the config used (``config.resolved()``: an
+    ``auto`` target resolved for this machine's CPU).
 
-    The fp32 model's metadata is copied; ``quantization`` = ``int8-static-qdq``, ``quantization_config`` (the
-    resolved config as JSON) and ``int8_target`` (``vnni`` or ``portable``) are added.
+    The fp32 model's metadata is copied; ``quantization`` = ``int8-static-qdq`` (``int8-dynamic``),
+    ``quantization_config`` (the resolved config as JSON) and ``int8_target`` (``vnni`` or ``portable``) are
+    added.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,

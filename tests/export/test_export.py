@@ -57,7 +57,7 @@ def torch_reference(enc, head, view: str, x: np.ndarray) -> tuple[np.ndarray, np
 
 
 @pytest.mark.parametrize("graph", ["spatial", "flow", "adaptive"])
-def test_round_trip_every_variant_and_stream(graph, tmp_path) -> None:
+def test_round_trip_of_each_stgcn_graph_and_stream(graph, tmp_path) -> None:
     encoders, heads, meta = tiny_parts(graph)
     out = tmp_path / "models"
     res = export_models(encoders, heads, meta, out, ensemble=False)

@@ -18,18 +18,15 @@ ort = pytest.importorskip("onnxruntime")
 
 from crossclr_infer.errors import CrossclrError  # noqa: E402
 from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml  # noqa: E402
-from export.onnx_export import (  # noqa: E402
+from export.config import DEFAULT_OPSET, check_attention  # noqa: E402
+from export.onnx_export import compare, export_graph, export_models  # noqa: E402
+from export.serving import (  # noqa: E402
     ATTENTION_FORMS,
     DEFAULT_ATTENTION,
-    DEFAULT_OPSET,
     ONNX_ATTENTION_OPSET,
     FusedAttention,
     ServingTransformer,
     StreamNet,
-    check_attention,
-    compare,
-    export_graph,
-    export_models,
     half_encoder,
     serving_encoder,
 )
@@ -93,7 +90,7 @@ def test_fused_attention_uses_parameters_not_forward(form: str, monkeypatch: pyt
 
 
 @pytest.mark.parametrize("form", FUSED)
-def test_every_form_exports_one_attention_node_per_block(form: str, tmp_path: Path) -> None:
+def test_each_fused_form_exports_one_attention_node_per_block(form: str, tmp_path: Path) -> None:
     enc = tiny_transformer()
     head = torch.nn.Linear(32, 5).eval()
     ref = StreamNet("joint", NTU, enc, head).eval()

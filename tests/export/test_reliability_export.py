@@ -17,7 +17,8 @@ pytest.importorskip("onnxruntime")
 
 from crossclr_infer.errors import CrossclrError  # noqa: E402
 from crossclr_infer.fileio import HOST_TAG  # noqa: E402
-from export.onnx_export import DYNAMO_MIN_OPSET, MAX_OPSET, MIN_OPSET, check_opset, export_models  # noqa: E402
+from export.config import DYNAMO_MIN_OPSET, MAX_OPSET, MIN_OPSET, check_opset  # noqa: E402
+from export.onnx_export import export_models  # noqa: E402
 from tests.export.test_export import CLASSES, NTU, tiny_parts  # noqa: E402
 from tests.helpers import cli_error  # noqa: E402
 

@@ -17,14 +17,14 @@ pytest.importorskip("onnxruntime")
 from crossclr_infer.errors import CrossclrError  # noqa: E402
 from crossclr_infer.layouts import BUILTIN_LAYOUTS, layout_to_toml  # noqa: E402
 from crossclr_infer.session import ModelSession  # noqa: E402
-from export.onnx_export import (  # noqa: E402
-    FP16_TOLERANCE,
+from export.config import FP16_TOLERANCE  # noqa: E402
+from export.onnx_export import export_models  # noqa: E402
+from export.serving import (  # noqa: E402
     ServingBlock,
     ServingSTGCN,
     _fold_conv,
     bn_scale_shift,
     dft_matrices,
-    export_models,
     half_encoder,
     serving_encoder,
 )
@@ -167,7 +167,7 @@ def test_dft_last_block_equals_training_encoder(hidden) -> None:
         serving.with_half_body()
 
 
-def test_bias_channel_weights_never_exceed_the_conv_weights() -> None:
+def test_bias_channel_weights_stay_within_the_conv_weights_for_a_large_bias() -> None:
     """The constant channel's value β keeps its weights (the folded conv bias) within each output channel's
     weight range, so per-channel int8 weight scales are not set by the bias."""
     enc = encoder()
@@ -213,9 +213,9 @@ def test_matmul_form_graph_equals_einsum_form_and_torch(tmp_path) -> None:
 def test_dft_export_and_int8_from_the_direct_form(tiny_cache, tmp_path, monkeypatch) -> None:
     """The DFT block exports (parity with torch holds), int8 models are quantized from the direct-convolution
     form (every temporal convolution quantized) and the int8 source files do not stay behind."""
-    import export.onnx_export as ox
+    import export.serving as sv
 
-    monkeypatch.setattr(ox, "DFT_MIN_CHANNELS", 1)
+    monkeypatch.setattr(sv, "DFT_MIN_CHANNELS", 1)
     encoders, heads, meta = parts(("joint",), stage_blocks=(1, 1, 2), hidden_dim=16)
     res = export_models(encoders, heads, meta, tmp_path / "m", data=tiny_cache, ensemble=False,
                         quantize="int8")
