@@ -186,12 +186,13 @@ def make_checkpoint(*, model_state: dict, optimizer_state: dict | None, schedule
 
 def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None = None,
                   *, which: str = "q") -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
-    """The pretrained query encoders (``STGCN``, eval mode, CPU) of ``streams`` (default: all).
+    """The pretrained query encoders (eval mode, CPU) of ``streams`` (default: all).
 
     Returns ``(encoders, meta)``; ``meta`` holds the checkpoint's ``config`` (dict), ``train_config``
     (``TrainConfig``), ``encoder_config``, ``streams``, ``layout`` (TOML text), ``layout_obj`` (Layout),
     ``num_person``, ``frames``, ``class_names``, ``preprocess``, ``epoch``, ``format``.
-    ``which="k"`` loads the momentum (key) encoders instead.
+    ``which="k"`` loads the momentum (key) encoders instead. The state-dict prefix of each group is the
+    objective's (``Objective.encoder_groups``): the checkpoint's own objective says where its encoders are.
     """
     from training.config import config_from_dict
     from training.encoders import build_encoder
@@ -203,150 +204,57 @@ def load_encoders(path: str | Path, streams: list[str] | tuple[str, ...] | None 
         layout = layout_from_toml_text(ckpt["layout"], f"{path} (layout)")
     except ValueError as e:
         raise CrossclrError(str(e)) from None
-    have = list(ckpt["streams"])
-    wanted = list(streams) if streams is not None else have
-    absent = [s for s in wanted if s not in have]
-    if absent:
-        raise CrossclrError(f"{path}: streams {absent} are not in this checkpoint; it has {have}")
-    state = ckpt["model"]
-    prefix_root = "encoders_q." if which == "q" else "encoders_k."
-    if not any(k.startswith(prefix_root) for k in state) and any(k.startswith("encoders.") for k in state):
-        prefix_root = "encoders."  # a MAMP checkpoint: one encoder per view, no key encoders
+    wanted = _wanted_streams(path, list(ckpt["streams"]), streams)
+    group = _encoder_group(path, cfg.objective, which)
     encoders: dict[str, torch.nn.Module] = {}
     for view in wanted:
-        prefix = f"{prefix_root}{view}."
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not sub:
-            raise CrossclrError(f"{path}: no weights under {prefix!r}; expected a CrosSCLR state dict with "
-                                f"{prefix_root}<view>.* keys")
         enc = build_encoder(layout, cfg.model, num_person=int(ckpt["num_person"]),
                             frames=int(ckpt.get("frames") or 50))
-        load_model_state(enc, sub, path)
-        enc.eval()
-        encoders[view] = enc
+        load_model_state(enc, _substate(path, ckpt["model"], f"{group}.{view}."), path)
+        encoders[view] = enc.eval()
     meta = {k: ckpt.get(k) for k in ("format", "epoch", "config", "streams", "layout", "num_person", "frames",
                                       "class_names", "preprocess", "version")}
     meta.update(train_config=cfg, encoder_config=cfg.model, layout_obj=layout)
     return encoders, meta
 
 
-# ---------------------------------------------------------------------------------------------------------
-# official checkpoints
+def _wanted_streams(path: Path, have: list[str], streams: list[str] | tuple[str, ...] | None) -> list[str]:
+    """``streams`` (default: all of ``have``), refused in one line when the checkpoint lacks one."""
+    wanted = list(streams) if streams is not None else have
+    absent = [s for s in wanted if s not in have]
+    if absent:
+        raise CrossclrError(f"{path}: streams {absent} are not in this checkpoint; it has {have}")
+    return wanted
 
 
-def _read_official(path: Path) -> dict[str, torch.Tensor]:
-    obj = torch_load_safe(path, missing="no such file",
-                          unreadable="not a readable torch state dict ({reason}); expected an official "
-                                     "CrosSCLR/SkeletonCLR .pt file")
-    if isinstance(obj, dict) and "format" in obj:
-        raise CrossclrError(f"{path}: already a {obj['format']!r} checkpoint of this project; expected an "
-                            "official one")
-    for key in ("state_dict", "model"):  # tolerate a wrapped state dict
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CrossclrError(f"{path}: expected a state dict of tensors (official CrosSCLR/SkeletonCLR), got "
-                            f"{type(obj).__name__}")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+def _encoder_group(path: Path, objective: str, which: str) -> str:
+    """The state-dict prefix of the query (``which="q"``) or key (``"k"``) encoders of ``objective``."""
+    from training.objectives.base import objective_class
+
+    index = {"q": 0, "k": 1}.get(which)
+    if index is None:
+        raise ValueError(f"which must be 'q' (query encoders) or 'k' (key encoders), got {which!r}")
+    groups = objective_class(objective).encoder_groups
+    if index >= len(groups):
+        raise CrossclrError(f"{path}: objective {objective!r} keeps no key encoders (its encoders are under "
+                            f"{groups[0]!r}); expected which='q'")
+    return groups[index]
 
 
-def _convert_mamp(path: Path, out: Path, state: dict[str, torch.Tensor], layout: Any,
-                  num_person: int) -> Path:
-    """An official MAMP checkpoint -> ``crossclr-pretrain-v1`` with one transformer (``encoders.joint``);
-    the decoder (and a probe or fine-tuning head) is dropped with a note. The encoder is loaded strictly
-    into ``SkeletonTransformer`` before anything is written."""
-    from crossclr_infer.layouts import layout_to_toml
-    from training.config import TrainConfig, config_to_dict
-    from training.encoders.transformer import SkeletonTransformer
-    from training.importers.mamp import convert_mamp_state, token_grid
-
-    cfg, enc_state, dec_state, dropped = convert_mamp_state(state, str(path))
-    grid = token_grid(enc_state)
-    if grid.joints != layout.num_joints:
-        raise CrossclrError(f"{path}: the checkpoint has {grid.joints} joints but layout {layout.name!r} has "
-                            f"{layout.num_joints}; pass the --layout it was trained on")
-    enc = SkeletonTransformer(layout, cfg, num_person=num_person, in_channels=grid.in_channels,
-                              frames=grid.frames)
-    load_model_state(enc, enc_state, path)
-    notes = []
-    if dec_state:
-        notes.append(f"dropped the MAMP decoder ({len(dec_state)} tensors: decoder_*, mask_token); "
-                     "the encoder is what linear/kNN/fine-tuning and export use")
-    if dropped:
-        notes.append(f"dropped {len(dropped)} other keys: {', '.join(dropped[:6])}")
-    tcfg = TrainConfig(model=cfg, objective="mamp", streams=("joint",), optimizer="adamw", schedule="cosine",
-                       weight_decay=0.05, weight_decay_on="matrices", lr=1e-3, min_lr=5e-4, warmup_epochs=20,
-                       epochs=400)
-    ckpt = make_checkpoint(model_state={f"encoders.joint.{k}": v.detach().cpu()
-                                        for k, v in enc.state_dict().items()},
-                           optimizer_state=None, scheduler_state=None, epoch=tcfg.epochs, rng=[],
-                           config=config_to_dict(tcfg), streams=["joint"], layout_toml=layout_to_toml(layout),
-                           num_person=num_person, frames=grid.frames, class_names=[],
-                           preprocess={"mode": "mamp", "frames": grid.frames})
-    ckpt["imported_from"] = str(path)
-    ckpt["import_notes"] = notes
-    atomic_torch_save(ckpt, out)
-    for note in notes:
-        log.warning("%s: %s", path, note)
-    log.info("%s: imported MAMP transformer (%d blocks × %d, %d frames) -> %s", path, cfg.depth,
-             cfg.hidden_dim, grid.frames, out)
-    return out
+def _substate(path: Path, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, with the prefix removed; one line when there are none."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise CrossclrError(f"{path}: no weights under {prefix!r}; expected its objective's "
+                            f"{prefix.split('.')[0]}.<view>.* keys")
+    return sub
 
 
-def convert_official_file(path: str | Path, out: str | Path, *, layout: str = "ntu-rgb+d", frames: int = 50,
-                          num_person: int = 2, single_view: str = "joint") -> Path:
-    """Convert an official checkpoint: pretraining ones to ``crossclr-pretrain-v1``, linear-evaluation ones
-    (``encoder_q*.fc`` = heads) to ``crossclr-linear-v1``. Written atomically to ``out``.
+def __getattr__(name: str) -> Any:
+    """``convert_official_file`` moved to ``training.importers``; this old path stays until its last caller
+    (tests/training/test_mamp_training.py) imports it from there."""
+    if name == "convert_official_file":
+        from training.importers import convert_official_file
 
-    Both are loaded strictly into this project's modules before writing (``build_imported``).
-    """
-    from crossclr_infer.layouts import get_layout, layout_to_toml
-    from training.config import TrainConfig, config_to_dict
-    from training.encoders.config import EncoderConfig
-    from training.importers.crossclr import build_imported, convert_official_state
-    from training.objectives.crossclr import SSLConfig
-
-    path, out = Path(path), Path(out)
-    lay = get_layout(layout)
-    state = _read_official(path)
-    if "joints_embed.proj.weight" in state:
-        return _convert_mamp(path, out, state, lay, num_person)
-    ours, meta = convert_official_state(state, layout=lay, single_view=single_view, source=str(path))
-    built = build_imported(ours, meta, lay, num_person=num_person)
-    enc_cfg = EncoderConfig.from_dict(dict(meta["encoder_config"]))
-    preprocess = {"mode": "official", "frames": int(frames)}
-    if meta["kind"] == "pretrain":
-        views = list(meta["views"])
-        base = TrainConfig()
-        cfg = TrainConfig(model=enc_cfg, ssl=SSLConfig(queue_size=int(meta["queue_size"])),
-                          streams=tuple(views),
-                          cross_epoch=base.cross_epoch if len(views) > 1 else base.epochs)
-        model = built["model"]
-        ckpt = make_checkpoint(model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                               optimizer_state=None, scheduler_state=None, epoch=cfg.epochs, rng=[],
-                               config=config_to_dict(cfg), streams=views, layout_toml=layout_to_toml(lay),
-                               num_person=num_person, frames=frames, class_names=[], preprocess=preprocess)
-        ckpt["imported_from"] = str(path)
-        ckpt["import_notes"] = list(meta.get("notes", []))
-        atomic_torch_save(ckpt, out)
-        log.info("%s: imported pretraining checkpoint (%s) -> %s", path, ", ".join(views), out)
-        return out
-
-    from training.protocols.io import save_linear
-
-    num_class = int(meta["num_class"])
-    class_names = [f"class {i + 1}" for i in range(num_class)]
-    if lay.name == "ntu-rgb+d" and num_class in (60, 120):
-        from crossclr_infer.ntu import NTU_ACTION_NAMES
-
-        class_names = list(NTU_ACTION_NAMES[:num_class])
-    streams = list(meta["views"])
-    save_linear(out, built["encoders"], built["heads"], fusion="joint",
-                fusion_weights={v: 1.0 / len(streams) for v in streams}, class_names=class_names, layout=lay,
-                meta={"config": {"model": enc_cfg.to_dict()}, "frames": frames, "num_person": num_person,
-                      "in_channels": int(meta["in_channels"]), "preprocess": preprocess,
-                      "source_checkpoint": str(path)},
-                metrics={})
-    log.info("%s: imported linear-evaluation checkpoint (%s, %d classes) -> %s", path, ", ".join(streams),
-             num_class, out)
-    return out
+        return convert_official_file
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -121,7 +121,7 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
 def import_official_command(file: Path, out: Path, layout: str, frames: int, num_person: int) -> None:
     """Convert an official CrosSCLR / SkeletonCLR or MAMP checkpoint into this project's pretrain format
     (MAMP: the transformer encoder; its decoder is dropped with a note)."""
-    from training.checkpoint import convert_official_file
+    from training.importers import convert_official_file
 
     check_outputs({"--out": out}, {"FILE": file})
     written = convert_official_file(file, out, layout=layout, frames=frames, num_person=num_person)

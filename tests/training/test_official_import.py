@@ -8,8 +8,11 @@ from torch import nn
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
+from training.checkpoint import load_encoders
 from training.encoders.config import EncoderConfig
 from training.encoders.stgcn import STGCN
+from training.encoders.transformer import SkeletonTransformer
+from training.importers import convert_official_file
 from training.importers.crossclr import build_imported, convert_official_state
 
 NTU = get_layout("ntu-rgb+d")
@@ -133,3 +136,36 @@ def test_wrong_layout_refused() -> None:
     sd, _ = official_3view_pretrain()
     with pytest.raises(CrossclrError, match="spatial partition of layout 'kinect-v1'"):
         convert_official_state(sd, layout=get_layout("kinect-v1"))
+
+
+def test_imported_pretrain_loads_query_and_key_encoders(tmp_path) -> None:
+    sd, mods = official_3view_pretrain()
+    torch.save(sd, tmp_path / "official.pt")
+    out = convert_official_file(tmp_path / "official.pt", tmp_path / "pretrain.pt")
+    x = torch.randn(2, 3, 50, 25, 2)
+    for which in ("q", "k"):
+        encs, meta = load_encoders(out, which=which)
+        assert list(encs) == ["joint", "motion", "bone"] and meta["train_config"].objective == "crossclr"
+        for view, suffix in (("joint", ""), ("motion", "_motion"), ("bone", "_bone")):
+            want = mods[f"encoder_{which}{suffix}"].forward_features(x)
+            torch.testing.assert_close(encs[view].forward_features(x), want, rtol=0, atol=0)
+    encs, _ = load_encoders(out, ["bone"])
+    assert list(encs) == ["bone"]
+    with pytest.raises(ValueError, match="which must be 'q'"):
+        load_encoders(out, which="key")
+
+
+def test_imported_mamp_has_query_encoders_only(tmp_path) -> None:
+    cfg = EncoderConfig(graph="transformer", projector="none", hidden_dim=16, depth=1, t_patch=4)
+    torch.manual_seed(0)
+    official = SkeletonTransformer(NTU, cfg, frames=8).eval()  # official MAMP keys are its own names
+    torch.save({"model": official.state_dict()}, tmp_path / "mamp.pth")
+    out = convert_official_file(tmp_path / "mamp.pth", tmp_path / "pretrain.pt")
+    encs, meta = load_encoders(out)
+    assert meta["train_config"].objective == "mamp" and meta["frames"] == 8
+    x = torch.randn(2, 3, 8, 25, 2)
+    with torch.no_grad():
+        want = official.forward_features(x)
+        torch.testing.assert_close(encs["joint"].forward_features(x), want, rtol=0, atol=0)
+    with pytest.raises(CrossclrError, match=r"pretrain\.pt: objective 'mamp' keeps no key encoders"):
+        load_encoders(out, which="k")

@@ -1,28 +1,23 @@
-"""One constructor for every encoder kind, so trainers, evaluation, import and export never branch on it.
+"""Encoders: one registry of kinds, so trainers, evaluation, import and export never branch on the kind.
 
-``EncoderConfig.graph`` picks the kind: ``spatial``/``flow``/``adaptive`` build the ST-GCN
-(``training.encoders.stgcn.STGCN``), ``transformer`` the MAMP encoder (``transformer.SkeletonTransformer``),
-which also needs the frame count (its temporal embedding has one entry per temporal patch).
+``EncoderConfig.graph`` picks the kind (``training.encoders.registry``): ``spatial``/``flow``/``adaptive``
+build the ST-GCN (``training.encoders.stgcn.STGCN``), ``transformer`` the MAMP encoder
+(``training.encoders.transformer.SkeletonTransformer``). Importing this package registers both; a new kind
+is one module that calls ``register_encoder`` (see the registry's docstring for the encoder interface).
 """
 
 from __future__ import annotations
 
-from torch import nn
+from training.encoders import stgcn, transformer  # noqa: F401 - importing them registers their kinds
+from training.encoders.registry import (
+    EncoderKind,
+    build_encoder,
+    encoder_kind,
+    graph_names,
+    kind_names,
+    register_encoder,
+    unregister_encoder,
+)
 
-from crossclr_infer.layouts import Layout
-from training.encoders.config import EncoderConfig
-from training.encoders.stgcn import STGCN
-
-
-def is_transformer(cfg: EncoderConfig) -> bool:
-    return cfg.graph == "transformer"
-
-
-def build_encoder(layout: Layout, cfg: EncoderConfig, num_person: int = 2, in_channels: int = 3,
-                  frames: int = 50) -> nn.Module:
-    """The encoder ``cfg`` describes, for ``layout`` skeletons of ``frames`` frames, ``num_person`` bodies."""
-    if is_transformer(cfg):
-        from training.encoders.transformer import SkeletonTransformer
-
-        return SkeletonTransformer(layout, cfg, num_person=num_person, in_channels=in_channels, frames=frames)
-    return STGCN(layout, cfg, num_person=num_person, in_channels=in_channels)
+__all__ = ["EncoderKind", "build_encoder", "encoder_kind", "graph_names", "kind_names", "register_encoder",
+           "unregister_encoder"]

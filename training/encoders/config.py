@@ -1,8 +1,9 @@
 """The ``[model]`` table of a configuration: one frozen ``EncoderConfig`` for every encoder kind.
 
-``graph`` selects the kind (``spatial``/``flow``/``adaptive``: the ST-GCN, ``transformer``: MAMP's encoder);
-the kind's own fields are documented beside them. The table stays one dataclass so that configuration files
-and checkpoints keep their format.
+``graph`` selects the kind through the encoder registry (``training.encoders.registry``; built in:
+``spatial``/``flow``/``adaptive``: the ST-GCN, ``transformer``: MAMP's encoder); the kind's own fields are
+documented beside them, and its own checks run from the registry (``EncoderKind.check``). The table stays one
+dataclass so that configuration files and checkpoints keep their format.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from crossclr_infer.errors import CrossclrError
+from training.encoders.registry import encoder_kind
 
-GRAPHS = ("spatial", "flow", "adaptive", "transformer")  # transformer: MAMP's (training.encoders.transformer)
 PROJECTORS = ("mlp", "linear", "none")
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """ST-GCN encoder and projector. The defaults are the official CrosSCLR quarter-width encoder."""
+    """Encoder (the kind its ``graph`` selects) and projector. The defaults are the official CrosSCLR
+    quarter-width ST-GCN."""
 
-    graph: str = "spatial"  # "spatial" (ST-GCN), "flow" (A*), "adaptive" (spatial A + B + C, 2s-AGCN)
+    graph: str = "spatial"  # a registered graph name: "spatial" (ST-GCN), "flow" (A*), "adaptive" (spatial
+    # A + B + C, 2s-AGCN), "transformer" (MAMP); training.encoders.graph_names() lists them all
     base_channels: int = 16  # first-stage channels (official "hidden_channels"; ST-GCN full width = 64)
     hidden_dim: int = 256  # output channels of the last block = feature size of forward_features
     feature_dim: int = 128  # projector output size (the contrastive embedding)
@@ -38,8 +41,7 @@ class EncoderConfig:
     drop_path: float = 0.0  # stochastic depth rate of the last block (linear in depth; MAMP pretraining: 0)
 
     def __post_init__(self) -> None:
-        if self.graph not in GRAPHS:
-            raise CrossclrError(f"encoder config: graph {self.graph!r} is unknown; expected one of {GRAPHS}")
+        kind = encoder_kind(self)  # CrossclrError listing the registered graph names
         if self.projector not in PROJECTORS:
             raise CrossclrError(f"encoder config: projector {self.projector!r} is unknown; expected one of "
                                 f"{PROJECTORS}")
@@ -54,9 +56,6 @@ class EncoderConfig:
                                 f"{self.temporal_kernel!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise CrossclrError(f"encoder config: dropout must be in [0, 1), got {self.dropout!r}")
-        if self.graph == "transformer" and self.hidden_dim % self.num_heads:
-            raise CrossclrError(f"encoder config: hidden_dim {self.hidden_dim} is not divisible by num_heads "
-                                f"{self.num_heads}; expected a multiple")
         if not float(self.mlp_ratio) > 0 or not 0.0 <= float(self.drop_path) < 1.0:
             raise CrossclrError(f"encoder config: expected mlp_ratio > 0 and drop_path in [0, 1), got "
                                 f"{self.mlp_ratio!r}, {self.drop_path!r}")
@@ -65,6 +64,13 @@ class EncoderConfig:
             raise CrossclrError(f"encoder config: stage_blocks must be three positive integers, got "
                                 f"{self.stage_blocks!r}")
         object.__setattr__(self, "stage_blocks", sb)
+        if kind.check is not None:
+            kind.check(self)
+
+    @property
+    def kind(self) -> str:
+        """The registered encoder kind its ``graph`` selects (``stgcn``, ``transformer``, ...)."""
+        return encoder_kind(self).name
 
     def to_dict(self) -> dict:
         d = asdict(self)

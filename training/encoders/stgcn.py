@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import training.encoders.fastops as fastops
 from crossclr_infer.graph import partition
 from crossclr_infer.layouts import Layout
-from training.encoders import fastops
 from training.encoders.config import EncoderConfig
+from training.encoders.heads import ProjectedEncoder, projector_head  # projector_head: re-exported, old path
+from training.encoders.registry import EncoderKind, register_encoder
 
 _FAST_OPS = True
 
@@ -147,17 +149,7 @@ class STGCNBlock(nn.Module):
         return self.relu(y)
 
 
-def projector_head(cfg: EncoderConfig) -> nn.Module:
-    """The contrastive projector after the pooled features (``cfg.projector``: mlp, linear or none)."""
-    if cfg.projector == "mlp":
-        return nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(),
-                             nn.Linear(cfg.hidden_dim, cfg.feature_dim))
-    if cfg.projector == "linear":
-        return nn.Linear(cfg.hidden_dim, cfg.feature_dim)
-    return nn.Identity()
-
-
-class STGCN(nn.Module):
+class STGCN(ProjectedEncoder, nn.Module):
     """ST-GCN encoder over (N, C, T, V, M) skeletons.
 
     ``forward_features`` -> (N, hidden_dim) (mean over frames, joints, then bodies);
@@ -193,15 +185,6 @@ class STGCN(nn.Module):
             self.edge_importance = None
         self.fc = projector_head(cfg)
 
-    @property
-    def hidden_dim(self) -> int:
-        """Width of ``forward_features`` (what linear, kNN and fine-tuning see)."""
-        return self.cfg.hidden_dim
-
-    @property
-    def feature_dim(self) -> int:
-        return self.cfg.hidden_dim if self.cfg.projector == "none" else self.cfg.feature_dim
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, v, m = x.shape
         x = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # (N, C, T, V, M) -> (N·M, V·C, T)
@@ -216,12 +199,17 @@ class STGCN(nn.Module):
         x = fastops.mean_frames_joints(x)  # (N·M, hidden, T', V) -> (N·M, hidden)
         return x.view(n, m, -1).mean(dim=1)  # (N·M, hidden) -> (N, hidden)
 
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.fc(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def build_stgcn(layout: Layout, cfg: EncoderConfig, *, num_person: int, in_channels: int,
+                frames: int) -> STGCN:
+    """The registry's constructor; the ST-GCN pools over time, so it does not depend on ``frames``."""
+    return STGCN(layout, cfg, num_person=num_person, in_channels=in_channels)
+
+
+register_encoder(EncoderKind(name=STGCN.kind, graphs=("spatial", "flow", "adaptive"), build=build_stgcn))
+
+__all__ = ["STGCN", "build_stgcn", "count_parameters", "projector_head", "set_fast_ops"]

@@ -23,7 +23,8 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from training.encoders.config import EncoderConfig
-from training.encoders.stgcn import projector_head
+from training.encoders.heads import ProjectedEncoder, projector_head
+from training.encoders.registry import EncoderKind, encoder_kind, register_encoder
 
 
 class DropPath(nn.Module):
@@ -171,7 +172,7 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
     return [float(r) for r in torch.linspace(0.0, float(rate), depth)]
 
 
-class SkeletonTransformer(nn.Module):
+class SkeletonTransformer(ProjectedEncoder, nn.Module):
     """MAMP encoder over (N, C, T, V, M) skeletons; every body is its own sequence of L = (T/p)·V tokens.
 
     ``forward_features`` -> (N, D): the final-LayerNorm tokens averaged over bodies, time tokens and joints
@@ -186,7 +187,7 @@ class SkeletonTransformer(nn.Module):
     def __init__(self, layout: Layout, cfg: EncoderConfig, num_person: int = 2, in_channels: int = 3,
                  frames: int = 120) -> None:
         super().__init__()
-        if cfg.graph != "transformer":
+        if encoder_kind(cfg).name != self.kind:
             raise CrossclrError(f"transformer encoder: config graph is {cfg.graph!r}; expected 'transformer'")
         if not isinstance(frames, int) or frames < 1 or frames % cfg.t_patch:
             raise CrossclrError(f"transformer encoder: frames {frames!r} is not a positive multiple of "
@@ -210,15 +211,6 @@ class SkeletonTransformer(nn.Module):
         self.blocks.apply(init_vit_weights)
         self.norm.apply(init_vit_weights)
         self.fc = projector_head(cfg)
-
-    @property
-    def hidden_dim(self) -> int:
-        """Width of ``forward_features`` (what linear, kNN and fine-tuning see)."""
-        return self.cfg.hidden_dim
-
-    @property
-    def feature_dim(self) -> int:
-        return self.cfg.hidden_dim if self.cfg.projector == "none" else self.cfg.feature_dim
 
     @property
     def num_tokens(self) -> int:
@@ -298,8 +290,19 @@ class SkeletonTransformer(nn.Module):
         tok = tok.reshape(n, m * tok.shape[1], tok.shape[2])  # (N·M, L, D) -> (N, M·L, D)
         return tok.mean(dim=1)  # -> (N, D)
 
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.fc(f)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+def check_config(cfg: EncoderConfig) -> None:
+    """The transformer's own config checks (the registry runs them from ``EncoderConfig``)."""
+    if cfg.hidden_dim % cfg.num_heads:
+        raise CrossclrError(f"encoder config: hidden_dim {cfg.hidden_dim} is not divisible by num_heads "
+                            f"{cfg.num_heads}; expected a multiple")
+
+
+def build_transformer(layout: Layout, cfg: EncoderConfig, *, num_person: int, in_channels: int,
+                      frames: int) -> SkeletonTransformer:
+    """The registry's constructor (the temporal embedding has one entry per temporal patch of ``frames``)."""
+    return SkeletonTransformer(layout, cfg, num_person=num_person, in_channels=in_channels, frames=frames)
+
+
+register_encoder(EncoderKind(name=SkeletonTransformer.kind, graphs=("transformer",), build=build_transformer,
+                             check=check_config))

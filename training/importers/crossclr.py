@@ -14,6 +14,10 @@ Official key layout (LinguoLi/CrosSCLR ``net/skeletonclr.py``, ``net/crossclr.py
 Backbone names are identical to ``stgcn.STGCN``, so backbones map without renaming. The nested
 motion/bone projectors cannot be expressed as this project's per-view two-layer projector: those projectors
 are freshly initialised (seeded, listed in ``meta["fresh_keys"]``); the 256-d features are exact.
+
+``convert_official_state`` maps the tensors (group the keys, infer the architecture, check the graph, then
+pretraining or linear-evaluation conversion), ``build_imported`` loads them strictly into modules, and
+``convert_crossclr_file`` writes the result (``training.importers.convert_official_file`` dispatches here).
 """
 
 from __future__ import annotations
@@ -21,15 +25,22 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.graph import partition
-from crossclr_infer.layouts import BUILTIN_LAYOUTS, Layout
+from crossclr_infer.layouts import BUILTIN_LAYOUTS, Layout, layout_to_toml
+from training.checkpoint import make_checkpoint
+from training.config import TrainConfig, config_to_dict
 from training.encoders.config import EncoderConfig
-from training.encoders.stgcn import STGCN, projector_head
+from training.encoders.heads import projector_head
+from training.encoders.stgcn import STGCN
+from training.importers.common import save_imported
+from training.objectives.crossclr import CrosSCLR, SSLConfig
+from training.protocols.io import save_linear
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +129,15 @@ def _check_keys(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
         raise _fail(source, f"tensor shapes differ from the inferred architecture: {_listing(bad, 6)}")
 
 
+class _Grouped(NamedTuple):
+    """An official state dict grouped: encoders by (q/k, suffix), queues by suffix, the views present."""
+
+    encoders: dict[tuple[str, str], dict[str, torch.Tensor]]
+    queues: dict[str, dict[str, torch.Tensor]]
+    suffixes: list[str]  # key suffixes of the query encoders present ("", "_motion", "_bone")
+    view_of: dict[str, str]  # suffix -> this project's view name
+
+
 def convert_official_state(state_dict: Mapping[str, Any], *, layout: Layout | None = None,
                            single_view: str = "joint", source: str = "official checkpoint"
                            ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -137,6 +157,17 @@ def convert_official_state(state_dict: Mapping[str, Any], *, layout: Layout | No
     one-encoder (SkeletonCLR) checkpoint. Unknown or missing keys raise ``CrossclrError`` listing them.
     """
     layout = layout or BUILTIN_LAYOUTS["ntu-rgb+d"]
+    grouped = _group(state_dict, single_view, source)
+    cfg, form, in_ch = _infer_config(grouped.encoders[("q", "")], source)
+    _check_graph(grouped.encoders[("q", "")]["A"], layout, source)
+    if any(w == "k" for (w, _) in grouped.encoders) or grouped.queues:
+        return _convert_pretrain(grouped, cfg, in_ch, layout, source)
+    return _convert_linear(grouped, cfg, form, in_ch, layout, source)
+
+
+def _group(state_dict: Mapping[str, Any], single_view: str, source: str) -> _Grouped:
+    """Group the keys and name the views; unknown keys, a missing ``encoder_q`` or unpaired key encoders
+    and queues are refused."""
     encoders, queues, unknown = _split(state_dict, source)
     if unknown:
         raise _fail(source, f"unknown keys {_listing(unknown)}; expected official "
@@ -147,89 +178,127 @@ def convert_official_state(state_dict: Mapping[str, Any], *, layout: Layout | No
     if single_view not in ("joint", "motion", "bone", "accel"):
         raise _fail(source, f"single_view {single_view!r} is not a view; expected joint, motion, "
                             "bone or accel")
-    if suffixes == [""]:
-        view_of = {"": single_view}
-    else:
-        view_of = {s: SUFFIX_VIEW[s] for s in suffixes}
+    view_of = {"": single_view} if suffixes == [""] else {s: SUFFIX_VIEW[s] for s in suffixes}
     orphans = [f"encoder_k{s}.*" for (w, s) in encoders if w == "k" and s not in suffixes]
     orphans += [f"queue{s}" for s in queues if s not in suffixes]
     if orphans:
         raise _fail(source, f"{orphans} have no matching encoder_q{{suffix}}.*; expected pairs of query "
                             "encoders and their keys/queues")
-    pretrain = any(w == "k" for (w, _) in encoders) or bool(queues)
-    cfg, form, in_ch = _infer_config(encoders[("q", "")], source)
+    return _Grouped(encoders, queues, suffixes, view_of)
 
-    # the graph must be this layout's spatial partition
-    a = encoders[("q", "")]["A"]
+
+def _check_graph(a: torch.Tensor, layout: Layout, source: str) -> None:
+    """The checkpoint's graph ``A`` must be ``layout``'s spatial partition."""
     ours_a = torch.from_numpy(partition(layout, "spatial"))
     if tuple(a.shape) != tuple(ours_a.shape) or not torch.allclose(a.float(), ours_a, atol=1e-6):
         raise _fail(source, f"the checkpoint's graph A {tuple(a.shape)} is not the spatial partition "
                             f"of layout {layout.name!r} {tuple(ours_a.shape)}; pass the layout it was "
                             "trained on")
 
+
+def _convert_pretrain(g: _Grouped, cfg: EncoderConfig, in_ch: int, layout: Layout,
+                      source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Query and key encoders, queues and the queue pointer of a pretraining checkpoint."""
+    _check_pretrain_complete(g, source)
+    ref = STGCN(layout, cfg, in_channels=in_ch).state_dict()
     ours: dict[str, torch.Tensor] = {}
     fresh: list[str] = []
-    notes: list[str] = []
-    views = [view_of[s] for s in suffixes]
-    if pretrain:
-        missing = [f"encoder_k{s}.*" for s in suffixes if ("k", s) not in encoders]
-        missing += [f"queue{s}" for s in suffixes if "queue" not in queues.get(s, {})]
-        missing += [f"queue_ptr{s}" for s in suffixes if "ptr" not in queues.get(s, {})]
-        if missing:
-            raise _fail(source, f"missing keys {missing}; a pretraining checkpoint needs, per view, "
-                                "encoder_q*, encoder_k*, queue* and queue_ptr*")
-        ref = STGCN(layout, cfg, in_channels=in_ch).state_dict()
-        backbone = {n: t for n, t in ref.items() if not n.startswith("fc.")}
-        joint_fc = {n: t for n, t in ref.items() if n.startswith("fc.")}
-        nested_fc = {"fc.0.weight": ref["fc.0.weight"], "fc.0.bias": ref["fc.0.bias"],
-                     **{"fc.2." + n[3:]: t for n, t in joint_fc.items()}}
-        fresh_fc: dict[str, torch.Tensor] | None = None
-        for s in suffixes:
-            view = view_of[s]
-            for w, root in (("q", "encoders_q"), ("k", "encoders_k")):
-                sd = encoders[(w, s)]
-                nested = "fc.2.2.weight" in sd or "fc.2.0.weight" in sd
-                expected = {**backbone, **(nested_fc if nested else joint_fc)}
-                _check_keys(sd, expected, f"encoder_{w}{s}.", source)
-                for n in backbone:
-                    ours[f"{root}.{view}.{n}"] = sd[n].clone()
-                if nested:
-                    if fresh_fc is None:
-                        with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(0)
-                            proj = projector_head(cfg).state_dict()
-                        fresh_fc = {"fc." + n: t.detach().clone() for n, t in proj.items()}
-                    for n, t in fresh_fc.items():
-                        ours[f"{root}.{view}.{n}"] = t.clone()
-                        fresh.append(f"{root}.{view}.{n}")
-                else:
-                    for n in joint_fc:
-                        ours[f"{root}.{view}.{n}"] = sd[n].clone()
-            queue = queues[s]["queue"]
-            if queue.dim() != 2 or queue.shape[0] != cfg.feature_dim:
-                raise _fail(source, f"queue{s} has shape {tuple(queue.shape)}; "
-                                    f"expected ({cfg.feature_dim}, K)")
-            ours[f"queue.keys_{view}"] = queue.t().contiguous().float().clone()  # (D, K) -> (K, D)
-        sizes = {tuple(queues[s]["queue"].shape) for s in suffixes}
-        if len(sizes) != 1:
-            raise _fail(source, f"queues have different shapes {sorted(sizes)}; expected one queue size")
-        ptrs = {int(queues[s]["ptr"].reshape(-1)[0]) for s in suffixes}
-        if len(ptrs) != 1:
-            notes.append(f"queue pointers differ {sorted(ptrs)}; using the joint one")
-        k_size = next(iter(sizes))[1]
-        ours["queue.labels"] = torch.full((k_size,), -1, dtype=torch.long)
-        ours["queue.ptr"] = torch.tensor(int(queues[suffixes[0]]["ptr"].reshape(-1)[0]) % k_size)
-        if fresh:
-            views_fresh = sorted({k.split(".")[1] for k in fresh})
-            notes.append(f"projectors of {views_fresh} are freshly initialised: the official code nests "
-                         "the joint projector inside them, which this project's per-view projector "
-                         "cannot express; the encoders' 256-d features are imported exactly")
-            log.warning("%s: %s", source, notes[-1])
-        meta = {"kind": "pretrain", "views": views, "encoder_config": cfg.to_dict(), "in_channels": in_ch,
-                "queue_size": int(k_size), "num_class": None, "fresh_keys": fresh, "notes": notes}
-        return ours, meta
+    for s in g.suffixes:
+        view = g.view_of[s]
+        for w, root in (("q", "encoders_q"), ("k", "encoders_k")):
+            sd = g.encoders[(w, s)]
+            _check_keys(sd, _expected_encoder(ref, nested=_is_nested(sd)), f"encoder_{w}{s}.", source)
+            fresh += _copy_encoder(sd, ref, cfg, f"{root}.{view}.", ours)
+        ours[f"queue.keys_{view}"] = _queue_keys(g.queues[s]["queue"], s, cfg, source)
+    k_size, notes = _queue_state(g, ours, source)
+    if fresh:
+        views_fresh = sorted({k.split(".")[1] for k in fresh})
+        notes.append(f"projectors of {views_fresh} are freshly initialised: the official code nests "
+                     "the joint projector inside them, which this project's per-view projector "
+                     "cannot express; the encoders' 256-d features are imported exactly")
+        log.warning("%s: %s", source, notes[-1])
+    meta = {"kind": "pretrain", "views": [g.view_of[s] for s in g.suffixes], "encoder_config": cfg.to_dict(),
+            "in_channels": in_ch, "queue_size": int(k_size), "num_class": None, "fresh_keys": fresh,
+            "notes": notes}
+    return ours, meta
 
-    # linear evaluation: fc (classes, hidden) are heads
+
+def _check_pretrain_complete(g: _Grouped, source: str) -> None:
+    missing = [f"encoder_k{s}.*" for s in g.suffixes if ("k", s) not in g.encoders]
+    missing += [f"queue{s}" for s in g.suffixes if "queue" not in g.queues.get(s, {})]
+    missing += [f"queue_ptr{s}" for s in g.suffixes if "ptr" not in g.queues.get(s, {})]
+    if missing:
+        raise _fail(source, f"missing keys {missing}; a pretraining checkpoint needs, per view, "
+                            "encoder_q*, encoder_k*, queue* and queue_ptr*")
+
+
+def _is_nested(sd: Mapping[str, torch.Tensor]) -> bool:
+    """Whether an official encoder has the multi-view projector that nests the joint one."""
+    return "fc.2.2.weight" in sd or "fc.2.0.weight" in sd
+
+
+def _expected_encoder(ref: Mapping[str, torch.Tensor], *, nested: bool) -> dict[str, torch.Tensor]:
+    """The official tensors of one encoder: ``ref``'s backbone plus its joint or nested projector."""
+    backbone = {n: t for n, t in ref.items() if not n.startswith("fc.")}
+    joint_fc = {n: t for n, t in ref.items() if n.startswith("fc.")}
+    if not nested:
+        return {**backbone, **joint_fc}
+    return {**backbone, "fc.0.weight": ref["fc.0.weight"], "fc.0.bias": ref["fc.0.bias"],
+            **{"fc.2." + n[3:]: t for n, t in joint_fc.items()}}
+
+
+def _copy_encoder(sd: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor], cfg: EncoderConfig,
+                  prefix: str, ours: dict[str, torch.Tensor]) -> list[str]:
+    """Copy one encoder into ``ours`` under ``prefix``; a nested projector is replaced by a fresh one
+    (seeded), whose keys are returned."""
+    for n in ref:
+        if not n.startswith("fc."):
+            ours[prefix + n] = sd[n].clone()
+    if not _is_nested(sd):
+        for n in ref:
+            if n.startswith("fc."):
+                ours[prefix + n] = sd[n].clone()
+        return []
+    fresh = []
+    for n, t in _fresh_projector(cfg).items():
+        ours[prefix + n] = t.clone()
+        fresh.append(prefix + n)
+    return fresh
+
+
+def _fresh_projector(cfg: EncoderConfig) -> dict[str, torch.Tensor]:
+    """A projector initialised from seed 0 (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        proj = projector_head(cfg).state_dict()
+    return {"fc." + n: t.detach().clone() for n, t in proj.items()}
+
+
+def _queue_keys(queue: torch.Tensor, suffix: str, cfg: EncoderConfig, source: str) -> torch.Tensor:
+    """An official queue (D, K) as this project's keys (K, D)."""
+    if queue.dim() != 2 or queue.shape[0] != cfg.feature_dim:
+        raise _fail(source, f"queue{suffix} has shape {tuple(queue.shape)}; expected ({cfg.feature_dim}, K)")
+    return queue.t().contiguous().float().clone()  # (D, K) -> (K, D)
+
+
+def _queue_state(g: _Grouped, ours: dict[str, torch.Tensor], source: str) -> tuple[int, list[str]]:
+    """``queue.labels`` (all −1) and ``queue.ptr`` into ``ours``; returns the queue size and notes."""
+    sizes = {tuple(g.queues[s]["queue"].shape) for s in g.suffixes}
+    if len(sizes) != 1:
+        raise _fail(source, f"queues have different shapes {sorted(sizes)}; expected one queue size")
+    notes = []
+    ptrs = {int(g.queues[s]["ptr"].reshape(-1)[0]) for s in g.suffixes}
+    if len(ptrs) != 1:
+        notes.append(f"queue pointers differ {sorted(ptrs)}; using the joint one")
+    k_size = next(iter(sizes))[1]
+    ours["queue.labels"] = torch.full((k_size,), -1, dtype=torch.long)
+    ours["queue.ptr"] = torch.tensor(int(g.queues[g.suffixes[0]]["ptr"].reshape(-1)[0]) % k_size)
+    return k_size, notes
+
+
+def _convert_linear(g: _Grouped, cfg: EncoderConfig, form: str, in_ch: int, layout: Layout,
+                    source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Linear evaluation: the query encoders' ``fc`` (classes, hidden) are the heads."""
     if form != "linear":
         raise _fail(source, "query encoders carry a projector but no encoder_k*/queue* keys; expected either "
                             "a pretraining checkpoint (with keys and queues) or a linear-evaluation one "
@@ -238,16 +307,18 @@ def convert_official_state(state_dict: Mapping[str, Any], *, layout: Layout | No
     ref = STGCN(layout, head_cfg, in_channels=in_ch).state_dict()
     expected = {**ref, "fc.weight": torch.empty(cfg.feature_dim, cfg.hidden_dim),
                 "fc.bias": torch.empty(cfg.feature_dim)}
-    for s in suffixes:
-        sd = encoders[("q", s)]
+    ours: dict[str, torch.Tensor] = {}
+    for s in g.suffixes:
+        sd = g.encoders[("q", s)]
         _check_keys(sd, expected, f"encoder_q{s}.", source)
-        view = view_of[s]
+        view = g.view_of[s]
         for n in ref:
             ours[f"encoders.{view}.{n}"] = sd[n].clone()
         ours[f"heads.{view}.weight"] = sd["fc.weight"].clone()
         ours[f"heads.{view}.bias"] = sd["fc.bias"].clone()
-    meta = {"kind": "linear", "views": views, "encoder_config": head_cfg.to_dict(), "in_channels": in_ch,
-            "queue_size": None, "num_class": int(cfg.feature_dim), "fresh_keys": [], "notes": notes}
+    meta = {"kind": "linear", "views": [g.view_of[s] for s in g.suffixes],
+            "encoder_config": head_cfg.to_dict(), "in_channels": in_ch, "queue_size": None,
+            "num_class": int(cfg.feature_dim), "fresh_keys": [], "notes": []}
     return ours, meta
 
 
@@ -258,8 +329,6 @@ def build_imported(ours: Mapping[str, torch.Tensor], meta: Mapping[str, Any], la
     ``{"model": CrosSCLR}`` for pretraining checkpoints; ``{"encoders": {view: STGCN}, "heads":
     {view: nn.Linear}}`` for linear-evaluation ones. Everything in eval mode on CPU.
     """
-    from training.objectives.crossclr import CrosSCLR, SSLConfig
-
     layout = layout or BUILTIN_LAYOUTS["ntu-rgb+d"]
     cfg = EncoderConfig.from_dict(dict(meta["encoder_config"]))
     if meta["kind"] == "pretrain":
@@ -278,3 +347,63 @@ def build_imported(ours: Mapping[str, torch.Tensor], meta: Mapping[str, Any], la
         head.load_state_dict({"weight": w, "bias": ours[f"heads.{view}.bias"]})
         encoders[view], heads[view] = enc.eval(), head.eval()
     return {"encoders": encoders, "heads": heads}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# files
+
+
+def convert_crossclr_file(path: Path, out: Path, state: Mapping[str, torch.Tensor], layout: Layout, *,
+                          frames: int, num_person: int, single_view: str) -> Path:
+    """An official CrosSCLR/SkeletonCLR state (read from ``path``) -> ``out``: pretraining checkpoints as
+    ``crossclr-pretrain-v1``, linear-evaluation ones (``encoder_q*.fc`` = heads) as ``crossclr-linear-v1``.
+    Both are loaded strictly into this project's modules (``build_imported``) before anything is written."""
+    ours, meta = convert_official_state(state, layout=layout, single_view=single_view, source=str(path))
+    built = build_imported(ours, meta, layout, num_person=num_person)
+    preprocess = {"mode": "official", "frames": int(frames)}
+    if meta["kind"] == "pretrain":
+        return _write_pretrain(path, out, built["model"], meta, layout, frames=frames, num_person=num_person,
+                               preprocess=preprocess)
+    return _write_linear(path, out, built, meta, layout, frames=frames, num_person=num_person,
+                         preprocess=preprocess)
+
+
+def _write_pretrain(path: Path, out: Path, model: torch.nn.Module, meta: Mapping[str, Any], layout: Layout,
+                    *, frames: int, num_person: int, preprocess: dict[str, Any]) -> Path:
+    views = list(meta["views"])
+    base = TrainConfig()
+    cfg = TrainConfig(model=EncoderConfig.from_dict(dict(meta["encoder_config"])),
+                      ssl=SSLConfig(queue_size=int(meta["queue_size"])), streams=tuple(views),
+                      cross_epoch=base.cross_epoch if len(views) > 1 else base.epochs)
+    ckpt = make_checkpoint(model_state={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                           optimizer_state=None, scheduler_state=None, epoch=cfg.epochs, rng=[],
+                           config=config_to_dict(cfg), streams=views, layout_toml=layout_to_toml(layout),
+                           num_person=num_person, frames=frames, class_names=[], preprocess=preprocess)
+    save_imported(ckpt, out, path, list(meta.get("notes", [])))
+    log.info("%s: imported pretraining checkpoint (%s) -> %s", path, ", ".join(views), out)
+    return out
+
+
+def _write_linear(path: Path, out: Path, built: Mapping[str, Any], meta: Mapping[str, Any], layout: Layout,
+                  *, frames: int, num_person: int, preprocess: dict[str, Any]) -> Path:
+    num_class = int(meta["num_class"])
+    streams = list(meta["views"])
+    save_linear(out, built["encoders"], built["heads"], fusion="joint",
+                fusion_weights={v: 1.0 / len(streams) for v in streams},
+                class_names=_class_names(layout, num_class), layout=layout,
+                meta={"config": {"model": dict(meta["encoder_config"])}, "frames": frames,
+                      "num_person": num_person, "in_channels": int(meta["in_channels"]),
+                      "preprocess": preprocess, "source_checkpoint": str(path)},
+                metrics={})
+    log.info("%s: imported linear-evaluation checkpoint (%s, %d classes) -> %s", path, ", ".join(streams),
+             num_class, out)
+    return out
+
+
+def _class_names(layout: Layout, num_class: int) -> list[str]:
+    """NTU's action names for the 60/120-class NTU layouts, else "class 1", "class 2", ..."""
+    if layout.name == "ntu-rgb+d" and num_class in (60, 120):
+        from crossclr_infer.ntu import NTU_ACTION_NAMES
+
+        return list(NTU_ACTION_NAMES[:num_class])
+    return [f"class {i + 1}" for i in range(num_class)]

@@ -6,20 +6,30 @@ Official files are ``{"model": state_dict, ...}``. Pretraining states hold the e
 ``decoder_norm.*``, ``decoder_temp_embed``, ``decoder_pos_embed``, ``decoder_pred.*``); linear-probe and
 fine-tuning states add ``head.*`` (dropped here). Both name sets are this project's own, so tensors map
 without renaming. The head count cannot be read from shapes (qkv is (3·D, D) for any H): it is a parameter,
-8 by default as in every official config.
+8 by default as in every official config. ``convert_mamp_file`` writes the converted encoder as a
+``crossclr-pretrain-v1`` checkpoint (``training.importers.convert_official_file`` dispatches here).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
 from crossclr_infer.errors import CrossclrError
+from crossclr_infer.layouts import Layout, layout_to_toml
+from training.checkpoint import load_model_state, make_checkpoint
+from training.config import TrainConfig, config_to_dict
+from training.encoders import build_encoder
 from training.encoders.config import EncoderConfig
+from training.importers.common import save_imported
 from training.objectives.mamp import MAMPConfig
+
+log = logging.getLogger(__name__)
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _DECODER_BLOCK_RE = re.compile(r"^decoder_blocks\.(\d+)\.")
@@ -150,3 +160,53 @@ def decoder_config(decoder_state: Mapping[str, torch.Tensor], base: MAMPConfig |
     return MAMPConfig(**{**base.to_dict(), "decoder_depth": _depth(decoder_state, _DECODER_BLOCK_RE),
                          "decoder_dim": int(decoder_state["decoder_embed.weight"].shape[0]),
                          "decoder_heads": num_heads})
+
+
+def is_mamp_state(state: Mapping[str, Any]) -> bool:
+    """Whether a (read) official state dict is a MAMP transformer's rather than an ST-GCN's."""
+    return "joints_embed.proj.weight" in state
+
+
+def _import_notes(decoder: Mapping[str, torch.Tensor], dropped: list[str]) -> list[str]:
+    notes = []
+    if decoder:
+        notes.append(f"dropped the MAMP decoder ({len(decoder)} tensors: decoder_*, mask_token); "
+                     "the encoder is what linear/kNN/fine-tuning and export use")
+    if dropped:
+        notes.append(f"dropped {len(dropped)} other keys: {', '.join(dropped[:6])}")
+    return notes
+
+
+def imported_train_config(cfg: EncoderConfig) -> TrainConfig:
+    """The training configuration an imported MAMP encoder is recorded with (the official pretraining)."""
+    return TrainConfig(model=cfg, objective="mamp", streams=("joint",), optimizer="adamw", schedule="cosine",
+                       weight_decay=0.05, weight_decay_on="matrices", lr=1e-3, min_lr=5e-4, warmup_epochs=20,
+                       epochs=400)
+
+
+def convert_mamp_file(path: Path, out: Path, state: Mapping[str, torch.Tensor], layout: Layout,
+                      num_person: int) -> Path:
+    """An official MAMP state (read from ``path``) -> ``crossclr-pretrain-v1`` at ``out`` with one transformer
+    (``encoders.joint``); the decoder (and a probe or fine-tuning head) is dropped with a note. The encoder
+    is loaded strictly into ``SkeletonTransformer`` before anything is written."""
+    cfg, enc_state, dec_state, dropped = convert_mamp_state(state, str(path))
+    grid = token_grid(enc_state)
+    if grid.joints != layout.num_joints:
+        raise CrossclrError(f"{path}: the checkpoint has {grid.joints} joints but layout {layout.name!r} has "
+                            f"{layout.num_joints}; pass the --layout it was trained on")
+    enc = build_encoder(layout, cfg, num_person=num_person, in_channels=grid.in_channels, frames=grid.frames)
+    load_model_state(enc, enc_state, path)
+    notes = _import_notes(dec_state, dropped)
+    tcfg = imported_train_config(cfg)
+    ckpt = make_checkpoint(model_state={f"encoders.joint.{k}": v.detach().cpu()
+                                        for k, v in enc.state_dict().items()},
+                           optimizer_state=None, scheduler_state=None, epoch=tcfg.epochs, rng=[],
+                           config=config_to_dict(tcfg), streams=["joint"], layout_toml=layout_to_toml(layout),
+                           num_person=num_person, frames=grid.frames, class_names=[],
+                           preprocess={"mode": "mamp", "frames": grid.frames})
+    save_imported(ckpt, out, path, notes)
+    for note in notes:
+        log.warning("%s: %s", path, note)
+    log.info("%s: imported MAMP transformer (%d blocks × %d, %d frames) -> %s", path, cfg.depth,
+             cfg.hidden_dim, grid.frames, out)
+    return out
