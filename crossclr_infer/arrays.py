@@ -27,8 +27,8 @@ Note: an ``.npz`` member is read whole when first touched; per-sample keys keep 
 
 Limits (checked before anything is read or written): every member's ``.npy`` header is read first and an
 array declaring more than ``MAX_ARRAY_BYTES`` (2 GiB) is refused (use per-sample keys for larger data); every
-coordinate must be finite and within ±``MAX_ABS_COORDINATE`` (1e5: 100 m in millimetres, 100 km in metres,
-far beyond any image in pixels); the output cache may not be the input file. The same header and
+coordinate must be finite and within ±``skeleton.MAX_ABS_COORDINATE`` (1e5: 100 m in millimetres, 100 km in
+metres, far beyond any image in pixels); the output cache may not be the input file. The same header and
 coordinate checks guard ``crossclr predict``'s inputs and ``prepare official`` / ``prepare ntu``.
 """
 
@@ -49,15 +49,13 @@ from tqdm import tqdm
 from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
 from .fileio import require_regular_file
-from .layouts import SCORED_2D_LAYOUTS, Layout, get_layout
+from .layouts import Layout, get_layout
+from .preprocess import MODES, normalize_sequence, valid_length
+from .skeleton import check_coordinates
 
 log = logging.getLogger(__name__)
 
 MAX_ARRAY_BYTES = 2 * 1024**3  # largest array read whole from a .npy file or an .npz member
-# Largest |coordinate| accepted from any input. Units differ by source (metres: NTU, Kinect v1; millimetres:
-# Azure Kinect; pixels: 2-D pose estimators), so the bound is the physical one of the largest unit: 100 m in
-# millimetres. It refuses corrupt or forged values (×1e30, float64 beyond float32) before preprocessing.
-MAX_ABS_COORDINATE = 1e5
 AS_IS = "as-is"
 _PER_SAMPLE = re.compile(r"data_(\d+)")
 KNOWN_KEYS = {"data", "lengths", "offsets", "label", "name", "split", "class_names"}
@@ -158,21 +156,6 @@ def check_npz_headers(npz: np.lib.npyio.NpzFile, path: Path) -> None:
             raise CrossclrError(f"{path}: key {key!r} is damaged ({e})") from None
 
 
-def check_coordinates(x: np.ndarray, source: str) -> None:
-    """Real, finite coordinates within ±MAX_ABS_COORDINATE, else a CrossclrError naming ``source``."""
-    if x.dtype.kind not in "iuf":
-        raise CrossclrError(f"{source}: array dtype {x.dtype}, expected real numbers (float32)")
-    if x.size == 0:
-        return
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates")
-    peak = float(np.abs(x).max())
-    if peak > MAX_ABS_COORDINATE:
-        raise CrossclrError(f"{source}: coordinate of magnitude {peak:.3g} beyond ±{MAX_ABS_COORDINATE:g} "
-                            "(MAX_ABS_COORDINATE); expected skeleton coordinates in metres, millimetres or "
-                            "pixels")
-
-
 def _member(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
     try:
         arr = npz[key]
@@ -225,57 +208,12 @@ def _validate(npz: np.lib.npyio.NpzFile, path: Path, layout: Layout) -> ArraySou
     if unknown:
         raise CrossclrError(f"{path}: unknown keys {unknown}; expected {sorted(KNOWN_KEYS)} or data_0, "
                             "data_1, ...")
-    if "label" not in keys:
-        raise CrossclrError(f"{path}: no 'label' key; expected label (N,) 0-based class indices")
-    labels = _member(npz, path, "label")
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise CrossclrError(f"{path}: 'label' has shape {labels.shape} and dtype {labels.dtype}, "
-                            "expected (N,) integers")
-    labels = labels.astype(np.int64)
+    labels = _labels(npz, path, keys)
     n = len(labels)
-    if n == 0:
-        raise CrossclrError(f"{path}: no samples ('label' is empty)")
-    if labels.min() < 0:
-        raise CrossclrError(f"{path}: negative label {labels.min()}; expected 0-based class indices")
-
-    starts = None
-    if "data" in keys:
-        if per_sample:
-            raise CrossclrError(f"{path}: both 'data' and data_0.. keys; use one layout")
-        data = _member(npz, path, "data")
-        if data.dtype.kind not in "iuf":
-            raise CrossclrError(f"{path}: 'data' has dtype {data.dtype}, expected numbers")
-        if data.ndim == 5:
-            kind = "fixed"
-            if "lengths" in keys or "offsets" in keys:
-                raise CrossclrError(f"{path}: 'lengths'/'offsets' given with 5-D data {data.shape}; expected "
-                                    "concatenated data (C, F, V, M) with them, or (N, C, T, V, M) without")
-            if data.shape[0] != n:
-                raise CrossclrError(f"{path}: 'data' holds {data.shape[0]} samples but 'label' {n}")
-            channels, joints, bodies = data.shape[1], data.shape[3], data.shape[4]
-        elif data.ndim == 4:
-            kind = "concatenated"
-            channels, total, joints, bodies = data.shape
-            starts = _starts(npz, path, keys, n, total)
-        else:
-            raise CrossclrError(f"{path}: 'data' has shape {data.shape}, expected (N, C, T, V, M) or "
-                                "concatenated (C, F, V, M) with 'lengths' or 'offsets'")
-    elif per_sample:
-        kind = "per-sample"
-        if per_sample != list(range(n)):
-            raise CrossclrError(f"{path}: per-sample keys must be data_0 .. data_{n - 1} for {n} labels, "
-                                f"found {len(per_sample)} keys (data_{per_sample[0]} .. "
-                                f"data_{per_sample[-1]})")
-        first = _member(npz, path, "data_0")
-        if first.ndim != 4:
-            raise CrossclrError(f"{path}: data_0 has shape {first.shape}, expected (C, T, V, M)")
-        channels, _, joints, bodies = first.shape
-    else:
-        raise CrossclrError(f"{path}: no 'data' key and no data_0.. keys; expected skeleton arrays")
+    kind, (channels, joints, bodies), starts = _data_kind(npz, path, keys, per_sample, n)
     if joints != layout.num_joints:
         raise CrossclrError(f"{path}: {joints} joints in the data, layout {layout.name!r} has "
                             f"{layout.num_joints}")
-
     names = _strings(_member(npz, path, "name"), path, "name", n) if "name" in keys else \
         [f"sample{i:06d}" for i in range(n)]
     if len(set(names)) != len(names):
@@ -289,6 +227,57 @@ def _validate(npz: np.lib.npyio.NpzFile, path: Path, layout: Layout) -> ArraySou
         classes = [f"class {i}" for i in range(int(labels.max()) + 1)]
     return ArraySource(path, kind, labels, names, splits, classes, int(channels), int(joints), int(bodies),
                        starts, npz)
+
+
+def _labels(npz: np.lib.npyio.NpzFile, path: Path, keys: set[str]) -> np.ndarray:
+    """``label`` (N,) int64: present, 1-D integers, at least one, none negative."""
+    if "label" not in keys:
+        raise CrossclrError(f"{path}: no 'label' key; expected label (N,) 0-based class indices")
+    labels = _member(npz, path, "label")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise CrossclrError(f"{path}: 'label' has shape {labels.shape} and dtype {labels.dtype}, "
+                            "expected (N,) integers")
+    labels = labels.astype(np.int64)
+    if len(labels) == 0:
+        raise CrossclrError(f"{path}: no samples ('label' is empty)")
+    if labels.min() < 0:
+        raise CrossclrError(f"{path}: negative label {labels.min()}; expected 0-based class indices")
+    return labels
+
+
+def _data_kind(npz: np.lib.npyio.NpzFile, path: Path, keys: set[str], per_sample: list[int], n: int
+               ) -> tuple[str, tuple[int, int, int], np.ndarray | None]:
+    """The data layout (fixed / concatenated / per-sample), (channels, joints, bodies) and, for concatenated
+    data, the (N + 1,) frame offsets."""
+    if "data" in keys:
+        if per_sample:
+            raise CrossclrError(f"{path}: both 'data' and data_0.. keys; use one layout")
+        data = _member(npz, path, "data")
+        if data.dtype.kind not in "iuf":
+            raise CrossclrError(f"{path}: 'data' has dtype {data.dtype}, expected numbers")
+        if data.ndim == 5:
+            if "lengths" in keys or "offsets" in keys:
+                raise CrossclrError(f"{path}: 'lengths'/'offsets' given with 5-D data {data.shape}; expected "
+                                    "concatenated data (C, F, V, M) with them, or (N, C, T, V, M) without")
+            if data.shape[0] != n:
+                raise CrossclrError(f"{path}: 'data' holds {data.shape[0]} samples but 'label' {n}")
+            return "fixed", (data.shape[1], data.shape[3], data.shape[4]), None
+        if data.ndim == 4:
+            channels, total, joints, bodies = data.shape
+            return "concatenated", (channels, joints, bodies), _starts(npz, path, keys, n, total)
+        raise CrossclrError(f"{path}: 'data' has shape {data.shape}, expected (N, C, T, V, M) or "
+                            "concatenated (C, F, V, M) with 'lengths' or 'offsets'")
+    if not per_sample:
+        raise CrossclrError(f"{path}: no 'data' key and no data_0.. keys; expected skeleton arrays")
+    if per_sample != list(range(n)):
+        raise CrossclrError(f"{path}: per-sample keys must be data_0 .. data_{n - 1} for {n} labels, "
+                            f"found {len(per_sample)} keys (data_{per_sample[0]} .. "
+                            f"data_{per_sample[-1]})")
+    first = _member(npz, path, "data_0")
+    if first.ndim != 4:
+        raise CrossclrError(f"{path}: data_0 has shape {first.shape}, expected (C, T, V, M)")
+    channels, _, joints, bodies = first.shape
+    return "per-sample", (channels, joints, bodies), None
 
 
 def _starts(npz: np.lib.npyio.NpzFile, path: Path, keys: set[str], n: int, total: int) -> np.ndarray:
@@ -334,8 +323,6 @@ def _splits(npz: np.lib.npyio.NpzFile, path: Path, n: int) -> list[str]:
 def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, preprocess: str | None = None,
                   frames: int = 50, benchmark: str = "custom", progress: bool = True) -> dict[str, int]:
     """Write the samples of an ``.npz`` into the cache ``out``; returns samples per split."""
-    from .preprocess import PREPROCESS_MODES, normalize_sequence, valid_length
-
     if isinstance(layout, Layout):
         lay = layout
     else:
@@ -347,10 +334,10 @@ def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, pr
     src = open_arrays(path, lay)
     try:
         mode = preprocess or (AS_IS if src.kind == "fixed" else
-                              "pose2d" if lay.name in SCORED_2D_LAYOUTS else "official")
-        if mode != AS_IS and mode not in PREPROCESS_MODES:
+                              "pose2d" if lay.scored else "official")
+        if mode != AS_IS and mode not in MODES:
             raise CrossclrError(f"unknown preprocessing {mode!r}; expected one of "
-                                f"{[AS_IS, *PREPROCESS_MODES]}")
+                                f"{[AS_IS, *MODES]}")
         if mode != AS_IS and src.channels != 3:
             raise CrossclrError(f"{src.path}: {src.channels} coordinates per joint; preprocessing {mode!r} "
                                 "needs 3 (x, y, z); use --preprocess as-is for already prepared data")

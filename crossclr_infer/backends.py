@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CrossclrError
+from .hardware import cpu_caps
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ def openvino_native_bf16() -> bool:
     CPU's optimization capabilities. The cap matters: OpenVINO 2026.4 still lists BF16 and still defaults to
     bf16 under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE``, whose capped kernels then emulate it (20x slower than f32
     on an AMD EPYC), and under ``AVX2`` it cannot compile a transformer in bf16 at all."""
-    from .hardware import cpu_caps
-
     if not cpu_caps().native_bf16:
         return False
     return "BF16" in _ov_core().get_property(OV_DEVICE, "OPTIMIZATION_CAPABILITIES")
@@ -208,3 +207,36 @@ class OpenVINOCompiled:
         with self._lock:
             res = self._request.infer({0: x})
             return [np.array(res[self._index[n]], dtype=np.float32, copy=True) for n in names]
+
+
+def system_lines() -> list[str]:
+    """CPU probe plus the versions and providers of the libraries that run models (for ``info --system``)."""
+    import importlib.metadata as md
+    import sys
+
+    lines = [f"cpu:          {cpu_caps().line()}", f"python:       {sys.version.split()[0]}"]
+    for dist in ("crossclr", "numpy", "onnxruntime", "onnxruntime-gpu", "torch"):
+        try:
+            lines.append(f"{dist + ':':13s} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            continue
+    try:
+        import onnxruntime as ort
+
+        lines.append(f"ort providers: {', '.join(ort.get_available_providers())}")
+    except ImportError:
+        lines.append("ort providers: onnxruntime not installed (extra cpu or gpu)")
+    lines.append(_openvino_line())
+    return lines
+
+
+def _openvino_line() -> str:
+    """OpenVINO's version, devices and whether its CPU plugin has native bf16 here."""
+    if not openvino_installed():
+        return "openvino:     not installed (extra openvino: --backend openvino, bf16 inference)"
+    try:
+        devices = ", ".join(_ov_core().available_devices)
+        bf16 = "native bf16" if openvino_native_bf16() else "no native bf16 (fp32 only)"
+        return f"openvino:     {openvino_version()} (devices {devices}; {bf16})"
+    except Exception as e:  # noqa: BLE001 - a broken install is reported, not raised, by `info --system`
+        return f"openvino:     installed but not usable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"

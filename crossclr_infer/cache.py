@@ -35,7 +35,7 @@ A cache is a file from anyone, so opening one checks, before any sample is read 
   ``MAX_ATTR_CHARS`` of text.
 
 Samples are checked as they are read (``CacheSplit``): finite coordinates within
-±``arrays.MAX_ABS_COORDINATE``, else an error naming the cache, the split and the sample. Errors of h5py
+±``skeleton.MAX_ABS_COORDINATE``, else an error naming the cache, the split and the sample. Errors of h5py
 (a damaged file) name the cache and the object.
 """
 
@@ -59,6 +59,7 @@ from . import __version__
 from .errors import CrossclrError, check_name, printable
 from .fileio import atomic_output, require_regular_file
 from .layouts import Layout, layout_from_toml_text, layout_to_toml
+from .skeleton import MAX_ABS_COORDINATE
 
 log = logging.getLogger(__name__)
 
@@ -447,8 +448,6 @@ def _check_stored_chunks(ds: h5py.h5d.DatasetID, where: str, size: int) -> None:
 def _bad_samples(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` (B, ...) holding NaN, inf or a coordinate beyond ±MAX_ABS_COORDINATE (two reductions,
     no temporary array; NaN fails both comparisons)."""
-    from .arrays import MAX_ABS_COORDINATE  # arrays imports this module
-
     flat = x.reshape(len(x), -1)  # (B, C·T·V·M)
     ok = (flat.max(axis=1) <= MAX_ABS_COORDINATE) & (flat.min(axis=1) >= -MAX_ABS_COORDINATE)
     return np.flatnonzero(~ok)
@@ -515,8 +514,6 @@ class CacheSplit:
             i = int(indices[int(bad[0])])
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
             peak = float(np.nanmax(np.abs(x[bad[0]]))) if np.isfinite(x[bad[0]]).any() else math.nan
-            from .arrays import MAX_ABS_COORDINATE
-
             what = ("NaN or infinite coordinates" if not np.isfinite(x[bad[0]]).all() else
                     f"a coordinate of magnitude {peak:.3g}")
             raise CrossclrError(f"{self.path}: sample {self._sample_name(i)} (split {self.name!r}, index {i})"

@@ -18,6 +18,8 @@ import os
 import platform
 from dataclasses import dataclass, field
 
+from .errors import CrossclrError
+
 # oneDNN ISA names from lowest to highest (the ones that matter for the bf16 decision)
 _ONEDNN_ISA_ORDER = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
                      "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
@@ -122,8 +124,6 @@ def check_worker_count(n: int | None, option: str, low: int = 0) -> int | None:
         return None
     cores = usable_cores()
     if n > MAX_WORKERS_PER_CORE * cores:
-        from .errors import CrossclrError
-
         raise CrossclrError(f"{option} {n}: more than this machine can run ({cores} usable cores); expected "
                             f"{low} to {MAX_WORKERS_PER_CORE * cores}")
     return n
@@ -140,40 +140,3 @@ def cpu_caps() -> CpuCaps:
         model = platform.processor() or "unknown CPU"
     return CpuCaps(model=model, arch=platform.machine(), cores=usable_cores(), flags=flags,
                    onednn_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
-
-
-def system_lines() -> list[str]:
-    """CPU probe plus the versions and providers of the libraries that run models (for ``info --system``)."""
-    import importlib.metadata as md
-    import sys
-
-    lines = [f"cpu:          {cpu_caps().line()}", f"python:       {sys.version.split()[0]}"]
-    for dist in ("crossclr", "numpy", "onnxruntime", "onnxruntime-gpu", "torch"):
-        try:
-            lines.append(f"{dist + ':':13s} {md.version(dist)}")
-        except md.PackageNotFoundError:
-            continue
-    try:
-        import onnxruntime as ort
-
-        lines.append(f"ort providers: {', '.join(ort.get_available_providers())}")
-    except ImportError:
-        lines.append("ort providers: onnxruntime not installed (extra cpu or gpu)")
-    lines.append(_openvino_line())
-    return lines
-
-
-def _openvino_line() -> str:
-    """OpenVINO's version, devices and whether its CPU plugin has native bf16 here (``backends.py``)."""
-    from .backends import openvino_installed
-
-    if not openvino_installed():
-        return "openvino:     not installed (extra openvino: --backend openvino, bf16 inference)"
-    try:
-        from .backends import _ov_core, openvino_native_bf16, openvino_version
-
-        devices = ", ".join(_ov_core().available_devices)
-        bf16 = "native bf16" if openvino_native_bf16() else "no native bf16 (fp32 only)"
-        return f"openvino:     {openvino_version()} (devices {devices}; {bf16})"
-    except Exception as e:  # noqa: BLE001 - a broken install is reported, not raised, by `info --system`
-        return f"openvino:     installed but not usable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"

@@ -35,6 +35,8 @@ class Layout:
     preprocessing (NTU: spine_mid, as in MAMP/CTR-GCN); None = the center joint.
     ``hips`` = (left, right) joint indices: the ``pose2d`` preprocessing centres each body on their
     midpoint and scales by the shoulder-to-hip (torso) length; None = centre on the center joint.
+    ``scored``: the third channel of this skeleton's data is a detection score (x, y, score; 2-D pose
+    estimators), not depth; such data is preprocessed with ``pose2d`` by default.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Layout:
     shoulders: tuple[int, int] | None = None
     origin: int | None = None
     hips: tuple[int, int] | None = None
+    scored: bool = False
 
     def __post_init__(self) -> None:
         # joint names are checked here; the layout's own name by its readers (cache, model, CacheWriter),
@@ -147,12 +150,12 @@ _KINECT_V1_PAIRS = [(1, 2), (2, 3), (3, 3), (4, 3), (5, 3), (6, 5), (7, 6), (8, 
 
 
 def _from_names(name: str, names: list[str], parent: dict[str, str], center: str, shoulders: tuple[str, str],
-                hips: tuple[str, str], origin: str | None = None) -> Layout:
+                hips: tuple[str, str], origin: str | None = None, scored: bool = False) -> Layout:
     """A layout from joint names and {joint: parent} (the center joint is left out of ``parent``)."""
     idx = {n: i for i, n in enumerate(names)}
     parents = tuple(idx[parent.get(n, n)] for n in names)
     return Layout(name, tuple(names), parents, idx[center], (idx[shoulders[0]], idx[shoulders[1]]),
-                  None if origin is None else idx[origin], (idx[hips[0]], idx[hips[1]]))
+                  None if origin is None else idx[origin], (idx[hips[0]], idx[hips[1]]), scored)
 
 
 # Pose estimators. 2-D layouts (COCO-17, OpenPose BODY_25) give (x, y, score) per joint: the three channels
@@ -234,17 +237,22 @@ BUILTIN_LAYOUTS: dict[str, Layout] = {
     "kinect-v1": _from_one_based("kinect-v1", KINECT_V1_JOINTS, _KINECT_V1_PAIRS, center=3, shoulders=(5, 9),
                                  origin=2),
     "coco-17": _from_names("coco-17", COCO17_JOINTS, _COCO17_PARENT, "nose",
-                           ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")),
+                           ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"), scored=True),
     "mediapipe-pose-33": _from_names("mediapipe-pose-33", MEDIAPIPE33_JOINTS, _MEDIAPIPE33_PARENT, "nose",
                                      ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")),
     "openpose-body25": _from_names("openpose-body25", BODY25_JOINTS, _BODY25_PARENT, "Neck",
-                                   ("LShoulder", "RShoulder"), ("LHip", "RHip"), origin="MidHip"),
+                                   ("LShoulder", "RShoulder"), ("LHip", "RHip"), origin="MidHip",
+                                   scored=True),
     "azure-kinect-32": _from_names("azure-kinect-32", AZURE_KINECT32_JOINTS, _AZURE_KINECT32_PARENT, "pelvis",
                                    ("shoulder_left", "shoulder_right"), ("hip_left", "hip_right")),
 }
 
-# Built-in layouts whose third channel is a detection score, not depth: their default preprocessing is pose2d.
-SCORED_2D_LAYOUTS = frozenset({"coco-17", "openpose-body25"})
+
+def default_scored(name: str) -> bool:
+    """``scored`` of a layout whose TOML has no ``scored`` key: the built-in layout's of that name (files
+    written before the key existed carry built-in 2-D layouts without it), else False."""
+    builtin = BUILTIN_LAYOUTS.get(name)
+    return builtin is not None and builtin.scored
 
 
 def load_layout_toml(path: str | Path) -> Layout:
@@ -257,6 +265,7 @@ def load_layout_toml(path: str | Path) -> Layout:
         shoulders = ["l_shoulder", "r_shoulder"]      # optional, for the rotation step
         origin = "pelvis"                             # optional, origin of the mamp preprocessing
         hips = ["l_hip", "r_hip"]                     # optional, root and torso length of pose2d
+        scored = true                                 # optional, channel 3 is a score (x, y, score)
     """
     path = require_regular_file(path, "layout file", missing_ok=True)  # a FIFO would block the read
     try:
@@ -276,7 +285,7 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
         raise ValueError(f"{source}: not valid TOML ({e})") from None
     except RecursionError:
         raise ValueError(f"{source}: not a layout (arrays or tables nested too deeply)") from None
-    known = {"name", "joints", "parents", "center", "shoulders", "origin", "hips"}
+    known = {"name", "joints", "parents", "center", "shoulders", "origin", "hips", "scored"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ValueError(f"{source}: unknown layout keys {unknown}; expected {sorted(known)}")
@@ -308,15 +317,20 @@ def layout_from_toml_text(text: str, source: str = "<metadata>", default_name: s
         if pair is not None and (not isinstance(pair, list) or len(pair) != 2):
             raise ValueError(f"{source}: {key!r} must be [left, right]")
         pairs[key] = None if pair is None else (idx(pair[0], what), idx(pair[1], what))
+    name = str(doc.get("name", default_name))
+    scored = doc.get("scored", default_scored(name))
+    if not isinstance(scored, bool):
+        raise ValueError(f"{source}: 'scored' must be true or false, got {scored!r:.40}")
     try:
         return Layout(
-            name=str(doc.get("name", default_name)),
+            name=name,
             joint_names=tuple(joints),
             parents=tuple(idx(p, "parent") for p in parents),
             center=idx(doc["center"], "center"),
             shoulders=pairs["shoulders"],
             origin=None if doc.get("origin") is None else idx(doc["origin"], "origin"),
             hips=pairs["hips"],
+            scored=scored,
         )
     except ValueError as e:
         msg = str(e)
@@ -350,4 +364,6 @@ def layout_to_toml(layout: Layout) -> str:
         lines.append(f"origin = {q(names[layout.origin])}")
     if layout.hips is not None:
         lines.append(f"hips = {arr([names[h] for h in layout.hips])}")
+    if layout.scored != default_scored(layout.name):  # only then: existing files stay byte-identical
+        lines.append(f"scored = {'true' if layout.scored else 'false'}")
     return "\n".join(lines) + "\n"

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import re
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -31,37 +29,13 @@ import numpy as np
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import require_regular_file
+from crossclr_infer.skeleton import RawSkeleton
 
 log = logging.getLogger(__name__)
 
 NTU_NUM_JOINTS = 25
 _INFO_VALUES = 10  # bodyID, clippedEdges, hand states ×4, isRestricted, leanX, leanY, trackingState
 _JOINT_VALUES = 12  # x, y, z, depthX, depthY, colorX, colorY, orientation ×4, trackingState
-
-
-@dataclass(frozen=True)
-class RawSkeleton:
-    """A parsed ``.skeleton`` file. Bodies are listed frame by frame, in file order within a frame."""
-
-    num_frames: int
-    bodies_per_frame: np.ndarray  # (F,) int64
-    body_ids: np.ndarray  # (B_total,) int64
-    xyz: np.ndarray  # (B_total, V, 3) float32
-
-    @property
-    def num_joints(self) -> int:
-        return int(self.xyz.shape[1])
-
-    @property
-    def frame_index(self) -> np.ndarray:
-        """(B_total,) the frame each listed body belongs to."""
-        return np.repeat(np.arange(self.num_frames), self.bodies_per_frame)
-
-    @property
-    def rank_in_frame(self) -> np.ndarray:
-        """(B_total,) position of each listed body within its frame (0 = first in the file)."""
-        starts = np.cumsum(self.bodies_per_frame) - self.bodies_per_frame  # (F,) first body of each frame
-        return np.arange(self.body_ids.size) - np.repeat(starts, self.bodies_per_frame)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,6 +91,38 @@ def _to_float(tok: bytes) -> float | None:
     return v if math.isfinite(v) else None
 
 
+class _Lines:
+    """The lines of a file for the line reader (trailing blank lines dropped), read with the grammar's
+    messages: ``what`` is formatted with ``args`` only when a line is wrong."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        lines = data.replace(b"\r\n", b"\n").split(b"\n")
+        n = len(lines)
+        while n and not lines[n - 1].strip():
+            n -= 1
+        if n == 0:
+            raise _fail(source, 1, "the number of frames", "an empty file")
+        self.lines, self.n, self.source = lines, n, source
+
+    def take(self, pos: int, what: str, *args: object) -> list[bytes]:
+        """The tokens of line ``pos`` (0-based), which must exist and not be blank."""
+        if pos >= self.n:
+            raise _fail(self.source, pos + 1, what.format(*args), "the end of the file (truncated file)")
+        toks = self.lines[pos].split()
+        if not toks:
+            raise _fail(self.source, pos + 1, what.format(*args), "an empty line")
+        return toks
+
+    def count(self, pos: int, what: str, *args: object) -> int:
+        """Line ``pos`` holding one integer >= 0."""
+        toks = self.take(pos, what, *args)
+        value = _to_int(toks[0]) if len(toks) == 1 else None
+        if value is None or value < 0:
+            raise _fail(self.source, pos + 1, what.format(*args) + " (one integer >= 0)",
+                        _show(b" ".join(toks)))
+        return value
+
+
 def parse_skeleton_lines(data: bytes, source: str = "<bytes>", *,
                          num_joints: int = NTU_NUM_JOINTS) -> RawSkeleton:
     """The plain line-by-line reader: the reference grammar, with precise error messages.
@@ -124,74 +130,58 @@ def parse_skeleton_lines(data: bytes, source: str = "<bytes>", *,
     Tokens are separated by any ASCII whitespace; trailing blank lines are allowed, blank lines inside
     the file are not. Messages are only formatted when a line is wrong.
     """
-    lines = data.replace(b"\r\n", b"\n").split(b"\n")
-    n_lines = len(lines)
-    while n_lines and not lines[n_lines - 1].strip():
-        n_lines -= 1
-    if n_lines == 0:
-        raise _fail(source, 1, "the number of frames", "an empty file")
-
-    def where(f: int, b: int) -> str:
-        return f"body {b + 1} of frame {f + 1}"
-
-    def take(pos: int, what: str, *args: object) -> list[bytes]:
-        if pos >= n_lines:
-            raise _fail(source, pos + 1, what.format(*args), "the end of the file (truncated file)")
-        toks = lines[pos].split()
-        if not toks:
-            raise _fail(source, pos + 1, what.format(*args), "an empty line")
-        return toks
-
-    def count(pos: int, what: str, *args: object) -> int:
-        toks = take(pos, what, *args)
-        value = _to_int(toks[0]) if len(toks) == 1 else None
-        if value is None or value < 0:
-            raise _fail(source, pos + 1, what.format(*args) + " (one integer >= 0)", _show(b" ".join(toks)))
-        return value
-
-    num_frames = count(0, "the number of frames")
-    if num_frames > n_lines - 1:  # every frame needs at least its body-count line
-        raise _fail(source, 1, f"the number of frames (at most {n_lines - 1} in a file of {n_lines} lines)",
+    doc = _Lines(data, source)
+    num_frames = doc.count(0, "the number of frames")
+    if num_frames > doc.n - 1:  # every frame needs at least its body-count line
+        raise _fail(source, 1, f"the number of frames (at most {doc.n - 1} in a file of {doc.n} lines)",
                     f"{num_frames} (truncated file?)")
     pos = 1
     bodies_per_frame = np.zeros(num_frames, dtype=np.int64)
     body_ids: list[int] = []
     xyz: list[float] = []
     for f in range(num_frames):
-        n = count(pos, "the number of bodies in frame {}", f + 1)
+        n = doc.count(pos, "the number of bodies in frame {}", f + 1)
         pos += 1
         bodies_per_frame[f] = n
         for b in range(n):
-            toks = take(pos, "the {} values of {}", _INFO_VALUES, where(f, b))
-            if len(toks) != _INFO_VALUES:
-                raise _fail(source, pos + 1, f"{_INFO_VALUES} values for {where(f, b)}",
-                            f"{len(toks)} values")
-            body_id = _to_int(toks[0])
-            if body_id is None or not -(2**63) <= body_id < 2**63:
-                raise _fail(source, pos + 1, f"an integer body ID for {where(f, b)}", _show(toks[0]))
-            body_ids.append(body_id)
-            joints = count(pos + 1, "the number of joints of {}", where(f, b))
-            if joints != num_joints:
-                raise _fail(source, pos + 2, f"{num_joints} joints for {where(f, b)}", f"{joints}")
-            pos += 2
-            for j in range(num_joints):
-                toks = take(pos, "joint {} of {} ({} values)", j + 1, where(f, b), _JOINT_VALUES)
-                if len(toks) != _JOINT_VALUES:
-                    raise _fail(source, pos + 1, f"{_JOINT_VALUES} values for joint {j + 1} of {where(f, b)}",
-                                f"{len(toks)} values")
-                for axis in range(3):
-                    v = _to_float(toks[axis])
-                    if v is None:
-                        raise _fail(source, pos + 1, f"a finite number for {'xyz'[axis]} of joint {j + 1} of "
-                                    f"{where(f, b)}", _show(toks[axis]))
-                    xyz.append(v)
-                pos += 1
-    if pos < n_lines:
+            pos = _read_body(doc, pos, f"body {b + 1} of frame {f + 1}", num_joints, body_ids, xyz)
+    if pos < doc.n:
         raise _fail(source, pos + 1, f"the end of the file after {num_frames} frames",
-                    _show(lines[pos].strip()))
+                    _show(doc.lines[pos].strip()))
     arr = np.array(xyz, dtype=np.float64).reshape(-1, num_joints, 3)  # (B_total * V * 3,) -> (B_total, V, 3)
     return RawSkeleton(num_frames, bodies_per_frame, np.array(body_ids, dtype=np.int64),
                        arr.astype(np.float32))
+
+
+def _read_body(doc: _Lines, pos: int, where: str, num_joints: int, body_ids: list[int],
+               xyz: list[float]) -> int:
+    """One body from line ``pos`` (info line, joint count, joint lines): appends its ID to ``body_ids`` and
+    its x, y, z to ``xyz``; returns the line after it. ``where`` names the body in messages."""
+    source = doc.source
+    toks = doc.take(pos, "the {} values of {}", _INFO_VALUES, where)
+    if len(toks) != _INFO_VALUES:
+        raise _fail(source, pos + 1, f"{_INFO_VALUES} values for {where}", f"{len(toks)} values")
+    body_id = _to_int(toks[0])
+    if body_id is None or not -(2**63) <= body_id < 2**63:
+        raise _fail(source, pos + 1, f"an integer body ID for {where}", _show(toks[0]))
+    body_ids.append(body_id)
+    joints = doc.count(pos + 1, "the number of joints of {}", where)
+    if joints != num_joints:
+        raise _fail(source, pos + 2, f"{num_joints} joints for {where}", f"{joints}")
+    pos += 2
+    for j in range(num_joints):
+        toks = doc.take(pos, "joint {} of {} ({} values)", j + 1, where, _JOINT_VALUES)
+        if len(toks) != _JOINT_VALUES:
+            raise _fail(source, pos + 1, f"{_JOINT_VALUES} values for joint {j + 1} of {where}",
+                        f"{len(toks)} values")
+        for axis in range(3):
+            v = _to_float(toks[axis])
+            if v is None:
+                raise _fail(source, pos + 1, f"a finite number for {'xyz'[axis]} of joint {j + 1} of "
+                            f"{where}", _show(toks[axis]))
+            xyz.append(v)
+        pos += 1
+    return pos
 
 
 def _gather(buf: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
@@ -241,8 +231,21 @@ def _parse_prefix_numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     return values
 
 
-def _parse_fast(data: bytes, num_joints: int) -> RawSkeleton | None:
-    """Vectorized reader for canonical files; None means "let the line reader decide"."""
+@dataclass(frozen=True)
+class _Scan:
+    """Where the lines and separators of a canonical file are (every array covers the whole file)."""
+
+    buf: np.ndarray  # (size + 32,) uint8, padded: short gathers may run past the end
+    starts: np.ndarray  # (L,) first byte of each line
+    ends: np.ndarray  # (L,) one past the last byte of each line (CR excluded)
+    space: np.ndarray  # (S,) every separator
+    first_space: np.ndarray  # (L,) index in ``space`` of each line's first separator
+    tokens: np.ndarray  # (L,) values per line
+
+
+def _scan(data: bytes) -> _Scan | None:
+    """Line boundaries and token counts, or None unless the file is canonical (LF or CRLF, single spaces,
+    no blank lines, no leading or trailing spaces, no other control characters)."""
     data = data.rstrip(b" \r\n")
     if not data:
         return None
@@ -266,15 +269,23 @@ def _parse_fast(data: bytes, num_joints: int) -> RawSkeleton | None:
         return None  # runs of spaces
     first_space = np.searchsorted(space, starts)  # (L,) index in ``space`` of each line's first separator
     tokens = np.searchsorted(space, nl) - first_space + 1  # (L,) values per line (single spaces)
+    return _Scan(buf, starts, ends, space, first_space, tokens)
+
+
+def _frame_structure(scan: _Scan, num_joints: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(frames, (F,) bodies per frame, (B,) body info lines) when the counts and the token count of every
+    line agree with the grammar, else None."""
+    tokens = scan.tokens
+    lines = tokens.size
     # lines holding exactly one integer: the frame count, the body counts, the joint counts
     one = np.flatnonzero(tokens == 1)
-    ones = _parse_uints(buf, starts[one], ends[one] - starts[one], 9)
+    ones = _parse_uints(scan.buf, scan.starts[one], scan.ends[one] - scan.starts[one], 9)
     if ones is None:
         return None
-    value = np.full(nl.size, -1, dtype=np.int64)
+    value = np.full(lines, -1, dtype=np.int64)
     value[one] = ones
     info = np.flatnonzero(tokens == _INFO_VALUES)  # (B,) body info lines
-    if info.size and (info[-1] + 1 >= nl.size or np.any(value[info + 1] != num_joints)):
+    if info.size and (info[-1] + 1 >= lines or np.any(value[info + 1] != num_joints)):
         return None  # a wrong joint count: the line reader reports it
     is_body_count = tokens == 1
     is_body_count[0] = False
@@ -284,20 +295,31 @@ def _parse_fast(data: bytes, num_joints: int) -> RawSkeleton | None:
     per_frame = value[count_lines]  # (F,) bodies in each frame
     stride = 2 + num_joints  # lines per body
     if count_lines.size != num_frames or int(per_frame.sum()) != info.size \
-            or nl.size != 1 + num_frames + stride * info.size:
+            or lines != 1 + num_frames + stride * info.size:
         return None
     # the token count of every line, rebuilt from the body counts, must be the file's
     first_body = np.cumsum(per_frame) - per_frame  # (F,) index of each frame's first body
     frame_line = 1 + np.arange(num_frames) + stride * first_body  # (F,) line of each body count
     info_line = np.repeat(frame_line, per_frame) + 1 + stride * (np.arange(info.size)
                                                                  - np.repeat(first_body, per_frame))
-    expected = np.full(nl.size, _JOINT_VALUES, dtype=np.int64)
+    expected = np.full(lines, _JOINT_VALUES, dtype=np.int64)
     expected[0] = 1
     expected[frame_line] = 1
     expected[info_line] = _INFO_VALUES
     expected[info_line + 1] = 1
     if not np.array_equal(expected, tokens):
         return None
+    return num_frames, per_frame, info
+
+
+def _parse_fast(data: bytes, num_joints: int) -> RawSkeleton | None:
+    """Vectorized reader for canonical files; None means "let the line reader decide"."""
+    scan = _scan(data)
+    structure = None if scan is None else _frame_structure(scan, num_joints)
+    if scan is None or structure is None:
+        return None
+    num_frames, per_frame, info = structure
+    buf, starts, space, first_space = scan.buf, scan.starts, scan.space, scan.first_space
     # body IDs: the first value of each info line
     id_start = starts[info]
     body_ids = _parse_uints(buf, id_start, space[first_space[info]] - id_start, 18)
@@ -440,171 +462,3 @@ def read_name_list(path: str | Path) -> set[str]:
                                 f"got {line[:40]!r}")
         names.add(stem)
     return names
-
-
-# --------------------------------------------------------------------------------------------------
-# prepare: raw folder -> HDF5 cache
-# --------------------------------------------------------------------------------------------------
-MIN_VALID_FRAMES = 2  # fewer frames with a body: counted as a missing skeleton
-SKIP_REASONS = ("parse error", "no skeleton", "not in benchmark", "ignored", "duplicate")
-
-
-@dataclass(frozen=True)
-class PrepareSummary:
-    """What ``prepare_ntu`` wrote and what it skipped (reason -> sample names)."""
-
-    out: Path
-    benchmark: str
-    files: int
-    written: dict[str, int]
-    skipped: dict[str, list[str]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # sample name -> parse error message
-
-    def lines(self) -> list[str]:
-        out = [f"{self.out}: {sum(self.written.values())} samples from {self.files} files "
-               f"({self.benchmark})"]
-        out += [f"  {split}: {n}" for split, n in self.written.items()]
-        for reason in SKIP_REASONS:
-            names = self.skipped.get(reason, [])
-            if names:
-                shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-                out.append(f"  skipped ({reason}): {len(names)}  [{shown}]")
-        return out
-
-
-@dataclass(frozen=True)
-class _Job:
-    path: Path
-    name: str
-    split: str
-    mode: str
-    frames: int
-    min_frames: int
-
-
-@dataclass(frozen=True)
-class _Result:
-    name: str
-    split: str
-    data: np.ndarray | None
-    length: int
-    reason: str | None = None
-    message: str = ""
-
-
-def _process(job: _Job) -> _Result:
-    """Parse and preprocess one file (runs in worker processes)."""
-    from crossclr_infer.arrays import check_coordinates
-    from crossclr_infer.layouts import get_layout
-    from crossclr_infer.preprocess import normalize_sequence, select_bodies, sequence_length
-
-    try:
-        raw = read_skeleton(job.path)
-        check_coordinates(raw.xyz, str(job.path))
-    except CrossclrError as e:
-        return _Result(job.name, job.split, None, 0, "parse error", str(e))
-    if int(np.count_nonzero(raw.bodies_per_frame)) < job.min_frames:
-        return _Result(job.name, job.split, None, 0, "no skeleton",
-                       f"{int(np.count_nonzero(raw.bodies_per_frame))} frames with a body")
-    x = select_bodies(raw, job.mode)  # (3, T, V, M)
-    length = sequence_length(x, job.mode)
-    try:
-        data = normalize_sequence(x, get_layout("ntu-rgb+d"), mode=job.mode, frames=job.frames)
-    except CrossclrError as e:
-        return _Result(job.name, job.split, None, 0, "no skeleton", str(e))
-    return _Result(job.name, job.split, data, length)
-
-
-def find_skeleton_files(raw_dir: str | Path) -> list[Path]:
-    """All ``*.skeleton`` files under ``raw_dir`` (recursively), sorted by sample name then path."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise CrossclrError(f"{raw_dir}: not a folder; expected the folder of NTU .skeleton files")
-    files = sorted(raw_dir.rglob("*.skeleton"), key=lambda p: (p.name, str(p)))
-    if not files:
-        raise CrossclrError(f"{raw_dir}: no .skeleton files found (expected NTU RGB+D raw skeleton files)")
-    return files
-
-
-def prepare_ntu(raw_dir: str | Path, benchmark: str, out: str | Path, *, preprocess: str = "official",
-                frames: int = 50, ignore_list: str | Path | None = None, workers: int = 1,
-                min_frames: int = MIN_VALID_FRAMES, progress: bool = True) -> PrepareSummary:
-    """Raw NTU ``.skeleton`` files -> an HDF5 cache of one benchmark (splits train / val).
-
-    Files outside the benchmark, in the ignore list, unparseable (including non-finite coordinates or
-    coordinates beyond ±``arrays.MAX_ABS_COORDINATE``) or without a skeleton (no body in
-    any frame, fewer than ``min_frames`` frames with a body, or no valid frame for the preprocessing)
-    are skipped and counted by reason. ``out`` may not be one of the input files.
-    ``workers`` > 1 parses in a process pool (results in order)
-    while this process writes. The cache appears at ``out`` only when complete.
-    """
-    from tqdm import tqdm
-
-    from crossclr_infer.cache import CacheWriter, check_not_input
-    from crossclr_infer.layouts import get_layout
-    from crossclr_infer.preprocess import PREPROCESS_MODES
-
-    bench = get_benchmark(benchmark)
-    if preprocess not in PREPROCESS_MODES:
-        raise CrossclrError(f"unknown preprocessing {preprocess!r}; expected one of {list(PREPROCESS_MODES)}")
-    if frames < 1 or workers < 1:
-        raise CrossclrError(f"frames and workers must be >= 1, got frames={frames}, workers={workers}")
-    out = Path(out)
-    files = find_skeleton_files(raw_dir)
-    check_not_input(out, [*files, *([ignore_list] if ignore_list is not None else [])])
-    ignored = read_name_list(ignore_list) if ignore_list is not None else set()
-    skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
-    errors: dict[str, str] = {}
-    jobs: list[_Job] = []
-    seen: set[str] = set()
-    for path in files:
-        name = sample_name(path)
-        try:
-            split = bench.split_of(parse_ntu_name(name))
-        except CrossclrError as e:
-            skipped["parse error"].append(name)
-            errors[name] = str(e)
-            continue
-        if name in seen:
-            skipped["duplicate"].append(name)
-        elif split is None:
-            skipped["not in benchmark"].append(name)
-        elif name in ignored:
-            skipped["ignored"].append(name)
-        else:
-            seen.add(name)
-            jobs.append(_Job(path, name, split, preprocess, frames, min_frames))
-    if not jobs:
-        raise CrossclrError(f"{raw_dir}: none of the {len(files)} .skeleton files belongs to {benchmark}")
-    written = {"train": 0, "val": 0}
-    params = {"mode": preprocess, "frames": frames, "max_bodies": 2, "source": "ntu-raw",
-              "min_frames": min_frames}
-    pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
-    try:
-        results: Iterator[_Result] = (pool.imap(_process, jobs, chunksize=4) if pool is not None
-                                      else map(_process, jobs))
-        with CacheWriter(out, layout=get_layout("ntu-rgb+d"), class_names=class_names(benchmark),
-                         benchmark=benchmark, frames=frames, num_person=2, preprocess=params) as writer:
-            for res in tqdm(results, total=len(jobs), desc=f"prepare {benchmark}", unit="file",
-                            disable=not progress):
-                if res.data is None:
-                    assert res.reason is not None
-                    skipped[res.reason].append(res.name)
-                    errors[res.name] = res.message
-                    log.info("skipped %s (%s): %s", res.name, res.reason, res.message)
-                    continue
-                writer.add(res.split, res.data, parse_ntu_name(res.name).label, res.name, res.length)
-                written[res.split] += 1
-            if not any(written.values()):
-                first = next((errors[j.name] for j in jobs if errors.get(j.name)), "")
-                raise CrossclrError(f"{raw_dir}: no usable sample of {benchmark} (all {len(jobs)} skipped; "
-                                    f"first: {first})")
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    summary = PrepareSummary(out, benchmark, len(files), written,
-                             {k: sorted(v) for k, v in skipped.items() if v}, errors)
-    for line in summary.lines():
-        log.info(line)
-    return summary

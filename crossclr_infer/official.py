@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .arrays import check_coordinates, read_npy_header
+from .arrays import read_npy_header
 from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
 from .fileio import require_regular_file
 from .layouts import Layout, get_layout
 from .preprocess import valid_length
+from .skeleton import check_coordinates
 
 log = logging.getLogger(__name__)
 

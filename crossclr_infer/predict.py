@@ -29,6 +29,7 @@ import numpy as np
 from .errors import CrossclrError
 from .metrics import ranked_classes, softmax
 from .session import ModelInfo, ModelSession
+from .skeleton import RawSkeleton, check_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,6 @@ def to_ctvm(x: np.ndarray, axes: str) -> np.ndarray:
     return np.transpose(x, [axes.index(k) for k in "CTVM"])  # (named axes) -> (C, T, V, M)
 
 
-def _check_finite(x: np.ndarray, source: str) -> None:
-    """Real, finite coordinates within the physical bound (``arrays.check_coordinates``)."""
-    from .arrays import check_coordinates
-
-    check_coordinates(x, source)
-
-
 def load_npy(path: Path) -> np.ndarray:
     """A ``.npy`` file whose header was checked first (``arrays.read_npy_header``: size limit, no objects)."""
     from .arrays import read_npy_header
@@ -152,7 +146,6 @@ def preprocess_ctvm(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
     The array becomes a RawSkeleton (per frame, the bodies that are not all zero, in array order) so that the
     exact function ``prepare`` applies to raw files runs here too.
     """
-    from .ntu import RawSkeleton
     from .preprocess import preprocess_raw
 
     c, t, v, m = x.shape
@@ -197,7 +190,7 @@ def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
     if raw.num_frames == 0 or len(raw.xyz) == 0:
         what = "no frames" if raw.num_frames == 0 else f"{raw.num_frames} frames but no body in any of them"
         raise CrossclrError(f"{path}: skeleton file holds {what}; expected a recorded skeleton sequence")
-    _check_finite(raw.xyz, str(path))
+    check_coordinates(raw.xyz, str(path))
     v = raw.xyz.shape[1] if raw.xyz.ndim == 3 else -1
     if v != info.layout.num_joints:
         raise CrossclrError(f"{path}: skeleton has {v} joints, the model's layout {info.layout.name!r} has "
@@ -210,7 +203,7 @@ def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
         x = preprocess_raw(raw, info.layout, mode, frames, max_bodies=max_bodies)
     except CrossclrError as e:
         raise _named(e, str(path)) from None
-    _check_finite(x, str(path))
+    check_coordinates(x, str(path))
     return _fit_persons(x, info, str(path))
 
 
@@ -223,7 +216,7 @@ def load_file(path: Path, info: ModelInfo, *, axes: str | None = None,
             raise CrossclrError(f"{path}: --preprocessed applies to .npy arrays, a .skeleton file is raw")
         return [SkeletonInput(src, read_raw_skeleton(path, info))]
     x = load_npy(path)
-    _check_finite(x, src)
+    check_coordinates(x, src)
     if preprocessed:
         shape = info.input_shape
         if x.ndim == 4:

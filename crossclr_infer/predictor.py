@@ -27,19 +27,12 @@ import numpy as np
 from .errors import CrossclrError
 from .predict import SkeletonInput, check_top_k, detect_axes, parse_axes, predict, preprocess_ctvm, to_ctvm
 from .session import ModelInfo, ModelSession
+from .skeleton import check_coordinates
 
 log = logging.getLogger(__name__)
 
 Clip = np.ndarray
 Result = dict[str, Any]
-
-
-def _check_coordinates(x: np.ndarray, source: str) -> None:
-    """Within ±MAX_ABS_COORDINATE, the bound of every input (``arrays.check_coordinates``; imported here so
-    that ``Predictor`` users do not load h5py)."""
-    from .arrays import check_coordinates
-
-    check_coordinates(x, source)
 
 
 def _as_array(clip: object, source: str) -> np.ndarray:
@@ -87,7 +80,7 @@ class Predictor:
         if not np.isfinite(x).all():
             raise CrossclrError(f"{source}: skeleton contains NaN or Inf values; expected finite coordinates "
                                 "(stream frames with missing joints go through crossclr_infer.stream)")
-        _check_coordinates(x, source)
+        check_coordinates(x, source)
         info = self.info
         v = info.layout.num_joints
         a = parse_axes(axes, x.ndim, source) if axes else detect_axes(x.shape, v, 3, source)
@@ -123,7 +116,7 @@ class Predictor:
     def predict_prepared(self, x: np.ndarray, *, top_k: int = 5, name: str = "clip") -> Result:
         """Top-k of one clip already prepared for the model (C, T, V, M), e.g. by ``prepare``."""
         top_k = check_top_k(top_k, "top_k")
-        _check_coordinates(np.asarray(x), name)
+        check_coordinates(np.asarray(x), name)
         [one] = self._run([SkeletonInput(name, np.asarray(x, dtype=np.float32))], top_k)
         return one
 

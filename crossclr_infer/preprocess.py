@@ -26,27 +26,26 @@ Modes:
   else the median bounding-box diagonal; else 1); the score channel is kept; no rotation; then the linear
   resize of ``official`` to ``frames``.
 
-Everything is driven by the layout (center joint, shoulders), so other skeletons use the same code.
-Arrays are (C, T, V, M) = (3, frames, joints, bodies).
+Each mode is one ``PreprocessMode`` in ``MODES`` (its default frames, how bodies fill the slots, how valid
+frames are counted, the normalization, whether channel 3 is a score); adding a mode is one function and one
+entry there. Everything is driven by the layout (center joint, shoulders), so other skeletons use the same
+code. Arrays are (C, T, V, M) = (3, frames, joints, bodies).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-from crossclr_infer.ntu import RawSkeleton
+from crossclr_infer.skeleton import RawSkeleton
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_MODES: tuple[str, ...] = ("official", "none", "energy", "mamp", "pose2d")
-Mode = Literal["official", "none", "energy", "mamp", "pose2d"]
-DEFAULT_FRAMES = {"official": 50, "none": 300, "energy": 50, "mamp": 120, "pose2d": 50}  # per mode by default
-SCORED_MODES = ("pose2d",)  # modes whose third channel is a detection score, not z
 MAMP_CENTER_CROP = 0.95  # share of the valid frames MAMP's evaluation keeps (centre crop)
 
 ROTATION_EPS = 1e-4  # added to |v| in the official angle, as in the official code
@@ -55,9 +54,27 @@ MAX_SPREAD_RATIO = 0.8  # "energy": x-spread > 0.8 × y-spread is not a standing
 POSE2D_MIN_SCALE = 1e-6  # "pose2d": body lengths at or below this are not used as the scale
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in PREPROCESS_MODES:
-        raise CrossclrError(f"unknown preprocessing mode {mode!r}; expected one of {list(PREPROCESS_MODES)}")
+@dataclass(frozen=True)
+class PreprocessMode:
+    """One preprocessing mode (the module docstring says what each does), registered in ``MODES``."""
+
+    name: str
+    default_frames: int  # frames per sample when the command line gives none
+    # (3, T, V, M) selected bodies, layout, frames -> (3, frames, V, M) float32
+    normalize: Callable[[np.ndarray, Layout, int], np.ndarray]
+    # valid frames of the selected bodies (3, T, V, M) before resizing, as this mode counts them
+    length: Callable[[np.ndarray], int]
+    # body IDs in slot order (most relevant first); None: slot m holds the m-th body listed in each frame
+    body_order: Callable[[RawSkeleton], list[int]] | None = None
+    scored: bool = False  # the third channel is a detection score (x, y, score), not z
+
+
+def get_mode(mode: str) -> PreprocessMode:
+    """The registered mode ``mode``, else a CrossclrError listing the modes."""
+    try:
+        return MODES[mode]
+    except KeyError:
+        raise CrossclrError(f"unknown preprocessing mode {mode!r}; expected one of {list(MODES)}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,7 +88,7 @@ def select_bodies(raw: RawSkeleton, mode: str = "official", max_bodies: int = 2)
     zero in the frames where that body is absent. ``pose2d``: slot m holds the body ID with the m-th
     highest summed score (channel 2), zero where that body is absent.
     """
-    _check_mode(mode)
+    order_of = get_mode(mode).body_order
     if max_bodies < 1:
         raise CrossclrError(f"max_bodies must be >= 1, got {max_bodies}")
     t, v = raw.num_frames, raw.num_joints
@@ -79,14 +96,13 @@ def select_bodies(raw: RawSkeleton, mode: str = "official", max_bodies: int = 2)
     if raw.body_ids.size == 0:
         return out
     frame = raw.frame_index  # (B_total,)
-    if mode not in ("energy", "mamp", "pose2d"):
+    if order_of is None:
         rank = raw.rank_in_frame  # (B_total,)
         keep = rank < max_bodies
         # the indexed target is (B_kept, 3, V) (advanced axes first): (B_kept, V, 3) -> (B_kept, 3, V)
         out[:, frame[keep], :, rank[keep]] = raw.xyz[keep].transpose(0, 2, 1)
         return out
-    order = _score_order(raw) if mode == "pose2d" else _energy_order(raw)
-    for slot, body in enumerate(order[:max_bodies]):
+    for slot, body in enumerate(order_of(raw)[:max_bodies]):
         sel = raw.body_ids == body
         out[:, frame[sel], :, slot] = raw.xyz[sel].transpose(0, 2, 1)  # (n, V, 3) -> (n, 3, V)
     return out
@@ -128,11 +144,16 @@ def valid_length(x: np.ndarray) -> int:
 
 def sequence_length(x: np.ndarray, mode: str) -> int:
     """Valid frames of selected bodies (3, T, V, M) before resizing, as each mode counts them."""
-    _check_mode(mode)
-    if mode == "official":
-        return valid_length(x)
-    if mode in ("energy", "mamp", "pose2d"):
-        return int(np.count_nonzero(np.any(x != 0, axis=(0, 2, 3))))
+    return get_mode(mode).length(x)
+
+
+def frames_with_a_body(x: np.ndarray) -> int:
+    """Frames of (3, T, V, M) where any kept body is present (any value non-zero)."""
+    return int(np.count_nonzero(np.any(x != 0, axis=(0, 2, 3))))
+
+
+def all_frames(x: np.ndarray) -> int:
+    """Every frame of (3, T, V, M) counts (``none``)."""
     return int(x.shape[1])
 
 
@@ -195,6 +216,11 @@ def rotate_y(x: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def pad_or_crop_sequence(x: np.ndarray, layout: Layout, frames: int = 300) -> np.ndarray:
+    """(3, T, V, M) -> (3, frames, V, M): the ``none`` mode (raw coordinates, zero-padded or cropped)."""
+    return pad_or_crop(x, frames)
+
+
 def pad_or_crop(x: np.ndarray, frames: int) -> np.ndarray:
     """Zero-pad or crop (3, T, V, M) to ``frames`` frames."""
     out = np.zeros((x.shape[0], frames) + x.shape[2:], dtype=np.float32)
@@ -209,33 +235,42 @@ def pad_or_crop(x: np.ndarray, frames: int) -> np.ndarray:
 def normalize_sequence(x: np.ndarray, layout: Layout, *, mode: str = "official",
                        frames: int = 50) -> np.ndarray:
     """(3, T, V, M) selected bodies -> (3, frames, V, M) float32 (see the module docstring)."""
-    _check_mode(mode)
+    normalize = get_mode(mode).normalize
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[0] != 3 or x.shape[2] != layout.num_joints:
         raise CrossclrError(f"expected a (3, T, {layout.num_joints}, M) sequence for layout {layout.name!r}, "
                             f"got shape {tuple(x.shape)}")
     if frames < 1:
         raise CrossclrError(f"frames must be >= 1, got {frames}")
-    if mode == "none":
-        return pad_or_crop(x, frames)
-    if mode == "mamp":
-        return mamp_sequence(x, layout, frames)
-    if mode == "pose2d":
-        return pose2d_sequence(x, layout, frames)
-    if mode == "official":
-        length = valid_length(x)
-        if length == 0:
-            raise CrossclrError("no skeleton: joint 1 of body 0 is zero in every frame")
-    else:  # energy: drop frames where no kept body is present
-        present = np.any(x != 0, axis=(0, 2, 3))  # (T,)
-        x = x[:, present]
-        length = int(present.sum())
-        if length == 0:
-            raise CrossclrError("no skeleton: no body in any frame")
+    return normalize(x, layout, frames)
+
+
+def official_sequence(x: np.ndarray, layout: Layout, frames: int = 50) -> np.ndarray:
+    """(3, T, V, M) -> (3, frames, V, M): the ``official`` mode (first ``valid_length`` frames, centering,
+    resize, rotation with one sign per body)."""
+    length = valid_length(x)
+    if length == 0:
+        raise CrossclrError("no skeleton: joint 1 of body 0 is zero in every frame")
+    return _center_resize_rotate(x, layout, length, frames, per_frame_sign=False)
+
+
+def energy_sequence(x: np.ndarray, layout: Layout, frames: int = 50) -> np.ndarray:
+    """(3, T, V, M) -> (3, frames, V, M): the ``energy`` mode (frames without a kept body dropped, centering,
+    resize, rotation aligning every frame)."""
+    present = np.any(x != 0, axis=(0, 2, 3))  # (T,)
+    x = x[:, present]
+    length = int(present.sum())
+    if length == 0:
+        raise CrossclrError("no skeleton: no body in any frame")
+    return _center_resize_rotate(x, layout, length, frames, per_frame_sign=True)
+
+
+def _center_resize_rotate(x: np.ndarray, layout: Layout, length: int, frames: int, *,
+                          per_frame_sign: bool) -> np.ndarray:
     x = center_sequence(x.astype(np.float32), layout)
     x = resize_frames(x, length, frames)
     if layout.shoulders is not None:
-        x = rotate_y(x, rotation_angles(x, layout, per_frame_sign=(mode == "energy")))
+        x = rotate_y(x, rotation_angles(x, layout, per_frame_sign=per_frame_sign))
     return x
 
 
@@ -369,8 +404,17 @@ def pose2d_sequence(x: np.ndarray, layout: Layout, frames: int = 50) -> np.ndarr
 def preprocess_raw(raw: RawSkeleton, layout: Layout, mode: str = "official", frames: int = 50,
                    max_bodies: int = 2) -> np.ndarray:
     """A parsed raw file -> (3, frames, V, M) float32, exactly as the caches are built."""
-    _check_mode(mode)
+    get_mode(mode)
     if raw.num_joints != layout.num_joints:
         raise CrossclrError(f"the skeleton has {raw.num_joints} joints but layout {layout.name!r} has "
                             f"{layout.num_joints}")
     return normalize_sequence(select_bodies(raw, mode, max_bodies), layout, mode=mode, frames=frames)
+
+
+MODES: dict[str, PreprocessMode] = {m.name: m for m in (
+    PreprocessMode("official", 50, official_sequence, valid_length),
+    PreprocessMode("none", 300, pad_or_crop_sequence, all_frames),
+    PreprocessMode("energy", 50, energy_sequence, frames_with_a_body, body_order=_energy_order),
+    PreprocessMode("mamp", 120, mamp_sequence, frames_with_a_body, body_order=_energy_order),
+    PreprocessMode("pose2d", 50, pose2d_sequence, frames_with_a_body, body_order=_score_order, scored=True),
+)}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .errors import CrossclrError
+from .errors import CrossclrError, check_name
 from .fileio import atomic_output, file_sha256
 from .metrics import (
     FUSED,
@@ -37,7 +37,7 @@ from .metrics import (
     topk_correct,
 )
 from .session import ModelInfo, ModelSession, iter_batches
-from .views import check_name, check_view_name
+from .views import check_view_name
 
 log = logging.getLogger(__name__)
 

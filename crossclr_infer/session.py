@@ -36,11 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CrossclrError
+from . import backends, hardware, int8
+from . import precision_records as checks
+from .errors import CrossclrError, check_name
 from .fileio import require_regular_file
 from .layouts import Layout, layout_from_toml_text
 from .metrics import check_fusion_weights
-from .views import check_name, check_view_name
+from .views import check_view_name
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +291,7 @@ def plan_threads(use: str = "latency", *, cores: int = 0, processes: int = 1) ->
     if cores < 0 or processes < 1:
         raise CrossclrError(f"thread plan: cores must be >= 0 and processes >= 1, got {cores}, {processes}")
     if not cores:
-        from .hardware import cpu_caps
-
-        cores = cpu_caps().cores
+        cores = hardware.cpu_caps().cores
     share = max(1, cores // processes)
     if use == "throughput" and share > 1:
         return ThreadPlan(intra_op_threads=1, workers=share, slice_size=THROUGHPUT_SLICE)
@@ -301,9 +301,7 @@ def plan_threads(use: str = "latency", *, cores: int = 0, processes: int = 1) ->
 def bound_threads(threads: int, option: str = "--threads") -> int:
     """``threads`` clamped to the CPUs this process may run on (``hardware.cpu_caps().cores``), with a
     warning: more threads than cores only add memory and contention (``--threads 100000`` grew to 6.4 GB)."""
-    from .hardware import cpu_caps
-
-    cores = cpu_caps().cores
+    cores = hardware.cpu_caps().cores
     if threads > cores:
         log.warning("%s %d: this process may run on %d CPUs; using %d threads", option, threads, cores, cores)
         return cores
@@ -327,6 +325,23 @@ def session_options(ort: Any, plan: ThreadPlan) -> Any:
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if plan.allow_spinning else "0")
     opts.log_severity_level = 4  # fatal only: see import_onnxruntime
     return opts
+
+
+def _session_plan(use: str, plan: ThreadPlan | None, intra_op_threads: int, inter_op_threads: int
+                  ) -> ThreadPlan:
+    """The thread plan of a session: ``plan``, else ``plan_threads(use)`` on at most ``intra_op_threads``
+    cores; thread counts checked (>= 0) and bounded by the usable cores."""
+    if intra_op_threads < 0 or inter_op_threads < 0:
+        raise CrossclrError(f"thread counts must be >= 0 (0 = onnxruntime's default), got "
+                            f"intra {intra_op_threads}, inter {inter_op_threads}")
+    intra_op_threads = bound_threads(intra_op_threads, "--threads")
+    inter_op_threads = bound_threads(inter_op_threads, "inter-op threads")
+    if plan is None:
+        plan = plan_threads(use, cores=intra_op_threads)
+    if inter_op_threads:
+        plan = ThreadPlan(plan.intra_op_threads, inter_op_threads, plan.allow_spinning, plan.workers,
+                          plan.slice_size)
+    return plan
 
 
 class ModelSession:
@@ -354,55 +369,26 @@ class ModelSession:
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, *, intra_op_threads: int = 0,
                  inter_op_threads: int = 0, use: str = "latency", plan: ThreadPlan | None = None,
                  backend: str = "auto", precision: str = "auto", trust_precision: bool = False) -> None:
-        from .backends import BACKENDS, PRECISIONS, check_choice
-
         self.path = str(path)
         p = require_regular_file(path, "model file (an .onnx file written by `crossclr export`)",
                                  missing_ok=True)
         if not p.is_file():
             raise CrossclrError(f"{p}: model file not found (expected an .onnx file written by `crossclr "
                                 f"export`)")
-        from .backends import onnxruntime_version
-
-        backend = requested = check_choice(backend, BACKENDS, "--backend")
-        precision = check_choice(precision, PRECISIONS, "--precision")
-        if backend == "openvino" and providers:
+        requested = backends.check_choice(backend, backends.BACKENDS, "--backend")
+        precision = backends.check_choice(precision, backends.PRECISIONS, "--precision")
+        if requested == "openvino" and providers:
             raise CrossclrError(f"--providers {','.join(providers)}: execution providers are onnxruntime's; "
                                 "they do not apply to --backend openvino (give one of them)")
-        if intra_op_threads < 0 or inter_op_threads < 0:
-            raise CrossclrError(f"thread counts must be >= 0 (0 = onnxruntime's default), got "
-                                f"intra {intra_op_threads}, inter {inter_op_threads}")
-        intra_op_threads = bound_threads(intra_op_threads, "--threads")
-        inter_op_threads = bound_threads(inter_op_threads, "inter-op threads")
-        if plan is None:
-            plan = plan_threads(use, cores=intra_op_threads)
-        if inter_op_threads:
-            plan = ThreadPlan(plan.intra_op_threads, inter_op_threads, plan.allow_spinning, plan.workers,
-                              plan.slice_size)
+        plan = _session_plan(use, plan, intra_op_threads, inter_op_threads)
         self._ov: Any = None
         self.backend_version = ""
         self.precision_check: dict[str, Any] | None = None
-        ov_model = self._read_openvino(p, backend, providers)
-        ov_precision = "fp32"
-        if ov_model is not None:
-            from .backends import choose_backend, is_transformer, openvino_version
-
-            transformer = is_transformer(self.info.config)
-            backend = choose_backend(backend, transformer=transformer, model_precision=self.info.precision,
-                                     providers_given=bool(providers), precision=precision, openvino_ok=True)
-            if backend == "openvino":
-                self.backend_version = openvino_version()
-                ov_precision = self._choose_precision(precision, trust_precision)
-                if requested == "auto" and ov_precision != "bf16" and not (
-                        transformer and not ov_model.fused_attention):
-                    backend = "onnxruntime"  # fp32 with fused attention: onnxruntime is as fast (backends.md)
-        else:
-            backend = "onnxruntime"
-        self.backend = backend
-        if backend == "onnxruntime":
-            self._open_onnxruntime(p, providers, plan)
-            self.precision = self.info.precision
-            self.backend_version = onnxruntime_version()
+        ov_model = self._read_openvino(p, requested, providers)
+        self.backend, ov_precision = self._pick_backend(ov_model, requested, providers, precision,
+                                                        trust_precision)
+        if self.backend == "onnxruntime":
+            self._start_onnxruntime(p, providers, plan)
             if precision == "bf16" and ov_model is None:
                 log.warning("%s: onnxruntime offers no bf16 on CPU; running %s (bf16 needs --backend "
                             "openvino, pip install 'crossclr[openvino]')", p, self.precision)
@@ -414,25 +400,47 @@ class ModelSession:
                     raise
                 log.warning("%s; running it with onnxruntime", e)
                 self.backend, self._ov = "onnxruntime", None
-                self._open_onnxruntime(p, providers, plan)
-                self.precision = self.info.precision
-                self.backend_version = onnxruntime_version()
-        from .int8 import warn_int8_target_mismatch
+                self._start_onnxruntime(p, providers, plan)
+        int8.warn_int8_target_mismatch(str(p), self._props)
 
-        warn_int8_target_mismatch(str(p), self._props)
+    def _pick_backend(self, ov_model: Any, requested: str, providers: Sequence[str] | None, precision: str,
+                      trust_precision: bool) -> tuple[str, str]:
+        """(backend, OpenVINO precision) for the model ``_read_openvino`` gave (None: onnxruntime). Sets
+        ``backend_version`` (and ``precision_check``) when OpenVINO is kept."""
+        if ov_model is None:
+            return "onnxruntime", "fp32"
+        transformer = backends.is_transformer(self.info.config)
+        backend = backends.choose_backend(requested, transformer=transformer,
+                                          model_precision=self.info.precision,
+                                          providers_given=bool(providers), precision=precision,
+                                          openvino_ok=True)
+        if backend != "openvino":
+            return backend, "fp32"
+        self.backend_version = backends.openvino_version()
+        ov_precision = self._choose_precision(precision, trust_precision)
+        unfused = transformer and not ov_model.fused_attention
+        if requested == "auto" and ov_precision != "bf16" and not unfused:
+            return "onnxruntime", ov_precision  # fp32, fused attention: onnxruntime is as fast (backends.md)
+        return backend, ov_precision
+
+    def _start_onnxruntime(self, p: Path, providers: Sequence[str] | None, plan: ThreadPlan) -> None:
+        """Open the model in onnxruntime; it runs at the model's own precision."""
+        self._open_onnxruntime(p, providers, plan)
+        self.precision = self.info.precision
+        self.backend_version = backends.onnxruntime_version()
 
     def _read_openvino(self, p: Path, backend: str, providers: Sequence[str] | None) -> Any:
         """The model read by OpenVINO (its metadata checked into ``self.info``) when OpenVINO may run it:
         ``--backend openvino``, or ``auto`` with OpenVINO installed and no onnxruntime providers asked for.
         Under ``auto`` a model OpenVINO cannot read goes to onnxruntime, which gives its own message."""
-        from .backends import OpenVINOModel, import_openvino, openvino_installed
-
-        if backend == "onnxruntime" or (backend == "auto" and (providers or not openvino_installed())):
+        openvino_wanted = backend == "openvino" or (backend == "auto" and not providers
+                                                    and backends.openvino_installed())
+        if not openvino_wanted:
             return None
         if backend == "openvino":
-            import_openvino()
+            backends.import_openvino()
         try:
-            model = OpenVINOModel(str(p), p.read_bytes())
+            model = backends.OpenVINOModel(str(p), p.read_bytes())
             self._check_signature(p, model.props, model.input_names, model.input_shape, model.output_names,
                                   model.output_shapes)
         except CrossclrError:
@@ -496,8 +504,6 @@ class ModelSession:
         where OpenVINO has native bf16, and with a recorded passing check (``crossclr_infer.precision``)
         unless ``trust`` (the check itself). An explicit ``bf16`` that cannot be honoured warns and runs
         fp32."""
-        from . import precision as checks
-        from .backends import openvino_native_bf16
 
         if requested == "fp32" or self.info.precision != "fp32":
             if requested == "bf16":
@@ -505,7 +511,7 @@ class ModelSession:
                             self.path, self.info.precision)
             return "fp32"
         explicit = requested == "bf16"
-        if not openvino_native_bf16():
+        if not backends.openvino_native_bf16():
             if explicit:
                 log.warning("%s: this CPU has no native bf16 for OpenVINO (AVX512-BF16 or AMX); running fp32",
                             self.path)
@@ -633,17 +639,15 @@ def bf16_candidate(model: str | Path, *, backend: str = "auto", precision: str =
     """The backend that would run ``model`` in bf16 here once a check passes, when no check is recorded
     for it yet (so one should run); None when bf16 is not in question (fp32 asked for, onnxruntime chosen,
     no native bf16, a non-float32 model) or a check is already recorded."""
-    from . import precision as checks
-    from .backends import is_transformer, openvino_installed, openvino_native_bf16, openvino_version
 
-    if precision == "fp32" or backend == "onnxruntime" or not openvino_installed():
+    if precision == "fp32" or backend == "onnxruntime" or not backends.openvino_installed():
         return None
     sess = ModelSession(model, use="latency", backend=backend, precision="fp32", intra_op_threads=1)
-    if backend == "auto" and not (is_transformer(sess.info.config) or precision == "bf16"):
+    if backend == "auto" and not (backends.is_transformer(sess.info.config) or precision == "bf16"):
         return None  # auto never serves it with OpenVINO
-    if sess.info.precision != "fp32" or not openvino_native_bf16():
+    if sess.info.precision != "fp32" or not backends.openvino_native_bf16():
         return None
-    rec = checks.lookup(model, checks.model_sha256(model), "openvino", "bf16", openvino_version())
+    rec = checks.lookup(model, checks.model_sha256(model), "openvino", "bf16", backends.openvino_version())
     if rec is not None and (rec["passed"] or rec.get("samples", 0) >= rec.get("min_samples", 0)):
         return None  # checked already (a check that failed only for too few samples runs again)
     return "openvino"

@@ -47,7 +47,7 @@ shown, and the end-of-stream summary gives the counts):
 - out-of-order or repeated timestamps: the frame is skipped (warning);
 - malformed lines (not JSON, JSON nested too deeply, not an object, a missing, non-numeric or out-of-range
   ``t``, non-numeric coordinates, a coordinate or score beyond ±``arrays.MAX_ABS_COORDINATE`` (1e5, the
-  bound of every input: ``arrays.check_coordinates``), a wrong number of scores, a line longer than
+  bound of every input: ``skeleton.check_coordinates``), a wrong number of scores, a line longer than
   ``MAX_LINE_BYTES`` (8 MiB, skipped without being held in memory)): the line is skipped (warning) and the
   stream goes on; a bad line never ends a stream;
 - too many bodies: a stream holds at most ``MAX_STREAM_BODIES`` (32) body IDs in its window. A new ID beyond
@@ -93,8 +93,9 @@ from .errors import CrossclrError
 from .layouts import Layout
 from .predict import check_top_k
 from .predictor import Predictor
-from .preprocess import PREPROCESS_MODES, SCORED_MODES, fill_missing_joints
+from .preprocess import MODES, fill_missing_joints
 from .session import ModelInfo
+from .skeleton import check_coordinates
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,10 @@ class FrameSpec:
                                 "((x, y, z), or (x, y, score) for pose2d models)")
         pre = info.preprocess if isinstance(info.preprocess, dict) else {}
         mode = str(pre.get("mode", "official"))
-        if mode not in PREPROCESS_MODES:
+        if mode not in MODES:
             raise CrossclrError(f"{info.path}: the model's preprocessing {mode!r} cannot be applied to raw "
-                                f"frames; streams need a model trained on one of {list(PREPROCESS_MODES)}")
-        return FrameSpec(info.layout, mode in SCORED_MODES)
+                                f"frames; streams need a model trained on one of {list(MODES)}")
+        return FrameSpec(info.layout, MODES[mode].scored)
 
     @property
     def widths(self) -> tuple[int, int]:
@@ -319,8 +320,6 @@ def parse_body(obj: Any, index: int, spec: FrameSpec, where: str) -> Body:
     seen = np.isfinite(coords).all(axis=1) & (np.nan_to_num(score, nan=0.0) > 0)  # (V,)
     values = np.column_stack([coords, score]) if spec.scored else coords  # (V, 3)
     values = np.where(seen[:, None], values, 0.0)
-    from .arrays import check_coordinates  # here: loading h5py only when frames arrive
-
     try:
         check_coordinates(values, where)  # the bound of every input, before float32 could turn 1e39 into inf
     except CrossclrError as e:
@@ -795,10 +794,8 @@ def read_clip(path: str | Path, info: ModelInfo, axes: str | None = None) -> np.
 
 
 def _check_replayed(x: np.ndarray, path: Path) -> None:
-    """The bound of every input (``arrays.check_coordinates``) on a replayed file's values; NaN and Inf are
+    """The bound of every input (``skeleton.check_coordinates``) on a replayed file's values; NaN and Inf are
     missing joints (null in the frames), as in a live stream."""
-    from .arrays import check_coordinates
-
     finite = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, bool)
     check_coordinates(np.where(finite, x, 0), str(path))
 

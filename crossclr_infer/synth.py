@@ -376,6 +376,31 @@ def _plan(classes: int, per_class: int, seed: int, train_subjects: list[int] | N
                  rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1), rng.uniform(0.9, 1.1, NUM_PERFORMERS + 1))
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """How each of n samples plays out in time."""
+
+    lengths: np.ndarray  # (n,) frames of each sample
+    progress: np.ndarray  # (n, t_max) 0..1 over each sample
+    amp: np.ndarray  # (n, 1) motion amplitude
+    phase: np.ndarray  # (n, 1) start phase of periodic motions
+    cycles_periodic: np.ndarray  # (n, 1) cycles of periodic motions (and the idle sway)
+    cycles_once: np.ndarray  # (n, 1) cycles of one-off motions
+    phase_once: np.ndarray  # (n, 1) start phase of one-off motions
+
+
+def _draw_timing(rng: np.random.Generator, n: int) -> _Timing:
+    lengths = rng.integers(RAW_LENGTH[0], RAW_LENGTH[1] + 1, n)
+    t_max = int(lengths.max())
+    progress = np.arange(t_max)[None, :] / lengths[:, None]  # (n, t): 0..1 over each sample
+    amp = rng.uniform(*AMPLITUDE, (n, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, (n, 1))
+    cycles_periodic = rng.uniform(1.5, 4.0, (n, 1))
+    cycles_once = rng.uniform(0.8, 1.2, (n, 1))
+    phase_once = rng.uniform(-0.3, 0.3, (n, 1))
+    return _Timing(lengths, progress, amp, phase, cycles_periodic, cycles_once, phase_once)
+
+
 def _render(plan: _Plan, idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     """Raw sequences of the samples ``idx`` (3, T_i, V, 2) float32, in camera coordinates."""
     layout = BUILTIN_LAYOUTS[LAYOUT_NAME]
@@ -386,40 +411,47 @@ def _render(plan: _Plan, idx: np.ndarray, rng: np.random.Generator) -> list[np.n
     scale = plan.height[performer, None] * rng.uniform(0.98, 1.02, (n, 1)) * np.ones((n, v))
     scale = np.where(tree.groups["arm"], scale * plan.arm[performer, None], scale)
     scale = np.where(tree.groups["leg"], scale * plan.leg[performer, None], scale)
+    timing = _draw_timing(rng, n)
+    body = _perform(plan, label, timing, scale, tree, names, rng)
+    two = rng.random(n) < 0.3  # second body for some samples: a bystander swaying in place
+    other = _bystanders(two, timing.progress, tree, names, rng)
+    return _film(camera, body, other, two, timing.lengths, rng)
 
-    lengths = rng.integers(RAW_LENGTH[0], RAW_LENGTH[1] + 1, n)
-    t_max = int(lengths.max())
-    progress = np.arange(t_max)[None, :] / lengths[:, None]  # (n, t): 0..1 over each sample
-    amp = rng.uniform(*AMPLITUDE, (n, 1))
-    phase = rng.uniform(0.0, 2 * np.pi, (n, 1))
-    cycles_periodic = rng.uniform(1.5, 4.0, (n, 1))
-    cycles_once = rng.uniform(0.8, 1.2, (n, 1))
-    phase_once = rng.uniform(-0.3, 0.3, (n, 1))
 
+def _perform(plan: _Plan, label: np.ndarray, timing: _Timing, scale: np.ndarray, tree: _Tree,
+             names: list[str], rng: np.random.Generator) -> np.ndarray:
+    """(n, t_max, V, 3) the acting bodies: each class's motions over the idle sway, some mirrored."""
+    n, t_max = timing.progress.shape
+    progress = timing.progress
     mirror = rng.random(n) < 0.5
     swap = [names.index(_mirror_name(nm)) for nm in names]
-    body = np.zeros((n, t_max, v, 3))
+    body = np.zeros((n, t_max, len(names), 3))
     for c in np.unique(label):
         sel = np.flatnonzero(label == c)
         pose = Pose(len(sel), t_max)
-        u_idle = 2 * np.pi * progress[sel] * cycles_periodic[sel]
+        u_idle = 2 * np.pi * progress[sel] * timing.cycles_periodic[sel]
         _idle(pose, rng, u_idle)
         for m in class_motions(plan.classes)[c]:
             motion = MOTIONS[m]
             if motion.periodic:
-                u = 2 * np.pi * cycles_periodic[sel] * progress[sel] + phase[sel]
+                u = 2 * np.pi * timing.cycles_periodic[sel] * progress[sel] + timing.phase[sel]
             else:
-                u = 2 * np.pi * cycles_once[sel] * progress[sel] + phase_once[sel]
-            motion.apply(pose, u, amp[sel])
+                u = 2 * np.pi * timing.cycles_once[sel] * progress[sel] + timing.phase_once[sel]
+            motion.apply(pose, u, timing.amp[sel])
         pos = _forward_kinematics(tree, pose, names, scale[sel])
         flip = mirror[sel]  # left-handed performances: mirror x and swap left/right joints
         pos[flip] = pos[flip][:, :, swap] * np.array([-1.0, 1.0, 1.0])
         ground = pos[..., 1].min(axis=2, keepdims=True)  # feet on the floor, then lift (jumps)
         pos[..., 1] -= ground - pose.lift[..., None]
         body[sel] = pos
+    return body
 
-    # second body for some samples: a bystander swaying in place
-    two = rng.random(n) < 0.3
+
+def _bystanders(two: np.ndarray, progress: np.ndarray, tree: _Tree, names: list[str],
+                rng: np.random.Generator) -> np.ndarray:
+    """(n, t_max, V, 3) a bystander swaying in place beside the samples ``two`` (zeros elsewhere)."""
+    n, t_max = progress.shape
+    v = len(names)
     other = np.zeros((n, t_max, v, 3))
     if two.any():
         k = int(two.sum())
@@ -431,7 +463,14 @@ def _render(plan: _Plan, idx: np.ndarray, rng: np.random.Generator) -> list[np.n
         pos[..., 0] += side
         pos[..., 2] += rng.uniform(-0.5, 0.5, (k, 1, 1))
         other[two] = pos
+    return other
 
+
+def _film(camera: np.ndarray, body: np.ndarray, other: np.ndarray, two: np.ndarray, lengths: np.ndarray,
+          rng: np.random.Generator) -> list[np.ndarray]:
+    """Both bodies (n, t_max, V, 3) seen by each sample's camera, with sensor noise -> per sample
+    (3, T_i, V, 2) float32."""
+    n = len(camera)
     # camera: the body faces the camera (-z) with a camera-dependent yaw, at some distance and height
     cam_yaw = np.array([0.0, -np.pi / 4, 0.0, np.pi / 4])[camera] + rng.normal(0, 0.25, n)
     rot = _rot("x", rng.normal(0.0, 0.08, n)) @ _rot("y", np.pi + cam_yaw)  # (n, 3, 3) pitch · yaw

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .errors import MAX_NAME_CHARS, CrossclrError, check_name  # noqa: F401 - the name check, re-exported
+from .errors import CrossclrError
 from .layouts import Layout
 
 VIEWS = ("joint", "motion", "bone", "accel")

@@ -11,9 +11,9 @@ from ..cache import open_cache
 from ..errors import printable
 from ..fileio import check_outputs, output_lock
 from ..layouts import BUILTIN_LAYOUTS
-from ..preprocess import DEFAULT_FRAMES, PREPROCESS_MODES
+from ..preprocess import MODES
 
-_PREPROCESS_CHOICES = [*PREPROCESS_MODES, "as-is"]
+_PREPROCESS_CHOICES = [*MODES, "as-is"]
 _out_option = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
                            help="Cache file to write (appears only when complete).")
 
@@ -37,7 +37,7 @@ def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, fr
                    benchmark: str) -> None:
     """Import generic skeleton arrays from an .npz (fixed-size or variable-length; keys: data, label, name,
     split, class_names; see crossclr_infer.arrays)."""
-    frames = frames or DEFAULT_FRAMES.get(preprocess or "official", 50)
+    frames = frames or (MODES[preprocess].default_frames if preprocess in MODES else 50)
     from ..arrays import import_arrays
 
     layout_file = Path(layout) if layout not in BUILTIN_LAYOUTS else None
@@ -74,7 +74,7 @@ def info(cache: Path | None, system: bool) -> None:
     """Describe a cache: layout, classes, splits with counts, frames and preprocessing (or --system).
     Names from the file are printable text (checked when the cache is opened)."""
     if system:
-        from ..hardware import system_lines
+        from ..backends import system_lines
 
         for line in system_lines():
             click.echo(line)

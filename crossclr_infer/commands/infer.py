@@ -144,7 +144,8 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
                             f"{MAX_SHARDS} (shards beyond the sample count are empty)")
     w = parse_weights(weights) if weights else None
     if not providers:  # bf16 candidates are checked on this cache before their first use (precision.py)
-        from ..precision import describe, ensure_checked
+        from ..precision import ensure_checked
+        from ..precision_records import describe
 
         for m in models:
             rec = ensure_checked(m, data, split, backend=backend, precision=precision, threads=threads)

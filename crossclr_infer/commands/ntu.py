@@ -8,8 +8,9 @@ import click
 
 from crossclr_infer.fileio import check_outputs, output_lock
 from crossclr_infer.hardware import check_worker_count
-from crossclr_infer.ntu import BENCHMARKS, MIN_VALID_FRAMES, prepare_ntu
-from crossclr_infer.preprocess import PREPROCESS_MODES
+from crossclr_infer.ntu import BENCHMARKS
+from crossclr_infer.prepare_ntu import MIN_VALID_FRAMES, prepare_ntu
+from crossclr_infer.preprocess import MODES
 
 
 @click.command("ntu")
@@ -19,7 +20,7 @@ from crossclr_infer.preprocess import PREPROCESS_MODES
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The cache to write (e.g. ntu60-xsub.h5); appears only when complete.")
 @click.option("--preprocess", "mode", default="official", show_default=True,
-              type=click.Choice(PREPROCESS_MODES),
+              type=click.Choice(list(MODES)),
               help="official: as the published CrosSCLR models; none: raw xyz padded to --frames; energy: "
                    "most active bodies, noise bodies dropped; mamp: MAMP's data (origin joint of the first "
                    "frame, centre crop 95 %, no rotation).")
@@ -36,9 +37,7 @@ from crossclr_infer.preprocess import PREPROCESS_MODES
 def prepare_ntu_command(raw_dir: Path, benchmark: str, out: Path, mode: str, frames: int | None,
                         ignore_list: Path | None, min_frames: int, workers: int, no_progress: bool) -> None:
     """Read the .skeleton files under RAW_DIR and write the train/val cache of one NTU benchmark."""
-    from crossclr_infer.preprocess import DEFAULT_FRAMES
-
-    frames = frames or DEFAULT_FRAMES[mode]
+    frames = frames or MODES[mode].default_frames
     check_worker_count(workers, "--workers", low=1)  # more parse processes than cores only add memory
     check_outputs({"--out": out}, {"RAW_DIR": raw_dir, "--ignore-list": ignore_list})
     with output_lock(out):

@@ -186,3 +186,22 @@ def test_prepare_arrays_command(tmp_path: Path) -> None:
     assert f"wrote {out}: train 2, val 2" in result.output
     info = CliRunner().invoke(crossclr, ["info", str(out)])
     assert info.exit_code == 0 and '"mode": "official"' in info.output and "(3, 16, 25, 2)" in info.output
+
+
+@pytest.mark.parametrize(("layout", "mode"), [("coco-17", "pose2d"), ("openpose-body25", "pose2d"),
+                                              ("ntu-rgb+d", "official"), ("mediapipe-pose-33", "official")])
+def test_default_preprocessing_follows_the_layouts_scored_field(tmp_path: Path, layout: str, mode: str
+                                                                ) -> None:
+    """Sequences default to pose2d for scored layouts, official for the others; a layout read back from a
+    cache (its TOML text has no ``scored`` key) is as scored as the built-in."""
+    lay = get_layout(layout)
+    rng = np.random.default_rng(3)
+    seqs = [rng.uniform(0.1, 1, (3, t, lay.num_joints, 1)).astype(np.float32) for t in (6, 9)]
+    np.savez(tmp_path / "s.npz", data_0=seqs[0], data_1=seqs[1], label=np.array([0, 1]))
+    import_arrays(tmp_path / "s.npz", tmp_path / "a.h5", layout=layout, frames=8, progress=False)
+    with open_cache(tmp_path / "a.h5") as c:
+        assert c.preprocess["mode"] == mode and c.layout == lay and c.layout.scored is lay.scored
+        again = c.layout
+    import_arrays(tmp_path / "s.npz", tmp_path / "b.h5", layout=again, frames=8, progress=False)
+    with open_cache(tmp_path / "b.h5") as c:
+        assert c.preprocess["mode"] == mode

@@ -14,6 +14,7 @@ import pytest
 
 from crossclr_infer import backends
 from crossclr_infer import precision as checks
+from crossclr_infer import precision_records as records
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.hardware import cpu_caps
 from crossclr_infer.session import ModelSession
@@ -149,32 +150,34 @@ def test_compare_against_a_numpy_count() -> None:
 
 @pytest.fixture(autouse=True)
 def _no_remembered_checks(monkeypatch) -> None:
-    monkeypatch.setattr(checks, "_MEMORY", {})
+    monkeypatch.setattr(records, "_MEMORY", {})
 
 
 @pytest.mark.parametrize(("content", "warns"), [
     ("not json", True), ("[" * 100000, True), (json.dumps({"format": "other", "checks": {}}), True),
-    ("x" * (checks.MAX_SIDECAR_BYTES + 1), True),
-    (json.dumps({"format": checks.CHECKS_FORMAT, "checks": {"k": {"passed": "yes"}}}), False),
+    ("x" * (records.MAX_SIDECAR_BYTES + 1), True),
+    (json.dumps({"format": records.CHECKS_FORMAT, "checks": {"k": {"passed": "yes"}}}), False),
 ])
 def test_a_bad_sidecar_is_ignored(tmp_path, caplog, content, warns) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    checks.sidecar_path(model).write_text(content)
+    records.sidecar_path(model).write_text(content)
     with caplog.at_level(logging.WARNING):
-        assert checks.lookup(model, "0" * 64, "openvino", "bf16", "v") is None
+        assert records.lookup(model, "0" * 64, "openvino", "bf16", "v") is None
     assert ("ignoring the precision check record" in caplog.text) is warns
 
 
 def test_a_record_under_a_key_it_does_not_match_is_not_trusted(tmp_path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    key = checks.check_key("a" * 64, "openvino", "bf16", "v")
+    key = records.check_key("a" * 64, "openvino", "bf16", "v")
     rec = {"model_sha256": "b" * 64, "backend": "openvino", "precision": "bf16", "backend_version": "v",
-           "cpu": checks.cpu_key(), "passed": True}
-    checks.sidecar_path(model).write_text(json.dumps({"format": checks.CHECKS_FORMAT, "checks": {key: rec}}))
-    assert checks.lookup(model, "a" * 64, "openvino", "bf16", "v") is None
+           "cpu": records.cpu_key(), "passed": True}
+    records.sidecar_path(model).write_text(json.dumps({"format": records.CHECKS_FORMAT,
+                                                       "checks": {key: rec}}))
+    assert records.lookup(model, "a" * 64, "openvino", "bf16", "v") is None
     rec["model_sha256"] = "a" * 64
-    checks.sidecar_path(model).write_text(json.dumps({"format": checks.CHECKS_FORMAT, "checks": {key: rec}}))
-    assert checks.lookup(model, "a" * 64, "openvino", "bf16", "v")["passed"] is True
-    assert checks.lookup(model, "a" * 64, "openvino", "bf16", "other version") is None
+    records.sidecar_path(model).write_text(json.dumps({"format": records.CHECKS_FORMAT,
+                                                       "checks": {key: rec}}))
+    assert records.lookup(model, "a" * 64, "openvino", "bf16", "v")["passed"] is True
+    assert records.lookup(model, "a" * 64, "openvino", "bf16", "other version") is None

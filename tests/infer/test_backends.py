@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from crossclr_infer import precision as checks
+from crossclr_infer import precision_records as records
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.session import ModelSession
 from tests.helpers import cli_error, run_cli
@@ -32,7 +33,7 @@ needs_bf16 = pytest.mark.skipif(not openvino_native_bf16(), reason="this CPU has
 
 @pytest.fixture(autouse=True)
 def _no_remembered_checks(monkeypatch) -> None:
-    monkeypatch.setattr(checks, "_MEMORY", {})
+    monkeypatch.setattr(records, "_MEMORY", {})
 
 
 @pytest.mark.parametrize("kind", ["ensemble", "stream"])
@@ -183,14 +184,14 @@ def test_bf16_serves_a_trained_model_only_after_its_check_passed(trained, tmp_pa
     code, out, err = run_cli(["evaluate", "--data", str(data), "--model", str(model), "--no-progress",
                               "--report", str(tmp_path / "r.json")], capsys)
     assert code == 0 and "bf16 check passed" in err, err
-    rec = json.loads(checks.sidecar_path(model).read_text())
+    rec = json.loads(records.sidecar_path(model).read_text())
     [(key, r)] = rec["checks"].items()
     assert r["passed"] and r["samples"] >= checks.MIN_CHECK_SAMPLES and r["agreement_pct"] >= 99.5
-    assert r["drop_pt"] <= 0.3 and r["model_sha256"] == checks.model_sha256(model) and key.startswith(
+    assert r["drop_pt"] <= 0.3 and r["model_sha256"] == records.model_sha256(model) and key.startswith(
         r["model_sha256"] + "|openvino|bf16|")
     run = json.loads((tmp_path / "r.json").read_text())["run"]
     assert run["backends"][0]["backend"] == "openvino" and run["backends"][0]["precision"] == "bf16"
-    checks._MEMORY.clear()  # from the sidecar alone, as a later process would
+    records._MEMORY.clear()  # from the sidecar alone, as a later process would
     after = ModelSession(model)
     assert (after.backend, after.precision) == ("openvino", "bf16") and after.precision_check["passed"]
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 25, 2)).astype(np.float32)
@@ -222,7 +223,7 @@ def test_a_failing_check_keeps_fp32(tmp_path, caplog) -> None:
     set_initializer(model, "W_joint", base + steps)
     rec = checks.run_check(model, data, "val", min_samples=10)
     assert not rec["passed"] and rec["agreement_pct"] < 99.5, rec
-    assert checks.sidecar_path(model).is_file()
+    assert records.sidecar_path(model).is_file()
     assert ModelSession(model).precision == "fp32"
     with caplog.at_level(logging.WARNING):
         s = ModelSession(model, precision="bf16")
@@ -270,7 +271,7 @@ def test_export_offers_the_check(trained, tmp_path) -> None:
     shutil.copy(src, out / "joint.onnx")
     lines = checks.check_exported(out, {"joint": "joint.onnx"}, data)
     assert len(lines) == 1 and "joint.onnx" in lines[0] and "bf16 check passed" in lines[0]
-    assert checks.sidecar_path(out / "joint.onnx").is_file()
+    assert records.sidecar_path(out / "joint.onnx").is_file()
 
 
 def test_predictor_and_stream_take_the_backend(tmp_path, capsys) -> None:

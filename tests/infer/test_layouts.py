@@ -147,3 +147,31 @@ def test_hips_travel_in_toml() -> None:
     assert lay.hips == (1, 2) and "hips = [\"l\", \"r\"]" in layout_to_toml(lay)
     with pytest.raises(ValueError, match="hip joint 5 outside"):
         Layout("x", ("a", "b"), (0, 0), 0, hips=(0, 5))
+
+
+def test_scored_is_a_field_of_the_2d_builtin_layouts() -> None:
+    assert sorted(n for n, lay in BUILTIN_LAYOUTS.items() if lay.scored) == ["coco-17", "openpose-body25"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_LAYOUTS))
+def test_builtin_toml_has_no_scored_key_and_old_files_read_as_before(name: str) -> None:
+    """Caches, models and checkpoints written before ``scored`` existed hold exactly this text (no key): it
+    must read back with the built-in's ``scored``, and the text written today must be the same bytes."""
+    text = layout_to_toml(BUILTIN_LAYOUTS[name])
+    assert "scored" not in text
+    assert layout_from_toml_text(text).scored is BUILTIN_LAYOUTS[name].scored
+
+
+def test_scored_travels_in_toml_only_where_it_differs_from_the_default() -> None:
+    text = 'name = "my-2d"\njoints = ["p", "l", "r"]\nparents = ["p", "p", "p"]\ncenter = "p"\n'
+    assert layout_from_toml_text(text).scored is False
+    scored = layout_from_toml_text(text + "scored = true\n")
+    assert scored.scored is True and layout_to_toml(scored) == text + "scored = true\n"
+    assert layout_from_toml_text(layout_to_toml(scored)) == scored
+    # a custom layout named like a built-in 2-D one is scored unless it says otherwise
+    coco_named = text.replace('"my-2d"', '"coco-17"')
+    assert layout_from_toml_text(coco_named).scored is True
+    unscored = layout_from_toml_text(coco_named + "scored = false\n")
+    assert unscored.scored is False and layout_to_toml(unscored) == coco_named + "scored = false\n"
+    with pytest.raises(ValueError, match="'scored' must be true or false"):
+        layout_from_toml_text(text + 'scored = "yes"\n')

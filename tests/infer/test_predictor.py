@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def test_one_clip_in_every_axis_order_is_the_official_preprocessing_and_fusion(n
         got = [c["probability"] for c in r["fused"]]
         np.testing.assert_allclose(got, np.sort(probs)[::-1][:3], atol=1e-5)
         assert set(r["streams"]) == set(STREAMS) and r["fused"][0]["name"] == CLASSES[int(np.argmax(probs))]
+    for order in itertools.permutations("CTVM"):  # all 24 axis orders, named with axes=
+        clip = np.transpose(x, ["CTVM".index(a) for a in order])  # (C, T, V, M) -> the named order
+        np.testing.assert_allclose(model.prepare(clip, "".join(order)), want, atol=1e-6)
+        r = model.predict(clip, top_k=3, axes="".join(order))
+        assert [c["class"] for c in r["fused"]] == list(np.argsort(-probs)[:3]), order
     one = np.transpose(x[..., 0], (1, 2, 0))  # (T, V, C)
     r = model.predict(one, axes="TVC")
     np.testing.assert_allclose(r["fused"][0]["probability"], fused_probabilities(official(x[..., :1])[None],

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import crossclr_infer.preprocess as preprocess_module
+import crossclr_infer.prepare_ntu as prepare_module
 from crossclr_infer.cache import open_cache
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
-from crossclr_infer.ntu import NTU_ACTION_NAMES, parse_ntu_name, prepare_ntu, read_skeleton, split_of
+from crossclr_infer.ntu import NTU_ACTION_NAMES, parse_ntu_name, read_skeleton, split_of
+from crossclr_infer.prepare_ntu import prepare_ntu
 from crossclr_infer.preprocess import preprocess_raw
 from tests.conftest import shared_path
 
@@ -112,7 +113,7 @@ def test_workers_give_the_same_cache(raw_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_prepare_killed_midway_leaves_no_file(raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               exc: BaseException) -> None:
-    real = preprocess_module.normalize_sequence
+    real = prepare_module.normalize_sequence
     calls = {"n": 0}
 
     def dying(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -121,7 +122,7 @@ def test_prepare_killed_midway_leaves_no_file(raw_dir: Path, tmp_path: Path, mon
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(preprocess_module, "normalize_sequence", dying)
+    monkeypatch.setattr(prepare_module, "normalize_sequence", dying)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "cache.h5"

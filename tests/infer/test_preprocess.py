@@ -10,9 +10,9 @@ import pytest
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
-from crossclr_infer.ntu import RawSkeleton, read_skeleton
+from crossclr_infer.ntu import read_skeleton
 from crossclr_infer.preprocess import (
-    PREPROCESS_MODES,
+    MODES,
     center_sequence,
     fill_missing_joints,
     normalize_sequence,
@@ -24,6 +24,7 @@ from crossclr_infer.preprocess import (
     sequence_length,
     valid_length,
 )
+from crossclr_infer.skeleton import RawSkeleton
 from tests.conftest import shared_path
 
 NTU = get_layout("ntu-rgb+d")
@@ -289,7 +290,16 @@ def test_errors(tmp_path: Path) -> None:
     assert preprocess_raw(empty, NTU, "none", 10).shape == (3, 10, 25, 2)
     with pytest.raises(CrossclrError, match="expected a"):
         normalize_sequence(np.zeros((3, 5, 24, 2)), NTU)
-    assert set(PREPROCESS_MODES) == {"official", "none", "energy", "mamp", "pose2d"}
+    assert set(MODES) == {"official", "none", "energy", "mamp", "pose2d"}
+
+
+def test_mode_registry_holds_the_defaults_and_the_scored_mode() -> None:
+    assert {m.name: m.default_frames for m in MODES.values()} == {
+        "official": 50, "none": 300, "energy": 50, "mamp": 120, "pose2d": 50}
+    assert [m.name for m in MODES.values() if m.scored] == ["pose2d"]
+    assert all(name == m.name for name, m in MODES.items())
+    with pytest.raises(CrossclrError, match=r"unknown preprocessing mode 'nope'; expected one of \['offic"):
+        normalize_sequence(np.zeros((3, 5, 25, 2)), NTU, mode="nope")
 
 
 def _mamp_reference(x: np.ndarray, origin_joint: int, frames: int) -> np.ndarray:

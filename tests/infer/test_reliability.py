@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossclr_infer.arrays import MAX_ABS_COORDINATE, MAX_ARRAY_BYTES
+from crossclr_infer.arrays import MAX_ARRAY_BYTES
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.metrics import check_fusion_weights, parse_weights
 from crossclr_infer.report import Shard, evaluate, load_models, merge_reports, save_plots
 from crossclr_infer.session import ModelSession
+from crossclr_infer.skeleton import MAX_ABS_COORDINATE
 from tests.helpers import cli_error, run_cli
 from tests.infer.test_report import CLASSES, FUSION, STREAMS, write_cache
 from tests.infer.test_session import build_model
@@ -158,8 +159,10 @@ def test_class_count_is_checked_on_each_run_when_the_graph_leaves_it_open(tmp_pa
     build_model(model, class_names=("a", "b", "c", "d"), props={"class_names": json.dumps(["a", "b"])})
     monkeypatch.setattr(session_mod, "check_output_shapes", lambda info, shapes: None)  # K left open
     sess = ModelSession(model, ["cpu"])
-    with pytest.raises(CrossclrError, match=r"output 'logits' has shape \(1, 4\), expected \(1, 2\)"):
-        sess.run(np.zeros((1, *sess.info.input_shape), np.float32))
+    for n in (1, 3, 1):  # every run of the same session is checked, whatever its batch size
+        want = rf"output 'logits' has shape \({n}, 4\), expected \({n}, 2\)"
+        with pytest.raises(CrossclrError, match=want):
+            sess.run(np.zeros((n, *sess.info.input_shape), np.float32))
     np.save(tmp_path / "x.npy", raw_ctvm())
     err = cli_error(["predict", str(tmp_path / "x.npy"), "--model", str(model)], capsys)
     assert str(model) in err and "class names" in err

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import tomli_w
 
-from crossclr_infer.arrays import MAX_ABS_COORDINATE
 from crossclr_infer.cache import (
     MAX_CHUNK_BYTES,
     MAX_OBJECTS,
@@ -34,6 +33,7 @@ from crossclr_infer.layouts import (
     layout_from_toml_text,
     layout_to_toml,
 )
+from crossclr_infer.skeleton import MAX_ABS_COORDINATE
 from tests.helpers import run_cli, write_cache
 
 SECRET = "TOPSECRET-4242"
@@ -629,10 +629,21 @@ def test_a_damaged_chunk_is_named_with_the_cache_and_the_sample(tmp_path: Path) 
             sp[1]
 
 
-def test_check_name_is_shared_by_views_and_errors() -> None:
-    from crossclr_infer import views
+def test_check_name_is_defined_only_in_errors_and_used_from_there() -> None:
+    import ast
+    import pathlib
 
-    assert views.check_name is check_name and views.MAX_NAME_CHARS == 200
+    from crossclr_infer import cache, errors, layouts, report, session, views
+
+    root = pathlib.Path(errors.__file__).parent
+    defined = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+               for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+               if isinstance(node, ast.FunctionDef) and node.name == "check_name"]
+    assert defined == ["errors.py"]
+    assert errors.MAX_NAME_CHARS == 200
+    for module in (cache, layouts, report, session):
+        assert module.check_name is check_name is errors.check_name, module.__name__
+    assert not hasattr(views, "check_name")  # no second import path
 
 
 _WRITE_UNDER_LIMIT = """

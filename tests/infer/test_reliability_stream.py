@@ -1,7 +1,7 @@
 """Streams and Predictor under hostile input (docs/reliability.md): every test builds its bad input
 itself. A stream holds a bounded number of bodies and frames whatever arrives; a bad line is skipped, counted
 and never ends the stream; options and Predictor arguments get one-line errors; coordinates beyond
-±MAX_ABS_COORDINATE are refused at every entry (the one check, ``arrays.check_coordinates``)."""
+±MAX_ABS_COORDINATE are refused at every entry (the one check, ``skeleton.check_coordinates``)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from crossclr_infer import stream as stream_mod
-from crossclr_infer.arrays import MAX_ABS_COORDINATE
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import get_layout
 from crossclr_infer.predictor import Predictor
+from crossclr_infer.skeleton import MAX_ABS_COORDINATE
 from crossclr_infer.stream import (
     MAX_STREAM_BODIES,
     Body,

@@ -393,8 +393,12 @@ def test_int8_target_check_runs_on_every_open(model, monkeypatch) -> None:
     monkeypatch.setattr(int8, "warn_int8_target_mismatch", lambda path, props: calls.append((path, props)))
     path, _ = model
     ModelSession(path, ["cpu"])
-    assert len(calls) == 1 and calls[0][0] == str(path)
-    assert calls[0][1]["crossclr_format"] == "crossclr-onnx-v1" and "class_names" in calls[0][1]
+    ModelSession(path, ["cpu"])  # the same model again: checked again, nothing is remembered
+    ModelSession(path, backend="onnxruntime", use="throughput")
+    ModelSession(path, backend="onnxruntime", precision="fp32", intra_op_threads=1)
+    assert [c[0] for c in calls] == [str(path)] * 4
+    for _, props in calls:
+        assert props["crossclr_format"] == "crossclr-onnx-v1" and "class_names" in props
 
 
 # ------------------------------------------------------------------------------- CUDA I/O binding (faked)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,55 @@ def test_parse_streams_is_the_one_stream_list_parser() -> None:
         with pytest.raises(CrossclrError, match=part) as e:
             parse_streams(text, "--views")
         assert str(e.value).startswith("--views:")
+    # over the source: no other function of crossclr_infer/, training/, export/ or cli.py splits a stream list
+    # or checks names against VIEWS by hand (they call parse_streams / check_streams / check_view_name)
+    assert _hand_made_stream_checks(Path(__file__).resolve().parents[2]) == []
+
+
+def _hand_made_stream_checks(root: Path) -> list[str]:
+    """Functions outside ``crossclr_infer/views.py`` that test membership in ``VIEWS`` (``v in VIEWS``,
+    ``v not in VIEWS``), or split a string on commas while handling streams or views (an identifier of the
+    function names a stream or a view)."""
+    import ast
+
+    files = [p for d in ("crossclr_infer", "training", "export") for p in sorted((root / d).rglob("*.py"))]
+    found = []
+    for path in [*files, root / "cli.py"]:
+        if path == root / "crossclr_infer" / "views.py":
+            continue
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            nodes = list(ast.walk(fn))
+            names = {n.id.lower() for n in nodes if isinstance(n, ast.Name)} | {fn.name.lower()} | {
+                a.arg.lower() for a in fn.args.args + fn.args.kwonlyargs}
+            about_streams = any("stream" in n or "view" in n for n in names)
+            for n in nodes:
+                in_views = isinstance(n, ast.Compare) and any(
+                    isinstance(op, (ast.In, ast.NotIn)) and _names_views(c)
+                    for op, c in zip(n.ops, n.comparators, strict=True))
+                comma_split = (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                               and n.func.attr == "split" and len(n.args) == 1
+                               and isinstance(n.args[0], ast.Constant) and n.args[0].value == ",")
+                if in_views or (comma_split and about_streams):
+                    found.append(f"{path.relative_to(root)}:{n.lineno} {fn.name}")
+    return found
+
+
+def _names_views(node: object) -> bool:
+    return "VIEWS" in (getattr(node, "id", ""), getattr(node, "attr", ""))
+
+
+def test_the_stream_check_scan_finds_a_hand_made_check(tmp_path: Path) -> None:
+    """The source scan of the test above catches both forms (so its empty result means something), and
+    leaves views.py and comma splits that do not handle streams alone."""
+    code = "def parse(text, views):\n    return [v for v in text.split(',') if v in VIEWS]\n"
+    for d in ("crossclr_infer", "training", "export"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "training" / "bad.py").write_text(code)
+    ints = "def ints(text):\n    return [int(v) for v in text.split(',')]\n"  # not about streams
+    (tmp_path / "export" / "ok.py").write_text(ints)
+    (tmp_path / "crossclr_infer" / "views.py").write_text(code)  # the one allowed place
+    (tmp_path / "cli.py").write_text("def main(args):\n    return 'joint' in views.VIEWS\n")
+    assert _hand_made_stream_checks(tmp_path) == ["training/bad.py:2 parse", "training/bad.py:2 parse",
+                                                  "cli.py:2 main"]
