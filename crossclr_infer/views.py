@@ -38,7 +38,7 @@ def check_streams(views: tuple[str, ...] | list[str], source: str = "") -> tuple
     if bad:
         raise CrossclrError(f"{where}unknown streams {bad}; use some of {VIEWS}")
     if len(set(views)) != len(views):
-        raise CrossclrError(f"{where}streams {list(views)} repeat a view (one named twice); list each once")
+        raise CrossclrError(f"{where}{list(views)} repeat a view (one named twice); list each once")
     return views
 
 

@@ -6,6 +6,8 @@ against a numpy reference given the same parameters. Order: temporal crop, then 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from crossclr_infer.errors import CrossclrError
@@ -212,3 +214,19 @@ def augment_extreme(x: torch.Tensor, generator: torch.Generator | None = None,
     blurred = gaussian_blur_time(out, sigmas.to(x.device))
     out = torch.where(coins[:, 2].to(x.device).view(n, 1, 1, 1, 1), blurred, out)
     return axis_mask(out, axes.to(x.device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the augmentations a run can name (TrainConfig.augment; "auto" picks its objective's ``augmentation``)
+
+
+def no_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The batch as it is (``augment = "none"``)."""
+    return x
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]] = {
+    "crossclr": augment,  # temporal crop + shear (CrosSCLR, SkeletonCLR)
+    "mamp": augment_mamp,  # valid crop + resize + rotation (MAMP)
+    "none": no_augment,
+}

@@ -248,13 +248,3 @@ def _substate(path: Path, state: dict[str, torch.Tensor], prefix: str) -> dict[s
         raise CrossclrError(f"{path}: no weights under {prefix!r}; expected its objective's "
                             f"{prefix.split('.')[0]}.<view>.* keys")
     return sub
-
-
-def __getattr__(name: str) -> Any:
-    """``convert_official_file`` moved to ``training.importers``; this old path stays until its last caller
-    (tests/training/test_mamp_training.py) imports it from there."""
-    if name == "convert_official_file":
-        from training.importers import convert_official_file
-
-        return convert_official_file
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

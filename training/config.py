@@ -11,15 +11,16 @@ import dataclasses
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from crossclr_infer.errors import CrossclrError
-from crossclr_infer.views import VIEWS
+from crossclr_infer.views import check_streams
 from training.encoders.config import EncoderConfig
+from training.objectives import objective_class
 from training.objectives.crossclr import SSLConfig
 from training.objectives.mamp import MAMPConfig
 
@@ -50,7 +51,6 @@ PRESETS: dict[str, Path] = {
     "tiny-transformer": CONFIG_DIR / "tiny_transformer.toml",
     "tiny-transformer-crossview": CONFIG_DIR / "tiny_transformer_crossview.toml",
 }
-OBJECTIVES = ("crossclr", "mamp")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class TrainConfig:
     model: EncoderConfig = field(default_factory=EncoderConfig)  # encoder architecture (every view alike)
     ssl: SSLConfig = field(default_factory=SSLConfig)  # queue, momentum, temperature, mining, cross loss
     mamp: MAMPConfig = field(default_factory=MAMPConfig)  # masking, decoder (objective = "mamp")
-    objective: Literal["crossclr", "mamp"] = "crossclr"  # crossclr (SkeletonCLR with one stream) or mamp
+    objective: str = "crossclr"  # a registered objective (training.objectives): crossclr (SkeletonCLR with
+    # one stream) or mamp
     init_from: str = ""  # pretrain.pt whose encoders start this run (e.g. MAMP before a cross-view stage)
     augment: Literal["auto", "crossclr", "mamp", "none"] = "auto"  # auto: the objective's own augmentation
     streams: tuple[str, ...] = ("joint", "motion", "bone")  # views trained, one encoder each
@@ -100,13 +101,7 @@ class TrainConfig:
         def bad(key: str, problem: str) -> CrossclrError:
             return CrossclrError(f"{key} {problem}")
 
-        if not self.streams:
-            raise bad("streams", "is empty; expected one or more of " + ", ".join(VIEWS))
-        for s in self.streams:
-            if s not in VIEWS:
-                raise bad("streams", f"has unknown view {s!r}; expected one of {', '.join(VIEWS)}")
-        if len(set(self.streams)) != len(self.streams):
-            raise bad("streams", f"repeats a view ({', '.join(self.streams)}); expected each view once")
+        check_streams(self.streams, "streams")
         for key in ("epochs", "batch_size", "save_every", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, f"= {getattr(self, key)}; expected an integer >= 1")
@@ -120,8 +115,7 @@ class TrainConfig:
         if self.warmup_epochs < 0 or self.min_lr < 0 or not all(0 <= b < 1 for b in self.betas):
             raise bad("warmup_epochs/min_lr/betas", "out of range; expected warmup_epochs >= 0, min_lr >= 0 "
                       "and betas in [0, 1)")
-        if self.objective == "mamp" and self.model.graph != "transformer":
-            raise bad("objective", f"= 'mamp' needs model.graph = 'transformer', got {self.model.graph!r}")
+        objective_class(self.objective).check_config(self)  # a known objective that can train this config
         if list(self.lr_steps) != sorted(self.lr_steps) or any(s < 0 for s in self.lr_steps):
             raise bad("lr_steps", f"= {list(self.lr_steps)}; expected increasing epochs >= 0")
         dev = self.device
@@ -155,6 +149,16 @@ class _Mismatch(Exception):
     pass
 
 
+# scalar annotation -> whether a TOML value is one (a bool is no int; an int is a float)
+_SCALARS: dict[Any, Callable[[Any], bool]] = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert TOML forms (lists -> tuples)."""
     origin = typing.get_origin(tp)
@@ -184,26 +188,10 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if len(args) != len(value):
             raise _Mismatch
         return tuple(_convert(v, a, key, source) for v, a in zip(value, args, strict=True))
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
+    if tp in _SCALARS:
+        if not _SCALARS[tp](value):
+            raise _Mismatch
+        return float(value) if tp is float else value
     if tp is Any:
         return value
     if isinstance(tp, type) and isinstance(value, tp):
@@ -221,7 +209,7 @@ def _blamed(source: str, sources: Mapping[str, str] | None, *keys: str) -> str:
 
 def _keys_named(message: str, prefix: str) -> list[str]:
     """The dotted keys a validation message starts with (``"lr/weight_decay out of range"``)."""
-    head = message.split(" ", 1)[0].split("=", 1)[0]
+    head = message.split(" ", 1)[0].split("=", 1)[0].rstrip(":")
     return [prefix + k for k in head.split("/") if k]
 
 

@@ -1,6 +1,8 @@
-"""The pretraining loop: SkeletonCLR single-view epochs, then CrosSCLR cross-view mining
-(docs/design.md §3), or masked motion prediction (MAMP, docs/design.md §6) with AdamW and a per-step warm-up +
-half-cycle cosine schedule.
+"""The pretraining loop. What trains is the objective's (``training.objectives``: the registered class that
+``cfg.objective`` names builds the model, makes the views of a batch, computes a step's loss and names the
+stage of an epoch; e.g. SkeletonCLR then CrosSCLR, docs/design.md §3, or MAMP, §6); this module runs the
+loop around it: devices, DDP, bf16, the optimiser and its schedule (per epoch, or a per-step warm-up +
+half-cycle cosine), resume, metrics and checkpoints.
 
 One process, or one process per device under torch DDP (``torchrun --nproc_per_node N -m cli train ...``):
 NCCL on GPU, gloo on CPU, initialised from the environment when ``WORLD_SIZE > 1``. Keys are all-gathered
@@ -44,7 +46,7 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import write_text_atomic
 from crossclr_infer.hardware import CpuCaps, cpu_caps
 from crossclr_infer.layouts import layout_to_toml
-from training.augment import augment, augment_mamp
+from training.augment import AUGMENTATIONS
 from training.checkpoint import (
     CHECKPOINT_NAME,
     atomic_torch_save,
@@ -63,8 +65,7 @@ from training.data import (
     make_loader,
     open_train_data,
 )
-from training.objectives.crossclr import CrosSCLR
-from training.objectives.mamp import MAMP
+from training.objectives import Augment, Objective, objective_class, objective_for
 from training.threads import ThreadGovernor, training_threads
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,12 @@ def set_deterministic(on: bool) -> None:
 # model and optimiser
 
 
-def build_model(cfg: TrainConfig, data: TrainData) -> CrosSCLR | MAMP:
+def build_model(cfg: TrainConfig, data: TrainData, objective: Objective | None = None) -> nn.Module:
+    """The model ``cfg``'s objective trains, for the skeletons of ``data``."""
     cache = data.cache
-    if cfg.objective == "mamp":
-        return MAMP(data.layout, cfg.model, cfg.mamp, views=tuple(cfg.streams), num_person=cache.num_person,
-                    in_channels=cache.num_channels, frames=cache.frames)
-    return CrosSCLR(data.layout, cfg.model, cfg.ssl, views=tuple(cfg.streams),
-                    num_person=cache.num_person, in_channels=cache.num_channels, frames=cache.frames)
+    objective = objective or objective_for(cfg)
+    return objective.build_model(data.layout, num_person=cache.num_person, in_channels=cache.num_channels,
+                                 frames=cache.frames)
 
 
 def init_encoders_from(model: nn.Module, cfg: TrainConfig, layout_text: str) -> None:
@@ -196,7 +196,8 @@ def init_encoders_from(model: nn.Module, cfg: TrainConfig, layout_text: str) -> 
     if diffs:
         raise CrossclrError(f"{path}: init_from encoders have another architecture ({'; '.join(diffs[:4])}); "
                             "expected the same [model] settings")
-    targets = [model.encoders_q, model.encoders_k] if isinstance(model, CrosSCLR) else [model.encoders]
+    objective = objective_for(cfg)
+    targets = [objective.encoders(model, g) for g in range(len(objective.encoder_groups))]
     for v, enc in encoders.items():
         state = enc.state_dict()
         if old.projector != cfg.model.projector or old.feature_dim != cfg.model.feature_dim:
@@ -229,7 +230,7 @@ def augmentation_for(cfg: TrainConfig) -> str:
     """The augmentation a run uses: its own setting, or its objective's (auto)."""
     if cfg.augment != "auto":
         return cfg.augment
-    return "mamp" if cfg.objective == "mamp" else "crossclr"
+    return objective_class(cfg.objective).augmentation
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -290,25 +291,6 @@ def average_bn_stats(model: nn.Module, info: DistInfo) -> None:
             for buf in (m.running_mean, m.running_var):
                 dist.all_reduce(buf)
                 buf.div_(info.world_size)
-
-
-def _augment(kind: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    if kind == "crossclr":
-        return augment(x, gen)
-    if kind == "mamp":
-        return augment_mamp(x, gen)
-    return x
-
-
-def _forward(net: nn.Module, cfg: TrainConfig, aug_kind: str, x: torch.Tensor, y: torch.Tensor, cross: bool,
-             gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """One step's outputs: MAMP on one augmented view (masking noise from ``gen``), or the contrastive
-    objective on two."""
-    if cfg.objective == "mamp":
-        return net(_augment(aug_kind, x, gen), generator=gen)
-    x1 = _augment(aug_kind, x, gen)
-    x2 = _augment(aug_kind, x, gen)
-    return net(x1, x2, cross=cross, labels=y if cfg.track_mining else None)
 
 
 def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -378,7 +360,7 @@ class MetricsLog:
 class TrainResult:
     """What a finished (or stopped) run leaves: the unwrapped model and the last epoch records."""
 
-    model: CrosSCLR
+    model: nn.Module  # what the objective built (e.g. CrosSCLR, MAMP)
     epochs_done: int
     checkpoint: Path | None
     epoch_records: list[dict[str, Any]] = field(default_factory=list)
@@ -415,12 +397,16 @@ def _gather_rng(info: DistInfo, state: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _architecture_keys(cfg: TrainConfig) -> list[str]:
+    """The settings a resumed run must share with its checkpoint: every table (``[model]`` and each
+    objective's own), the objective and the streams."""
+    tables = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+    return [*tables, "objective", "streams"]
+
+
 def _check_resume_config(ckpt: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     old = config_from_dict(ckpt["config"], f"{path} (config)")
-    diffs = []
-    for key in ("model", "ssl", "mamp", "objective", "streams"):
-        if getattr(old, key) != getattr(cfg, key):
-            diffs.append(key)
+    diffs = [key for key in _architecture_keys(cfg) if getattr(old, key) != getattr(cfg, key)]
     if diffs:
         a, b = config_to_dict(old), config_to_dict(cfg)
         detail = "; ".join(f"{k}: {a[k]} in the checkpoint vs {b[k]} now" for k in diffs)
@@ -440,13 +426,14 @@ class _Run:
     info: DistInfo
     device: torch.device
     data: TrainData
-    model: CrosSCLR | MAMP
+    objective: Objective  # what trains: the model, the views of a batch, a step's loss, the stages
+    model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: Any
     sampler: Any  # DistributedSampler: the order of an epoch depends only on the seed and the epoch
     aug_gen: torch.Generator
-    aug_kind: str
+    augment: Augment  # the run's augmentation (training.augment.AUGMENTATIONS[augmentation_for(cfg)])
     bf16: bool
     ckpt_path: Path
     net: nn.Module  # the model, DDP-wrapped when distributed
@@ -504,13 +491,13 @@ def _check_resume_data(ckpt: dict[str, Any], data: TrainData, ckpt_path: Path) -
                     data.path, ckpt_path, old.get("path"))
 
 
-def _init_model(cfg: TrainConfig, data: TrainData, info: DistInfo, device: torch.device,
-                from_scratch: bool) -> tuple[CrosSCLR | MAMP, torch.Generator]:
+def _init_model(cfg: TrainConfig, objective: Objective, data: TrainData, info: DistInfo,
+                device: torch.device, from_scratch: bool) -> tuple[nn.Module, torch.Generator]:
     """The model (identical initialisation on every rank) and the augmentation generator (one stream of
     dropout and augmentation noise per rank); ``init_from`` encoders for a run started from scratch."""
     seed_everything(cfg.seed)
     try:
-        model = build_model(cfg, data).to(device)
+        model = build_model(cfg, data, objective).to(device)
     except CrossclrError as e:
         raise CrossclrError(f"{data.path}: {e}") from None
     seed_everything(cfg.seed + 1000 * info.rank + 1)
@@ -524,19 +511,21 @@ def _init_model(cfg: TrainConfig, data: TrainData, info: DistInfo, device: torch
 def _build_run(cfg: TrainConfig, data: TrainData, info: DistInfo, device: torch.device,
                ckpt: dict[str, Any] | None, ckpt_path: Path) -> _Run:
     """Model, loader, optimiser and schedule of a new run, or of the checkpoint's run at its epoch."""
-    model, aug_gen = _init_model(cfg, data, info, device, from_scratch=ckpt is None)
+    objective = objective_for(cfg)
+    model, aug_gen = _init_model(cfg, objective, data, info, device, from_scratch=ckpt is None)
     use_bf16 = resolve_bf16(cfg.bf16, device)
     aug_kind = augmentation_for(cfg)
     if info.is_main:
-        log.info("%s on %s; bf16 %s (%s); augmentation %s", cfg.objective, device,
+        log.info("%s on %s; bf16 %s (%s); augmentation %s", objective.name, device,
                  "on" if use_bf16 else "off", cfg.bf16, aug_kind)
     loader, sampler = make_loader(data.dataset, batch_size=cfg.batch_size, seed=cfg.seed,
                                   num_workers=cfg.num_workers, device=device, rank=info.rank,
                                   world_size=info.world_size, drop_last=cfg.drop_last)
     optimizer = build_optimizer(model, cfg)
-    run = _Run(cfg=cfg, info=info, device=device, data=data, model=model, optimizer=optimizer,
-               scheduler=build_scheduler(optimizer, cfg, len(loader)), loader=loader, sampler=sampler,
-               aug_gen=aug_gen, aug_kind=aug_kind, bf16=use_bf16, ckpt_path=ckpt_path, net=model)
+    run = _Run(cfg=cfg, info=info, device=device, data=data, objective=objective, model=model,
+               optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, len(loader)), loader=loader,
+               sampler=sampler, aug_gen=aug_gen, augment=AUGMENTATIONS[aug_kind], bf16=use_bf16,
+               ckpt_path=ckpt_path, net=model)
     if ckpt is not None:
         _restore(run, ckpt)
     if info.distributed:
@@ -567,14 +556,6 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         run.aug_gen.manual_seed(cfg.seed * 7919 + info.rank + 17 + run.start_epoch)
     if info.is_main:
         log.info("resuming %s at epoch %d of %d", run.ckpt_path, run.start_epoch, cfg.epochs)
-
-
-def _warn_without_cross_stage(cfg: TrainConfig) -> None:
-    """Say so when a multi-stream CrosSCLR config never reaches its cross-view stage."""
-    if cfg.objective == "crossclr" and len(cfg.streams) > 1 and cfg.cross_epoch >= cfg.epochs:
-        log.warning("cross_epoch %d >= epochs %d: the cross-view stage never starts, so the %d streams train "
-                    "as separate single-view SkeletonCLR encoders (set --cross-epoch below --epochs for "
-                    "CrosSCLR)", cfg.cross_epoch, cfg.epochs, len(cfg.streams))
 
 
 class _EpochMeans:
@@ -648,10 +629,11 @@ def _batch_check(run: _Run) -> Callable[[int, torch.Tensor], None] | None:
     return check
 
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, cross: bool) -> dict[str, torch.Tensor]:
-    """Forward (bf16 autocast when on), backward, optimiser step; a cosine schedule steps every step."""
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
+    """The objective's step (bf16 autocast when on), backward, optimiser step; a cosine schedule steps every
+    step."""
     with autocast_context(run.device, run.bf16):
-        outputs = _forward(run.net, run.cfg, run.aug_kind, x, y, cross, run.aug_gen)
+        outputs = run.objective.step(run.net, x, y, stage=stage, augment=run.augment, generator=run.aug_gen)
     run.optimizer.zero_grad(set_to_none=True)
     outputs["loss"].backward()
     run.optimizer.step()
@@ -734,8 +716,7 @@ def _train_epoch(run: _Run, epoch: int, metrics: MetricsLog, *, progress: bool,
     """One epoch: its steps, the BN statistics averaged over ranks, the per-epoch schedule step; returns
     the epoch record (means of every step's outputs), or None when ``stop_after_steps`` cut it short."""
     cfg, info = run.cfg, run.info
-    cross = epoch >= cfg.cross_epoch and len(cfg.streams) > 1 and cfg.objective == "crossclr"
-    stage = "mamp" if cfg.objective == "mamp" else ("cross" if cross else "single")
+    stage = run.objective.stage(epoch)
     run.sampler.set_epoch(epoch)
     run.net.train()
     lr = run.optimizer.param_groups[0]["lr"]
@@ -748,7 +729,7 @@ def _train_epoch(run: _Run, epoch: int, metrics: MetricsLog, *, progress: bool,
     try:
         for x, y, wait in _timed_batches(run.loader, run.device, _batch_check(run)):
             lr = run.optimizer.param_groups[0]["lr"]
-            outputs = _train_step(run, x, y, cross)
+            outputs = _train_step(run, x, y, stage)
             if run.threads is not None:
                 run.threads.lap()
             run.global_step += 1
@@ -855,7 +836,8 @@ def train(cfg: TrainConfig, data_path: str | Path, out: str | Path, *, resume: b
             run = _build_run(cfg, data, info, device, ckpt, ckpt_path)
             del ckpt  # the weights live in the model now
             if info.is_main:
-                _warn_without_cross_stage(cfg)
+                for warning in run.objective.warnings():
+                    log.warning("%s", warning)
             if run.start_epoch >= cfg.epochs:
                 log.info("%s: the run has %d epochs, epochs = %d: nothing to train", ckpt_path,
                          run.start_epoch, cfg.epochs)

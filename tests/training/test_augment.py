@@ -162,3 +162,20 @@ def test_mamp_crops_respect_bounds_and_seed() -> None:
     b = augment_mamp(y, torch.Generator().manual_seed(5), min_frames=8)
     c = augment_mamp(y, torch.Generator().manual_seed(6), min_frames=8)
     assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == y.shape
+
+
+def test_augment_settings_are_the_named_augmentations() -> None:
+    """``augment`` in a config accepts "auto" and exactly the names of ``AUGMENTATIONS`` (which the trainer
+    and the objectives' ``augmentation`` look up); "none" leaves the batch as it is."""
+    import typing
+
+    from training.augment import AUGMENTATIONS, augment_mamp
+    from training.config import TrainConfig
+    from training.objectives import objective_class, objective_names
+
+    settings = set(typing.get_args(typing.get_type_hints(TrainConfig)["augment"]))
+    assert settings - {"auto"} == set(AUGMENTATIONS)
+    assert {objective_class(n).augmentation for n in objective_names()} <= set(AUGMENTATIONS)
+    assert AUGMENTATIONS["crossclr"] is augment and AUGMENTATIONS["mamp"] is augment_mamp
+    x = torch.randn(2, 3, 8, 25, 2)
+    assert AUGMENTATIONS["none"](x, torch.Generator().manual_seed(0)) is x

@@ -1,5 +1,6 @@
 """MAMP in the trainer: the official schedule, bf16 decided by the CPU, exact resume, a cross-view stage
-started from MAMP encoders, every protocol and the ONNX path with a transformer, and bad input."""
+started from MAMP encoders, every protocol (linear, kNN, fine-tune, t-SNE) and the ONNX path with a
+transformer, and bad input."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def test_cross_view_stage_starts_from_mamp_encoders_and_every_protocol_runs(toy1
     encs, meta = load_encoders(tmp_path / "cross" / "pretrain.pt")
     assert set(encs) == {"joint", "motion", "bone"} and config_to_dict(meta["train_config"])["init_from"]
 
-    # linear / knn / finetune / export with transformer encoders, through the CLI
+    # linear / knn / finetune / tsne / export with transformer encoders, through the CLI
     from click.testing import CliRunner
 
     import cli
@@ -156,6 +157,11 @@ def test_cross_view_stage_starts_from_mamp_encoders_and_every_protocol_runs(toy1
     r = runner.invoke(cli.crossclr, ["finetune", "--data", str(toy16), "--checkpoint", ckpt, "--out",
                                  str(tmp_path / "ft"), "--epochs", "1", "--label-fraction", "0.5"])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(cli.crossclr, ["tsne", "--data", str(toy16), "--checkpoint", ckpt, "--out",
+                                 str(tmp_path / "tsne"), "--perplexity", "5"])
+    assert r.exit_code == 0, r.output
+    for v in ("joint", "motion", "bone"):
+        assert (tmp_path / "tsne" / f"tsne_{v}.png").stat().st_size > 0, v
     r = runner.invoke(cli.crossclr, ["export", "--checkpoint", str(tmp_path / "lin" / "linear.pt"), "--out",
                                  str(tmp_path / "onnx"), "--data", str(toy16)])
     assert r.exit_code == 0, r.output
@@ -225,7 +231,7 @@ def test_import_official_mamp_checkpoint_gives_identical_embeddings(tmp_path: Pa
     bad = dict(official)
     bad["pos_embed"] = torch.zeros(1, 1, 20, 32)
     torch.save({"model": bad}, tmp_path / "bad.pth")
-    from training.checkpoint import convert_official_file
+    from training.importers import convert_official_file
 
     with pytest.raises(CrossclrError, match=r"bad\.pth: .*pos_embed"):
         convert_official_file(tmp_path / "bad.pth", tmp_path / "bad.pt")

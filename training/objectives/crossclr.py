@@ -1,4 +1,5 @@
-"""SkeletonCLR (one view) and CrosSCLR (several views) composed from the units in ``training.objectives.ssl``.
+"""SkeletonCLR (one view) and CrosSCLR (several views) composed from the units in ``training.objectives.ssl``,
+and the registered objective ``crossclr`` that trains them (``CrosSCLRObjective``).
 
 Differences from the official code (docs/design.md §3, fixed on purpose): every key encoder gets its momentum
 update in both stages; each view has its own projector; key encoders start as exact copies of the query
@@ -8,7 +9,7 @@ encoders and are never re-initialised; the queue works for any batch size and al
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from crossclr_infer.views import check_streams
 from training.augment import augment_extreme
 from training.encoders import build_encoder
 from training.encoders.config import EncoderConfig
+from training.objectives.base import Augment, Objective, ObjectiveTable, TrainConfig, register_objective
 from training.objectives.ssl import (
     CROSS_LOSSES,
     MINING_SOURCES,
@@ -33,8 +35,10 @@ from training.views import compute_view
 
 
 @dataclass(frozen=True)
-class SSLConfig:
+class SSLConfig(ObjectiveTable):
     """Contrastive pretraining. Defaults are the official CrosSCLR values."""
+
+    _LABEL = "ssl config"
 
     queue_size: int = 32768  # K, keys kept per view
     momentum: float = 0.999  # EMA of the key encoders
@@ -75,17 +79,6 @@ class SSLConfig:
         if self.cross_loss not in CROSS_LOSSES:
             raise CrossclrError(f"ssl config: cross_loss {self.cross_loss!r} is unknown; expected one of "
                                 f"{CROSS_LOSSES}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SSLConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CrossclrError(f"ssl config: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
 
 
 class CrosSCLR(nn.Module):
@@ -184,3 +177,46 @@ class CrosSCLR(nn.Module):
                     out["mining_precision"] = torch.stack(prec).mean()
         self.queue.enqueue(k, labels)
         return out
+
+
+STAGE_SINGLE = "single"  # SkeletonCLR: every view on its own (InfoNCE against its own queue)
+STAGE_CROSS = "cross"  # CrosSCLR: positives mined across views
+
+
+@register_objective
+class CrosSCLRObjective(Objective):
+    """``objective = "crossclr"``: SkeletonCLR single-view epochs, then cross-view mining from the 0-based
+    epoch ``cross_epoch`` on when there are several streams (docs/design.md §3); two augmented views per
+    batch."""
+
+    name = "crossclr"
+    augmentation = "crossclr"
+    encoder_groups = ("encoders_q", "encoders_k")  # query encoders, momentum key encoders
+
+    def build_model(self, layout: Layout, *, num_person: int, in_channels: int, frames: int) -> CrosSCLR:
+        cfg = self.cfg
+        return CrosSCLR(layout, cfg.model, cfg.ssl, views=tuple(cfg.streams), num_person=num_person,
+                        in_channels=in_channels, frames=frames)
+
+    def _has_cross_stage(self) -> bool:
+        return len(self.cfg.streams) > 1
+
+    def stage(self, epoch: int) -> str:
+        return STAGE_CROSS if self._has_cross_stage() and epoch >= self.cfg.cross_epoch else STAGE_SINGLE
+
+    def step(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, stage: str, augment: Augment,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Two augmentations of ``x`` (query, then key input; this order of draws from ``generator``);
+        labels only count how often mined positives share the class (``track_mining``)."""
+        x1 = augment(x, generator)
+        x2 = augment(x, generator)
+        return net(x1, x2, cross=stage == STAGE_CROSS, labels=y if self.cfg.track_mining else None)
+
+    def warnings(self) -> list[str]:
+        """A multi-stream run whose cross-view stage never starts trains separate SkeletonCLR encoders."""
+        cfg: TrainConfig = self.cfg
+        if not self._has_cross_stage() or cfg.cross_epoch < cfg.epochs:
+            return []
+        return [f"cross_epoch {cfg.cross_epoch} >= epochs {cfg.epochs}: the cross-view stage never starts, "
+                f"so the {len(cfg.streams)} streams train as separate single-view SkeletonCLR encoders (set "
+                "--cross-epoch below --epochs for CrosSCLR)"]

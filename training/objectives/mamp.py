@@ -15,11 +15,13 @@ Per view and per body sequence (B = N·M; the official code encodes every body, 
 
 Shape letters: B = N·M body sequences, C channels, T frames, V joints, p = t_patch, L = (T/p)·V tokens,
 K kept tokens, D encoder width, E decoder width.
+
+``MAMPObjective`` is the registered objective ``mamp`` that trains ``MAMP``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -28,14 +30,18 @@ from torch import nn
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
 from crossclr_infer.views import check_streams
+from training.encoders import encoder_kind
 from training.encoders.config import EncoderConfig
 from training.encoders.transformer import Block, SkeletonTransformer, init_vit_weights
+from training.objectives.base import Augment, Objective, ObjectiveTable, TrainConfig, register_objective
 from training.views import compute_view
 
 
 @dataclass(frozen=True)
-class MAMPConfig:
+class MAMPConfig(ObjectiveTable):
     """Masked motion prediction. Defaults: the official NTU-60 values (NTU-120: decoder_depth 5, tau 0.75)."""
+
+    _LABEL = "mamp config"
 
     mask_ratio: float = 0.9  # share of tokens masked; the encoder keeps int(L·(1 − mask_ratio)) tokens
     tau: float = 0.8  # motion-aware temperature (official motion_aware_tau); 0 = uniform random masking (MAE)
@@ -58,17 +64,6 @@ class MAMPConfig:
                                 f"decoder_heads {self.decoder_heads}; expected a multiple")
         if not isinstance(self.norm_target, bool):
             raise CrossclrError(f"mamp config: norm_target must be true or false, got {self.norm_target!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MAMPConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CrossclrError(f"mamp config: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
 
 
 def patchify(x: torch.Tensor, t_patch: int) -> torch.Tensor:
@@ -274,3 +269,29 @@ class MAMP(nn.Module):
             out[f"loss_{v}"] = self.forward_view(bodies, v, generator).loss
         out["loss"] = torch.stack([out[f"loss_{v}"] for v in self.views]).sum()
         return out
+
+
+@register_objective
+class MAMPObjective(Objective):
+    """``objective = "mamp"``: masked motion prediction on one augmented view per batch, one transformer
+    encoder per stream (docs/design.md §6)."""
+
+    name = "mamp"
+    augmentation = "mamp"
+    encoder_groups = ("encoders",)
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        if encoder_kind(cfg.model).name != SkeletonTransformer.kind:
+            raise CrossclrError(f"objective = {cls.name!r} needs model.graph = 'transformer', got "
+                                f"{cfg.model.graph!r}")
+
+    def build_model(self, layout: Layout, *, num_person: int, in_channels: int, frames: int) -> MAMP:
+        cfg = self.cfg
+        return MAMP(layout, cfg.model, cfg.mamp, views=tuple(cfg.streams), num_person=num_person,
+                    in_channels=in_channels, frames=frames)
+
+    def step(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, stage: str, augment: Augment,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One augmentation of ``x``, then the masking noise, both drawn from ``generator``; no labels."""
+        return net(augment(x, generator), generator=generator)
