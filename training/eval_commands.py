@@ -6,8 +6,9 @@ same figures as JSON (``--json FILE``) for scripts.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,44 +40,72 @@ def _apply(f: Callable, opts: list[Callable]) -> Callable:
     return f
 
 
+@dataclass(frozen=True)
+class ProtocolArgs:
+    """The options every protocol command shares (``_common``), streams parsed."""
+
+    data: Path  # --data: the HDF5 cache
+    checkpoint: Path  # --checkpoint: pretrain.pt or linear.pt
+    streams: list[str] | None  # --streams (None: all in the checkpoint)
+    device: str | None  # --device
+    train_split: str  # --train-split
+    eval_split: str  # --eval-split
+    json_out: Path | None  # --json
+
+    def source(self) -> dict[str, Any]:
+        """The keyword arguments of ``run_linear`` / ``run_knn`` / ``run_finetune`` these options give."""
+        return {"data": self.data, "checkpoint": self.checkpoint, "streams": self.streams,
+                "device": self.device, "train_split": self.train_split, "eval_split": self.eval_split}
+
+    def check_outputs(self, outputs: dict[str, Path | None]) -> None:
+        """``--json`` and ``outputs`` are none of the inputs (``crossclr_infer.fileio.check_outputs``)."""
+        inputs = {"--data": self.data, "--checkpoint": self.checkpoint}
+        check_outputs({**outputs, "--json": self.json_out}, inputs)
+
+
+_data_option = click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="HDF5 cache (crossclr prepare / synth).",
+)
+
+
+def _checkpoint_option(help_text: str | None) -> Callable:
+    return click.option(
+        "--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def _json_option(help_text: str | None) -> Callable:
+    return click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                        help=help_text)
+
+
 def _common(f: Callable) -> Callable:
-    """--data, --checkpoint, --streams, --device, --json, split names."""
+    """--data, --checkpoint, --streams, --device, --json, split names: passed to ``f`` as one
+    ``ProtocolArgs``."""
+
+    @functools.wraps(f)
+    def command(*, data: Path, checkpoint: Path, streams: str | None, device: str | None, train_split: str,
+                eval_split: str, json_out: Path | None, **rest: Any) -> None:
+        views = parse_streams(streams)
+        return f(ProtocolArgs(data, checkpoint, views, device, train_split, eval_split, json_out), **rest)
+
     opts = [
-        click.option(
-            "--data",
-            "data",
-            required=True,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="HDF5 cache (crossclr prepare / synth).",
-        ),
-        click.option(
-            "--checkpoint",
-            required=True,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="runs/NAME/pretrain.pt (or a linear.pt).",
-        ),
+        _data_option,
+        _checkpoint_option("runs/NAME/pretrain.pt (or a linear.pt)."),
         click.option(
             "--streams", default=None, help="Comma list of streams (default: all in the checkpoint)."
         ),
         click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)."),
         click.option("--train-split", default="train", show_default=True),
         click.option("--eval-split", default="val", show_default=True),
-        click.option(
-            "--json",
-            "json_out",
-            default=None,
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Also write the results as JSON to this file.",
-        ),
+        _json_option("Also write the results as JSON to this file."),
     ]
-    return _apply(f, opts)
-
-
-def _check_number(value: float, flag: str, *, positive: bool = True) -> None:
-    """A finite number (> 0 with ``positive``, else >= 0), else one line naming ``flag``: NaN or inf would
-    train or score silently on garbage."""
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise CrossclrError(f"{flag} {value}: expected a finite number {'>' if positive else '>='} 0")
+    return _apply(command, opts)
 
 
 def _head_training(
@@ -154,69 +183,27 @@ def _acc_table(report: dict[str, Any]) -> str:
 @click.option("--standardize", is_flag=True,
               help="MAMP's probe: standardise features by the training split's statistics (BatchNorm without "
                    "affine) before the heads; folded into the saved heads.")
-def linear_cmd(
-    data: Path,
-    checkpoint: Path,
-    streams: str | None,
-    device: str | None,
-    train_split: str,
-    eval_split: str,
-    json_out: Path | None,
-    out: Path | None,
-    fusion: str,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    batch_size: int,
-    milestones: str | None,
-    weights: str | None,
-    seed: int,
-    plots: bool,
-    eval_only: bool,
-    standardize: bool,
-) -> None:
+def linear_cmd(args: ProtocolArgs, out: Path | None, fusion: str, epochs: int, lr: float, momentum: float,
+               batch_size: int, milestones: str | None, weights: str | None, seed: int, plots: bool,
+               eval_only: bool, standardize: bool) -> None:
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
     from training.protocols.linear import LinearConfig, evaluate_linear, run_linear
 
-    views = parse_streams(streams)
-    inputs = {"--data": data, "--checkpoint": checkpoint}
-    check_outputs({"--json": json_out, "--out": out if plots or not eval_only else None}, inputs)
+    args.check_outputs({"--out": out if plots or not eval_only else None})
     if eval_only:
-        report = evaluate_linear(
-            data, checkpoint, split=eval_split, device=device, streams=views, plots_dir=out if plots else None
-        )
-        _emit(report, _acc_table(report), json_out)
+        report = evaluate_linear(args.data, args.checkpoint, split=args.eval_split, device=args.device,
+                                 streams=args.streams, plots_dir=out if plots else None)
+        _emit(report, _acc_table(report), args.json_out)
         return
     if out is None:
         raise CrossclrError("--out is required (the folder for linear.pt), unless --eval-only")
     ms = tuple(_int_list(milestones, "--milestones", "epochs")) if milestones else None
-    _check_number(lr, "--lr")
-    _check_number(momentum, "--momentum", positive=False)
-    cfg = LinearConfig(
-        epochs=epochs,
-        lr=lr,
-        momentum=momentum,
-        batch_size=batch_size,
-        fusion=fusion,
-        seed=seed,
-        milestones=ms,
-        standardize=standardize,
-    )
+    cfg = LinearConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, fusion=fusion,
+                       seed=seed, milestones=ms, standardize=standardize)
     with output_lock(out, "--out", mkdir=True):
-        report = run_linear(
-            data,
-            checkpoint,
-            out,
-            streams=views,
-            cfg=cfg,
-            weights=_weights(weights),
-            device=device,
-            train_split=train_split,
-            eval_split=eval_split,
-            plots=plots,
-        )
+        report = run_linear(out=out, cfg=cfg, weights=_weights(weights), plots=plots, **args.source())
     footer = f"fusion {report['fusion']} {report['fusion_weights']}; checkpoint: {report['output']}"
-    _emit_accuracy(report, footer, json_out)
+    _emit_accuracy(report, footer, args.json_out)
 
 
 @click.command("knn")
@@ -229,45 +216,21 @@ def linear_cmd(
     default=None,
     help="Folder for knn_confusion.png (largest k, fused when several streams).",
 )
-def knn_cmd(
-    data: Path,
-    checkpoint: Path,
-    streams: str | None,
-    device: str | None,
-    train_split: str,
-    eval_split: str,
-    json_out: Path | None,
-    ks: str,
-    temperature: float,
-    plots: Path | None,
-) -> None:
+def knn_cmd(args: ProtocolArgs, ks: str, temperature: float, plots: Path | None) -> None:
     """Weighted kNN (cosine, votes exp(sim/t)) on frozen features, per stream and fused."""
     from training.protocols.io import format_table
-    from training.protocols.knn import run_knn
+    from training.protocols.knn import KnnConfig, run_knn
 
-    check_outputs({"--json": json_out, "--plots": plots}, {"--data": data, "--checkpoint": checkpoint})
-    k_list = sorted(set(_int_list(ks, "-k", "integers")))
-    if not k_list or k_list[0] < 1:
-        raise CrossclrError("-k: k must be ≥ 1")
-    _check_number(temperature, "-t/--temperature")
-    report = run_knn(
-        data,
-        checkpoint,
-        streams=parse_streams(streams),
-        ks=k_list,
-        t=temperature,
-        device=device,
-        train_split=train_split,
-        eval_split=eval_split,
-        plots_dir=plots,
-    )
-    kmax = str(max(k_list))
+    args.check_outputs({"--plots": plots})
+    cfg = KnnConfig(ks=tuple(_int_list(ks, "-k", "integers")), t=temperature)
+    report = run_knn(ks=cfg.ks, t=cfg.t, plots_dir=plots, **args.source())
+    kmax = str(max(cfg.ks))
     rows = [
-        [key, *(per_k[str(k)]["top1"] for k in k_list), per_k[kmax]["top5"]]
+        [key, *(per_k[str(k)]["top1"] for k in cfg.ks), per_k[kmax]["top5"]]
         for key, per_k in report["results"].items()
     ]
-    table = format_table(["stream", *(f"top1@{k}" for k in k_list), f"top5@{kmax}"], rows)
-    _emit(report, table + f"\nt={temperature}; fused = {report['fusion']}", json_out)
+    table = format_table(["stream", *(f"top1@{k}" for k in cfg.ks), f"top5@{kmax}"], rows)
+    _emit(report, table + f"\nt={temperature}; fused = {report['fusion']}", args.json_out)
 
 
 @click.command("finetune")
@@ -295,69 +258,29 @@ def knn_cmd(
 )
 @click.option("--eval-every", type=int, default=5, show_default=True)
 @click.option("--plots", is_flag=True, help="Write finetune_confusion.png (viz extra).")
-def finetune_cmd(
-    data: Path,
-    checkpoint: Path,
-    streams: str | None,
-    device: str | None,
-    train_split: str,
-    eval_split: str,
-    json_out: Path | None,
-    out: Path,
-    label_fraction: float,
-    fusion: str,
-    weights: str | None,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    augment: bool,
-    eval_every: int,
-    seed: int,
-    plots: bool,
-) -> None:
+def finetune_cmd(args: ProtocolArgs, out: Path, label_fraction: float, fusion: str, weights: str | None,
+                 epochs: int, lr: float, weight_decay: float, batch_size: int, augment: bool, eval_every: int,
+                 seed: int, plots: bool) -> None:
     """Semi-supervised / full fine-tuning of encoders + heads on a stratified labelled subset."""
-    from training.protocols.finetune import FinetuneConfig, check_fraction, run_finetune
+    from training.protocols.finetune import FinetuneConfig, run_finetune
 
-    check_fraction(label_fraction)
-    _check_number(lr, "--lr")
-    _check_number(weight_decay, "--weight-decay", positive=False)
-    check_outputs({"--out": out, "--json": json_out}, {"--data": data, "--checkpoint": checkpoint})
-    cfg = FinetuneConfig(
-        label_fraction=label_fraction,
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        fusion=fusion,
-        augment=augment,
-        seed=seed,
-        eval_every=eval_every,
-    )
+    cfg = FinetuneConfig(label_fraction=label_fraction, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                         batch_size=batch_size, fusion=fusion, augment=augment, seed=seed,
+                         eval_every=eval_every)
+    args.check_outputs({"--out": out})
     with output_lock(out, "--out", mkdir=True):
-        report = run_finetune(
-            data,
-            checkpoint,
-            out,
-            streams=parse_streams(streams),
-            cfg=cfg,
-            weights=_weights(weights),
-            device=device,
-            train_split=train_split,
-            eval_split=eval_split,
-            plots=plots,
-        )
+        report = run_finetune(out=out, cfg=cfg, weights=_weights(weights), plots=plots, **args.source())
     _emit_accuracy(
         report,
         f"{report['num_labelled']} of {report['num_train']} training samples labelled ({label_fraction:g}); "
         f"checkpoint: {report['output']}",
-        json_out,
+        args.json_out,
     )
 
 
 @click.command("tsne")
-@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_data_option
+@_checkpoint_option(None)
 @click.option(
     "--out",
     required=True,
@@ -371,63 +294,22 @@ def finetune_cmd(
 @click.option("--perplexity", type=float, default=30.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path))
-def tsne_cmd(
-    data: Path,
-    checkpoint: Path,
-    out: Path,
-    streams: str | None,
-    split: str,
-    max_samples: int,
-    max_classes: int | None,
-    perplexity: float,
-    seed: int,
-    device: str | None,
-    json_out: Path | None,
-) -> None:
+@_json_option(None)
+def tsne_cmd(data: Path, checkpoint: Path, out: Path, streams: str | None, split: str, max_samples: int,
+             max_classes: int | None, perplexity: float, seed: int, device: str | None,
+             json_out: Path | None) -> None:
     """t-SNE of frozen encoder features coloured by class (one PNG per stream)."""
-    import numpy as np
-
-    from crossclr_infer.cache import open_cache
-    from training.plots import plot_tsne, stream_png, tsne_embed
-    from training.protocols.io import (
-        check_compatible,
-        default_device,
-        encode_source,
-        format_table,
-        load_any_encoders,
-    )
+    from training.protocols.io import format_table
+    from training.protocols.tsne import TsneConfig, run_tsne, write_tsne_plots
 
     check_outputs({"--out": out, "--json": json_out}, {"--data": data, "--checkpoint": checkpoint})
-    dev = default_device(device)
-    encoders, _, meta = load_any_encoders(checkpoint, parse_streams(streams), dev)
-    with open_cache(data) as cache:
-        layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
-        sp = cache.split(split)
-        labels = np.asarray(sp.labels)
-        pool = np.flatnonzero(labels < max_classes) if max_classes else np.arange(len(labels))
-        rng = np.random.default_rng(seed)
-        idx = np.sort(rng.permutation(pool)[:max_samples])
-        feats = encode_source(
-            encoders, lambda b: sp.read(idx[b]), len(idx), layout, device=dev, desc="encode"
-        )
-        class_names = list(cache.class_names)
-    rows, files = [], []
-    pngs = {v: stream_png(out, "tsne", v, f"{checkpoint}: stream") for v in feats}
-    for v, f in feats.items():
-        pts = tsne_embed(f.numpy(), seed=seed, perplexity=perplexity)
-        path = plot_tsne(pts, labels[idx], class_names, pngs[v], title=f"t-SNE ({v}, {split})")
-        rows.append([v, len(idx), len(np.unique(labels[idx])), str(path)])
-        files.append(str(path))
-    report = {
-        "protocol": "tsne",
-        "data": str(data),
-        "checkpoint": str(checkpoint),
-        "split": split,
-        "num_samples": len(idx),
-        "streams": list(feats),
-        "plots": files,
-    }
+    cfg = TsneConfig(split=split, max_samples=max_samples, max_classes=max_classes, perplexity=perplexity,
+                     seed=seed)
+    result = run_tsne(data, checkpoint, streams=parse_streams(streams), cfg=cfg, device=device)
+    files = write_tsne_plots(result, out, str(checkpoint))
+    report = {**result.report, "plots": files}
+    n = report["num_samples"]
+    rows = [[v, n, result.num_classes, f] for v, f in zip(result.points, files, strict=True)]
     _emit(report, format_table(["stream", "samples", "classes", "png"], rows), json_out)
 
 

@@ -122,6 +122,15 @@ def plot_confusion(
     return _save(fig, out)
 
 
+def plot_predictions(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str],
+                     out: str | Path, *, title: str) -> str:
+    """The confusion matrix of ``predicted`` (N,) against ``labels`` (N,) as a PNG; returns its path."""
+    from crossclr_infer.metrics import confusion_matrix
+
+    cm = confusion_matrix(np.asarray(labels), np.asarray(predicted), len(class_names))
+    return str(plot_confusion(cm, class_names, out, title=title))
+
+
 def plot_linear_curves(history: Sequence[dict[str, float]], streams: Sequence[str], out: str | Path) -> Path:
     """Loss and eval top-1 per stream and fused over the epochs of a linear/fine-tune run."""
     plt = _pyplot()

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 
-from tests.helpers import protocol_args, run_cli, write_cache, write_pretrain  # noqa: E402
+from tests.training.protocol_helpers import protocol_setup, run_protocol  # noqa: E402
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
@@ -52,25 +52,13 @@ def test_fraction_out_of_range_is_an_error(fraction):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ft")
-    cache = write_cache(d / "c.h5", train=6, val=3)
-    return {"dir": d, "cache": cache, "ckpt": write_pretrain(d / "p.pt", cache, streams=["joint", "bone"])}
+    return protocol_setup(tmp_path_factory.mktemp("ft"), ["joint", "bone"], train=6, val=3)
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.01", "-1"])
 def test_cli_fraction_out_of_range_is_a_one_line_error(setup, capsys, fraction):
-    code, _, err = run_cli(
-        protocol_args(
-            "finetune",
-            setup["cache"],
-            setup["ckpt"],
-            "--out",
-            str(setup["dir"] / "bad"),
-            "--label-fraction",
-            fraction,
-        ),
-        capsys,
-    )
+    code, _, err = run_protocol(capsys, "finetune", setup, "--out", str(setup["dir"] / "bad"),
+                                "--label-fraction", fraction)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "label-fraction" in err, err
 
 
@@ -80,27 +68,9 @@ def test_cli_finetune_trains_encoders_and_writes_a_linear_format_checkpoint(setu
     from training.protocols.io import load_linear
 
     out = setup["dir"] / "ft"
-    code, stdout, err = run_cli(
-        protocol_args(
-            "finetune",
-            setup["cache"],
-            setup["ckpt"],
-            "--out",
-            str(out),
-            "--label-fraction",
-            "0.5",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--eval-every",
-            "1",
-            "--augment",
-            "--json",
-            str(out / "r.json"),
-        ),
-        capsys,
-    )
+    code, stdout, err = run_protocol(capsys, "finetune", setup, "--out", str(out), "--label-fraction", "0.5",
+                                     "--epochs", "2", "--batch-size", "4", "--eval-every", "1", "--augment",
+                                     "--json", str(out / "r.json"))
     assert code == 0, err
     assert "fused" in stdout
     rep = json.loads((out / "r.json").read_text())

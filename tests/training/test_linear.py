@@ -18,13 +18,12 @@ torch = pytest.importorskip("torch")
 
 from crossclr_infer.cache import open_cache  # noqa: E402
 from tests.helpers import NTU, STREAMS3, protocol_args, run_cli, write_cache, write_pretrain  # noqa: E402
+from tests.training.protocol_helpers import protocol_setup, run_protocol  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("linear")
-    cache = write_cache(d / "c.h5")
-    return {"dir": d, "cache": cache, "ckpt": write_pretrain(d / "pretrain.pt", cache)}
+    return protocol_setup(tmp_path_factory.mktemp("linear"))
 
 
 def _split_tensors(cache: Path, split: str):
@@ -102,24 +101,8 @@ def test_linear_training_leaves_encoder_weights_and_bn_stats_unchanged(setup):
 
 def test_cli_linear_checkpoint_holds_the_pretrained_encoders_unchanged(setup, capsys):
     out = setup["dir"] / "lin"
-    code, stdout, err = run_cli(
-        protocol_args(
-            "linear",
-            setup["cache"],
-            setup["ckpt"],
-            "--out",
-            str(out),
-            "--epochs",
-            "4",
-            "--batch-size",
-            "8",
-            "--json",
-            str(out / "r.json"),
-            "--device",
-            "cpu",
-        ),
-        capsys,
-    )
+    code, stdout, err = run_protocol(capsys, "linear", setup, "--out", str(out), "--epochs", "4",
+                                     "--batch-size", "8", "--json", str(out / "r.json"), "--device", "cpu")
     assert code == 0, err
     assert "best top1" in stdout and "fused" in stdout
     pre = torch.load(setup["ckpt"], weights_only=True)["model"]
@@ -217,26 +200,9 @@ def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
     from training.protocols.io import encode_split, load_linear
 
     out = setup["dir"] / "lin2"
-    code, _, err = run_cli(
-        protocol_args(
-            "linear",
-            setup["cache"],
-            setup["ckpt"],
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "8",
-            "--fusion",
-            "separate",
-            "--weights",
-            "joint=0.5,motion=0.2,bone=0.3",
-            "--streams",
-            "joint,motion,bone",
-        ),
-        capsys,
-    )
+    code, _, err = run_protocol(capsys, "linear", setup, "--out", str(out), "--epochs", "3", "--batch-size",
+                                "8", "--fusion", "separate", "--weights", "joint=0.5,motion=0.2,bone=0.3",
+                                "--streams", "joint,motion,bone")
     assert code == 0, err
     encoders, heads, meta = load_linear(out / "linear.pt")
     assert meta["fusion"] == "separate" and meta["fusion_weights"] == {
@@ -273,32 +239,16 @@ def test_load_linear_and_eval_only_reproduce_the_last_epoch(setup, capsys):
 # ---------------------------------------------------------------------------------------------- bad input
 def test_checkpoint_without_the_requested_stream_is_a_one_line_error(setup, capsys):
     ck = write_pretrain(setup["dir"] / "joint_only.pt", setup["cache"], streams=["joint"])
-    code, _, err = run_cli(
-        protocol_args(
-            "linear",
-            setup["cache"],
-            ck,
-            "--out",
-            str(setup["dir"] / "bad"),
-            "--streams",
-            "joint,bone",
-            "--epochs",
-            "1",
-        ),
-        capsys,
-    )
+    code, _, err = run_protocol(capsys, "linear", setup, "--out", str(setup["dir"] / "bad"), "--streams",
+                                "joint,bone", "--epochs", "1", checkpoint=ck)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "bone" in err, err
     assert not (setup["dir"] / "bad" / "linear.pt").exists()
 
 
 def test_cache_with_other_classes_than_the_heads_is_a_one_line_error(setup, capsys):
     out = setup["dir"] / "lin3"
-    code, _, err = run_cli(
-        protocol_args(
-            "linear", setup["cache"], setup["ckpt"], "--out", str(out), "--epochs", "1", "--streams", "joint"
-        ),
-        capsys,
-    )
+    code, _, err = run_protocol(capsys, "linear", setup, "--out", str(out), "--epochs", "1",
+                                "--streams", "joint")
     assert code == 0, err
     other = write_cache(setup["dir"] / "other.h5", classes=5, train=1, val=1)
     for cmd in (
@@ -315,17 +265,8 @@ def test_foreign_checkpoint_and_bad_flags_are_one_line_errors(setup, capsys):
     for args in (
         protocol_args("linear", setup["cache"], junk, "--out", "o"),
         protocol_args("linear", setup["cache"], setup["ckpt"], "--out", "o", "--streams", "elbow"),
-        protocol_args(
-            "linear",
-            setup["cache"],
-            setup["ckpt"],
-            "--out",
-            "o",
-            "--fusion",
-            "separate",
-            "--weights",
-            "joint",
-        ),
+        protocol_args("linear", setup["cache"], setup["ckpt"], "--out", "o", "--fusion", "separate",
+                      "--weights", "joint"),
     ):
         code, _, err = run_cli(args, capsys)
         assert code != 0 and len(err.strip().splitlines()) == 1, err

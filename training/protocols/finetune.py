@@ -10,8 +10,8 @@ pretraining augmentation; the result is written in the linear checkpoint format 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from crossclr_infer.errors import CrossclrError
 from crossclr_infer.layouts import Layout
-from crossclr_infer.metrics import FUSED, FUSIONS, confusion_matrix, fusion_weights_for
+from crossclr_infer.metrics import FUSED, fusion_weights_for
+from training.protocols.context import open_protocol
 from training.protocols.io import stream_inputs as _stream_inputs
 from training.protocols.linear import (
     LinearResult,
-    cache_info,
+    SGDSchedule,
     head_loss,
     init_heads,
-    resolve_milestones,
     save_result,
     sgd_with_steps,
     with_fused,
@@ -63,7 +63,7 @@ def stratified_subset(labels: np.ndarray | Sequence[int], fraction: float, seed:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(SGDSchedule):
     label_fraction: float = 1.0  # fraction of labelled training samples (stratified)
     epochs: int = 100
     lr: float = 0.1
@@ -81,11 +81,7 @@ class FinetuneConfig:
         check_fraction(self.label_fraction)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise CrossclrError("finetune: --epochs, --batch-size and --eval-every must be ≥ 1")
-        if self.fusion not in FUSIONS:
-            raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
-
-    def resolved_milestones(self) -> tuple[int, ...]:
-        return resolve_milestones(self.milestones, self.epochs)
+        self.check_sgd()
 
 
 Reader = Callable[[np.ndarray], np.ndarray]
@@ -131,41 +127,25 @@ def finetune(
     device: torch.device | str = "cpu",
 ) -> LinearResult:
     """Fine-tune encoders (in place) and heads on the training samples ``subset``; score on the eval set."""
-    from training.augment import augment
-
     device = torch.device(device)
     streams = list(encoders)
-    hidden = int(encoders[streams[0]].cfg.hidden_dim)
+    hidden = int(encoders[streams[0]].hidden_dim)
     heads = dict(heads) if heads is not None else init_heads(streams, hidden, num_classes, cfg.seed, device)
     params = [p for m in (*encoders.values(), *heads.values()) for p in m.parameters() if p.requires_grad]
     opt, sched = sgd_with_steps(params, cfg)
+    step = _Stepper(encoders, heads, layout, cfg, opt, device, read_train,
+                    torch.as_tensor(np.asarray(train_labels), dtype=torch.long))
     g = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if cfg.augment else None
     subset = np.asarray(subset, np.int64)
-    y_all = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=dict(fusion_weights))
     for epoch in tqdm(
         range(1, cfg.epochs + 1), desc="finetune", leave=False, disable=None if cfg.epochs >= 5 else True
     ):
-        for m in (*encoders.values(), *heads.values()):
-            m.train()
         lr = opt.param_groups[0]["lr"]
-        total, count = 0.0, 0
-        for pos in torch.randperm(len(subset), generator=g).split(cfg.batch_size):
-            idx = subset[pos.numpy()]
-            x = torch.as_tensor(np.asarray(read_train(idx), np.float32), device=device)  # (B, C, T, V, M)
-            if aug_gen is not None:
-                x = augment(x, aug_gen)
-            inputs = _stream_inputs(x, streams, layout)
-            logits = {v: heads[v](encoders[v].forward_features(inputs[v])) for v in streams}
-            loss = head_loss(logits, y_all[idx].to(device), cfg.fusion)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+        loss = step.epoch(subset[perm.numpy()] for perm in torch.randperm(len(subset), generator=g)
+                          .split(cfg.batch_size))
         sched.step()
-        row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": total / max(count, 1)}
+        row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": loss}
         if (
             read_eval is not None
             and eval_labels is not None
@@ -183,70 +163,70 @@ def finetune(
     return result
 
 
-def run_finetune(
-    data: str | Path,
-    checkpoint: str | Path,
-    out: str | Path,
-    *,
-    streams: Sequence[str] | None,
-    cfg: FinetuneConfig,
-    weights: Mapping[str, float] | None = None,
-    device: str | None = None,
-    train_split: str = "train",
-    eval_split: str = "val",
-    plots: bool = False,
-) -> dict[str, Any]:
-    """``crossclr finetune``: writes OUT/finetune.pt (linear format) and finetune_metrics.json."""
-    from crossclr_infer.cache import open_cache
-    from training.protocols.io import check_compatible, default_device, load_any_encoders, write_json
+@dataclass
+class _Stepper:
+    """One fine-tuning epoch: train mode, (optional) augmentation, head loss, SGD step per batch."""
 
-    dev = default_device(device)
+    encoders: Mapping[str, nn.Module]
+    heads: Mapping[str, nn.Module]
+    layout: Layout
+    cfg: FinetuneConfig
+    opt: torch.optim.Optimizer
+    device: torch.device
+    read: Reader
+    labels: Tensor  # (N,) int64 labels of the whole training split
+    aug_gen: torch.Generator | None = field(init=False, default=None)  # seeded cfg.seed + 1 with cfg.augment
+
+    def __post_init__(self) -> None:
+        self.aug_gen = (torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1)
+                        if self.cfg.augment else None)
+
+    def epoch(self, batches: Iterable[np.ndarray]) -> float:
+        """Train on each batch of training-split indices; the mean loss per sample."""
+        from training.augment import augment
+
+        for m in (*self.encoders.values(), *self.heads.values()):
+            m.train()
+        total, count = 0.0, 0
+        for idx in batches:
+            x = torch.as_tensor(np.asarray(self.read(idx), np.float32), device=self.device)  # (B, C, T, V, M)
+            if self.aug_gen is not None:
+                x = augment(x, self.aug_gen)
+            inputs = _stream_inputs(x, list(self.encoders), self.layout)
+            logits = {v: self.heads[v](enc.forward_features(inputs[v])) for v, enc in self.encoders.items()}
+            loss = head_loss(logits, self.labels[idx].to(self.device), self.cfg.fusion)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
+
+
+def run_finetune(data: str | Path, checkpoint: str | Path, out: str | Path, *, streams: Sequence[str] | None,
+                 cfg: FinetuneConfig, weights: Mapping[str, float] | None = None, device: str | None = None,
+                 train_split: str = "train", eval_split: str = "val", plots: bool = False) -> dict[str, Any]:
+    """``crossclr finetune``: writes OUT/finetune.pt (linear format) and finetune_metrics.json."""
+    from training.protocols.io import write_json
+
     out = Path(out)
-    encoders, heads, meta = load_any_encoders(checkpoint, streams, dev)
-    streams = list(encoders)
-    fweights = fusion_weights_for(cfg.fusion, streams, weights)
-    with open_cache(data) as cache:
-        layout = check_compatible(meta, cache, checkpoint, data, need_classes=heads is not None)
-        tr, ev = cache.split(train_split), cache.split(eval_split)
-        y_tr = np.asarray(tr.labels)
+    with open_protocol(data, checkpoint, streams=streams, splits=(train_split, eval_split), device=device,
+                       need_classes=None) as ctx:
+        fweights = fusion_weights_for(cfg.fusion, ctx.streams, weights)
+        tr, ev = ctx.split(train_split), ctx.split(eval_split)
+        y_tr, y_ev = np.asarray(tr.labels), np.asarray(ev.labels)
         subset = stratified_subset(y_tr, cfg.label_fraction, cfg.seed)
-        missing = sorted(set(range(cache.num_class)) - set(np.unique(y_tr).tolist()))
+        missing = sorted(set(range(ctx.num_class)) - set(np.unique(y_tr).tolist()))
         if missing:
             log.warning("%s: classes %s have no %s samples", data, missing[:10], train_split)
-        result = finetune(
-            encoders,
-            heads,
-            tr.read,
-            y_tr,
-            subset,
-            ev.read,
-            np.asarray(ev.labels),
-            layout,
-            cache.num_class,
-            cfg,
-            fweights,
-            dev,
-        )
-        class_names, num_class = list(cache.class_names), cache.num_class
-        info = cache_info(cache)
-        y_ev = np.asarray(ev.labels)
+        result = finetune(ctx.encoders, ctx.heads, tr.read, y_tr, subset, ev.read, y_ev, ctx.layout,
+                          ctx.num_class, cfg, fweights, ctx.device)
     cfg_dict = {**asdict(cfg), "milestones": list(cfg.resolved_milestones())}
-    ckpt_path = save_result(
-        out / "finetune.pt",
-        encoders,
-        result,
-        checkpoint=checkpoint,
-        meta=meta,
-        info=info,
-        class_names=class_names,
-        layout=layout,
-        extra={"finetune_config": cfg_dict, "data": str(data), "label_indices": subset.tolist()},
-    )
+    extra = {"finetune_config": cfg_dict, "data": str(data), "label_indices": subset.tolist()}
+    ckpt_path = save_result(out / "finetune.pt", ctx, result, extra=extra)
     report = {
-        "protocol": "finetune",
-        "data": str(data),
-        "checkpoint": str(checkpoint),
-        "streams": streams,
+        **ctx.header("finetune"),
+        "streams": ctx.streams,
         "label_fraction": cfg.label_fraction,
         "num_labelled": int(len(subset)),
         "num_train": int(len(y_tr)),
@@ -257,17 +237,11 @@ def run_finetune(
     }
     write_json(report, out / "finetune_metrics.json")
     if plots and result.eval_logits:
-        from training.plots import plot_confusion
+        from training.plots import plot_predictions
 
-        cm = confusion_matrix(y_ev, result.eval_logits[FUSED].argmax(1).numpy(), num_class)
         report["plots"] = [
-            str(
-                plot_confusion(
-                    cm,
-                    class_names,
-                    out / "finetune_confusion.png",
-                    title=f"fine-tuned {cfg.label_fraction:g} labels, last eval",
-                )
-            )
+            plot_predictions(y_ev, result.eval_logits[FUSED].argmax(1).numpy(), ctx.class_names,
+                             out / "finetune_confusion.png",
+                             title=f"fine-tuned {cfg.label_fraction:g} labels, last eval")
         ]
     return report

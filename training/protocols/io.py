@@ -1,4 +1,6 @@
-"""Shared pieces of the evaluation protocols (linear, kNN, fine-tuning) and the linear checkpoint.
+"""Shared pieces of the evaluation protocols (linear, kNN, fine-tuning, t-SNE) and the linear checkpoint.
+
+``load_any_encoders`` and ``check_compatible`` are called once per run by ``context.open_protocol``.
 
 Frozen encoders are run once over a cache split (``encode_split``); the protocols then work on those
 features. ``save_linear`` / ``load_linear`` read and write ``linear.pt`` (format ``crossclr-linear-v1``),
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +26,19 @@ from crossclr_infer.errors import CrossclrError
 from crossclr_infer.fileio import atomic_output, write_json_atomic
 from crossclr_infer.layouts import Layout, layout_from_toml_text, layout_to_toml
 from crossclr_infer.views import check_view_name
+from training.checkpoint import PRETRAIN_FORMAT, load_encoders, torch_load_safe
+from training.encoders import build_encoder
 
 log = logging.getLogger(__name__)
 
-LINEAR_FORMAT = "crossclr-linear-v1"
-PRETRAIN_FORMAT = "crossclr-pretrain-v1"
+LINEAR_FORMAT = "crossclr-linear-v1"  # PRETRAIN_FORMAT (training.checkpoint) is the other format read here
+
+
+def check_rate(value: float, flag: str, *, positive: bool = True) -> None:
+    """A finite number (> 0 with ``positive``, else >= 0), else one line naming ``flag``: NaN or inf would
+    train or score silently on garbage (``not value >= 0`` is true for NaN)."""
+    if not math.isfinite(value) or not value >= 0 or (positive and not value > 0):
+        raise CrossclrError(f"{flag} {value}: expected a finite number {'>' if positive else '>='} 0")
 
 
 def to_numpy(x: Tensor | np.ndarray) -> np.ndarray:
@@ -92,34 +103,18 @@ def encode_source(
         x = torch.as_tensor(np.asarray(read(idx), dtype=np.float32), device=device)  # (B, C, T, V, M)
         for v, f in encode_batch(encoders, x, layout).items():
             chunks[v].append(f.float().cpu())
-    hidden = {v: _hidden_dim(enc) for v, enc in encoders.items()}
-    return {v: torch.cat(c) if c else torch.zeros(0, hidden[v]) for v, c in chunks.items()}
+    return {v: torch.cat(c) if c else torch.zeros(0, int(encoders[v].hidden_dim)) for v, c in chunks.items()}
 
 
-def _hidden_dim(enc: nn.Module) -> int:
-    cfg = getattr(enc, "cfg", None) or getattr(enc, "config", None)
-    return int(getattr(cfg, "hidden_dim", 256))
-
-
-def encode_split(
-    encoders: Mapping[str, nn.Module],
-    split: Any,
-    layout: Layout,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    desc: str = "encode",
-) -> dict[str, Tensor]:
-    """encode_source over a cache split (``len(split)``, ``split.read(indices)``)."""
-    return encode_source(
-        encoders, split.read, len(split), layout, batch_size=batch_size, device=device, desc=desc
-    )
+def encode_split(encoders: Mapping[str, nn.Module], split: Any, layout: Layout, **options: Any
+                 ) -> dict[str, Tensor]:
+    """encode_source over a cache split (``len(split)``, ``split.read(indices)``); ``options`` are those of
+    encode_source (batch_size, device, desc)."""
+    return encode_source(encoders, split.read, len(split), layout, **options)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _torch_load(path: Path) -> dict:
-    from training.checkpoint import torch_load_safe
-
     ckpt = torch_load_safe(path, missing="no such checkpoint file",
                            unreadable="not a readable torch checkpoint ({reason})")
     if not isinstance(ckpt, dict):
@@ -127,10 +122,9 @@ def _torch_load(path: Path) -> dict:
     return ckpt
 
 
-def checkpoint_format(path: str | Path) -> str:
-    """The ``format`` field of a checkpoint (CrossclrError when it is not one of ours)."""
-    path = Path(path)
-    fmt = _torch_load(path).get("format")
+def _format_of(ckpt: Mapping[str, Any], path: Path) -> str:
+    """The ``format`` field of a checkpoint read from ``path`` (CrossclrError when it is not one of ours)."""
+    fmt = ckpt.get("format")
     if fmt not in (LINEAR_FORMAT, PRETRAIN_FORMAT):
         raise CrossclrError(
             f"{path}: format {fmt!r}; expected {PRETRAIN_FORMAT!r} (crossclr train) or "
@@ -140,29 +134,16 @@ def checkpoint_format(path: str | Path) -> str:
 
 
 def encoder_config_from(config: Mapping[str, Any], source: str) -> Any:
-    """The EncoderConfig stored in a checkpoint's ``config`` dict (a TrainConfig dict or its 'model' part)."""
-    from training.encoders.config import EncoderConfig
+    """The EncoderConfig stored in a checkpoint's ``config`` dict (a TrainConfig dict or its 'model' part).
+
+    Only the 'model' table is read (with the key and type checks of a TOML file), so a checkpoint whose other
+    settings an older or newer version wrote still yields its encoder."""
+    from training.config import config_from_dict
 
     model = config.get("model", config) if isinstance(config, Mapping) else None
     if not isinstance(model, Mapping):
         raise CrossclrError(f"{source}: checkpoint 'config' has no encoder settings ('model')")
-    try:
-        from training.config import config_from_dict
-
-        return config_from_dict(dict(config)).model
-    except Exception:  # noqa: BLE001 - fall back to the plain dataclass fields
-        pass
-    try:
-        return EncoderConfig.from_dict(dict(model))
-    except (TypeError, ValueError) as e:
-        raise CrossclrError(f"{source}: cannot rebuild the encoder config ({e})") from None
-
-
-def build_encoder(layout: Layout, enc_cfg: Any, num_person: int, in_channels: int = 3,
-                  frames: int = 50) -> nn.Module:
-    from training.encoders import build_encoder as build
-
-    return build(layout, enc_cfg, num_person=num_person, in_channels=in_channels, frames=frames)
+    return config_from_dict({"model": dict(model)}, f"{source} (config)").model
 
 
 def load_linear(
@@ -174,7 +155,12 @@ def load_linear(
     Σ w_v·logits_v), class_names, layout (TOML text), config, frames, num_person, preprocess, metrics.
     """
     path = Path(path)
-    ckpt = _torch_load(path)
+    return _linear_from(_torch_load(path), path, device)
+
+
+def _linear_from(ckpt: dict[str, Any], path: Path, device: torch.device | str
+                 ) -> tuple[dict[str, nn.Module], dict[str, nn.Linear], dict[str, Any]]:
+    """``load_linear`` of a checkpoint dict already read from ``path``."""
     if ckpt.get("format") != LINEAR_FORMAT:
         raise CrossclrError(
             f"{path}: format {ckpt.get('format')!r}; expected {LINEAR_FORMAT!r} "
@@ -194,7 +180,8 @@ def load_linear(
     for v in ckpt["streams"]:
         if v not in ckpt["encoders"] or v not in ckpt["heads"]:
             raise CrossclrError(f"{path}: stream {v!r} listed but its encoder or head is missing")
-        enc = build_encoder(layout, enc_cfg, num_person, in_channels, int(ckpt.get("frames") or 50))
+        enc = build_encoder(layout, enc_cfg, num_person=num_person, in_channels=in_channels,
+                            frames=int(ckpt.get("frames") or 50))
         try:
             enc.load_state_dict(ckpt["encoders"][v])
         except RuntimeError as e:
@@ -218,12 +205,11 @@ def load_any_encoders(
     Returns (encoders in eval mode, heads or None, meta). CrossclrError when a requested stream is absent.
     """
     path = Path(path)
-    fmt = checkpoint_format(path)
-    if fmt == LINEAR_FORMAT:
-        encoders, heads, meta = load_linear(path, device)
+    ckpt = _torch_load(path)  # read once for a linear checkpoint
+    if _format_of(ckpt, path) == LINEAR_FORMAT:
+        encoders, heads, meta = _linear_from(ckpt, path, device)
     else:
-        from training.checkpoint import load_encoders
-
+        del ckpt  # load_encoders reads the file itself: do not hold two copies
         encoders, meta = load_encoders(path, streams)
         encoders = {v: e.to(device).eval() for v, e in encoders.items()}
         heads = None

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from crossclr_infer.errors import CrossclrError
-from crossclr_infer.metrics import FUSED, confusion_matrix, topk_percent
-from training.protocols.io import encode_split, to_numpy
+from crossclr_infer.metrics import FUSED, topk_percent
+from training.protocols.context import open_protocol
+from training.protocols.io import check_rate, to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def knn_scores(
     ``train_feats`` (N, D), ``query_feats`` (Q, D) (normalized here); k is capped at N. Queries run in
     chunks so memory stays O(chunk · N).
     """
-    if t <= 0:
+    if not t > 0:  # NaN too
         raise CrossclrError(f"kNN temperature must be > 0, got {t}")
     if k < 1:
         raise CrossclrError(f"kNN k must be ≥ 1, got {k}")
@@ -103,6 +104,21 @@ def knn_evaluate(
     return results, last_scores
 
 
+@dataclass(frozen=True)
+class KnnConfig:
+    """The neighbour counts and the vote temperature, checked (NaN-safe) before any work."""
+
+    ks: tuple[int, ...] = DEFAULT_KS  # neighbour counts, each ≥ 1 (sorted, without repeats)
+    t: float = 0.1  # votes exp(sim / t)
+
+    def __post_init__(self) -> None:
+        ks = tuple(sorted(set(self.ks)))
+        if not ks or ks[0] < 1:
+            raise CrossclrError("-k: k must be ≥ 1")
+        check_rate(self.t, "-t/--temperature")
+        object.__setattr__(self, "ks", ks)
+
+
 def run_knn(
     data: str | Path,
     checkpoint: str | Path,
@@ -117,30 +133,20 @@ def run_knn(
     plots_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """``crossclr knn``: encode both splits with frozen encoders, weighted kNN per stream and fused."""
-    from crossclr_infer.cache import open_cache
-    from training.protocols.io import check_compatible, default_device, load_any_encoders
-
-    dev = default_device(device)
-    encoders, _, meta = load_any_encoders(checkpoint, streams, dev)
-    with open_cache(data) as cache:
-        layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
-        tr, ev = cache.split(train_split), cache.split(eval_split)
-        tr_feats = encode_split(encoders, tr, layout, batch_size=batch_size, device=dev, desc="encode train")
-        ev_feats = encode_split(encoders, ev, layout, batch_size=batch_size, device=dev, desc="encode eval")
-        tr_y = torch.as_tensor(np.asarray(tr.labels), dtype=torch.long)
-        ev_y = torch.as_tensor(np.asarray(ev.labels), dtype=torch.long)
-        class_names, num_class = list(cache.class_names), cache.num_class
+    with open_protocol(data, checkpoint, streams=streams, splits=(train_split, eval_split),
+                       device=device) as ctx:
+        tr_feats = ctx.encode(train_split, batch_size=batch_size, desc="encode train")
+        ev_feats = ctx.encode(eval_split, batch_size=batch_size, desc="encode eval")
+        tr_y, ev_y = ctx.labels(train_split), ctx.labels(eval_split)
     n_train = len(tr_y)
     capped = sorted(k for k in set(ks) if k > n_train)
     if capped:
         log.warning("-k %s: the training split %r has only %d samples; a k above %d uses all of them",
                     ",".join(map(str, capped)), train_split, n_train, n_train)
-    results, scores = knn_evaluate(tr_feats, tr_y, ev_feats, ev_y, num_class, ks=ks, t=t)
+    results, scores = knn_evaluate(tr_feats, tr_y, ev_feats, ev_y, ctx.num_class, ks=ks, t=t)
     report: dict[str, Any] = {
-        "protocol": "knn",
-        "data": str(data),
-        "checkpoint": str(checkpoint),
-        "streams": list(encoders),
+        **ctx.header("knn"),
+        "streams": ctx.streams,
         "t": t,
         "ks": sorted(ks),
         "effective_k": {str(k): min(k, n_train) for k in sorted(ks)},
@@ -150,15 +156,11 @@ def run_knn(
         "results": {key: {str(k): acc for k, acc in per_k.items()} for key, per_k in results.items()},
     }
     if plots_dir is not None:
-        from training.plots import plot_confusion
+        from training.plots import plot_predictions
 
         key = FUSED if FUSED in scores else next(iter(scores))
-        cm = confusion_matrix(ev_y.numpy(), scores[key].argmax(1).numpy(), num_class)
         report["plots"] = [
-            str(
-                plot_confusion(
-                    cm, class_names, Path(plots_dir) / "knn_confusion.png", title=f"kNN k={max(ks)} ({key})"
-                )
-            )
+            plot_predictions(ev_y.numpy(), scores[key].argmax(1).numpy(), ctx.class_names,
+                             Path(plots_dir) / "knn_confusion.png", title=f"kNN k={max(ks)} ({key})")
         ]
     return report

@@ -30,18 +30,41 @@ from crossclr_infer.metrics import (
     FUSED,
     FUSIONS,
     check_fusion_weights,
-    confusion_matrix,
     fuse_logits,
     fusion_weights_for,
     topk_percent,
 )
-from training.protocols.io import encode_batch, encode_split, to_numpy
+from training.protocols.context import ProtocolContext, open_protocol
+from training.protocols.io import check_rate, encode_batch, to_numpy
 
 log = logging.getLogger(__name__)
 
 
+class SGDSchedule:
+    """What LinearConfig and FinetuneConfig share: SGD settings (lr, momentum, weight_decay), lr drops at
+    milestones scaled with ``epochs``, and the fusion of the heads' losses."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[int, ...] | None
+    fusion: str
+
+    def check_sgd(self) -> None:
+        """Finite rates (NaN-safe: ``--lr nan`` is refused, not trained on) and a known fusion."""
+        check_rate(self.lr, "--lr")
+        check_rate(self.momentum, "--momentum", positive=False)
+        check_rate(self.weight_decay, "--weight-decay", positive=False)
+        if self.fusion not in FUSIONS:
+            raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
+
+    def resolved_milestones(self) -> tuple[int, ...]:
+        return resolve_milestones(self.milestones, self.epochs)
+
+
 @dataclass(frozen=True)
-class LinearConfig:
+class LinearConfig(SGDSchedule):
     epochs: int = 100  # training epochs of the heads
     lr: float = 3.0  # SGD learning rate
     momentum: float = 0.9  # SGD momentum
@@ -59,13 +82,7 @@ class LinearConfig:
             raise CrossclrError(f"--epochs must be ≥ 1, got {self.epochs}")
         if self.batch_size < 1:
             raise CrossclrError(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise CrossclrError(f"--lr must be > 0, got {self.lr}")
-        if self.fusion not in FUSIONS:
-            raise CrossclrError(f"--fusion {self.fusion!r}: use one of {FUSIONS}")
-
-    def resolved_milestones(self) -> tuple[int, ...]:
-        return resolve_milestones(self.milestones, self.epochs)
+        self.check_sgd()
 
 
 def resolve_milestones(milestones: Sequence[int] | None, epochs: int) -> tuple[int, ...]:
@@ -321,108 +338,57 @@ def train_linear(
 
 
 # ------------------------------------------------------------------------------------------ orchestrators
-def cache_info(cache: Any) -> dict[str, Any]:
-    """What a checkpoint records about the cache its heads were trained on."""
-    return {
-        "frames": cache.frames,
-        "num_person": cache.num_person,
-        "preprocess": dict(cache.preprocess),
-        "benchmark": cache.benchmark,
-    }
-
-
-def save_result(
-    path: Path,
-    encoders: Mapping[str, nn.Module],
-    result: LinearResult,
-    *,
-    checkpoint: str | Path,
-    meta: Mapping[str, Any],
-    info: Mapping[str, Any],
-    class_names: Sequence[str],
-    layout: Layout,
-    extra: Mapping[str, Any],
-) -> Path:
-    """Write encoders + trained heads in the linear checkpoint format (``save_linear``): the source
-    checkpoint's encoder config, the cache ``info``, best/last metrics and ``extra`` fields. The fusion
+def save_result(path: Path, ctx: ProtocolContext, result: LinearResult, *, extra: Mapping[str, Any]) -> Path:
+    """Write the context's encoders + trained heads in the linear checkpoint format (``save_linear``): the
+    source checkpoint's encoder config, the cache ``info``, best/last metrics and ``extra`` fields. The fusion
     weights are checked (finite, >= 0, not all zero) before anything is written."""
     from training.protocols.io import save_linear
 
     check_fusion_weights(result.fusion_weights, f"{path}: fusion weights")
-
     save_meta = {
-        **info,
-        **{k: meta[k] for k in ("config", "in_channels") if k in meta},
-        "source_checkpoint": str(checkpoint),
+        **ctx.info,
+        **{k: ctx.meta[k] for k in ("config", "in_channels") if k in ctx.meta},
+        "source_checkpoint": str(ctx.checkpoint),
     }
     return save_linear(
         path,
-        encoders,
+        ctx.encoders,
         result.heads,
         fusion=result.fusion,
         fusion_weights=result.fusion_weights,
-        class_names=class_names,
-        layout=layout,
+        class_names=ctx.class_names,
+        layout=ctx.layout,
         meta=save_meta,
         metrics={"best": result.best, "last": result.last},
         extra=extra,
     )
 
 
-def run_linear(
-    data: str | Path,
-    checkpoint: str | Path,
-    out: str | Path,
-    *,
-    streams: Sequence[str] | None,
-    cfg: LinearConfig,
-    weights: Mapping[str, float] | None = None,
-    device: str | None = None,
-    train_split: str = "train",
-    eval_split: str = "val",
-    encode_batch_size: int = 256,
-    plots: bool = False,
-) -> dict[str, Any]:
-    """``crossclr linear``: load encoders, encode both splits once, train heads, write linear.pt."""
-    from crossclr_infer.cache import open_cache
-    from training.protocols.io import check_compatible, default_device, load_any_encoders, write_json
+def cached_features(ctx: ProtocolContext, split: str, batch_size: int = 256, desc: str | None = None
+                    ) -> CachedFeatures:
+    """A split encoded once by the context's frozen encoders, with its labels."""
+    return CachedFeatures(ctx.encode(split, batch_size=batch_size, desc=desc), ctx.labels(split), ctx.device)
 
-    dev = default_device(device)
+
+def run_linear(data: str | Path, checkpoint: str | Path, out: str | Path, *, streams: Sequence[str] | None,
+               cfg: LinearConfig, weights: Mapping[str, float] | None = None, device: str | None = None,
+               train_split: str = "train", eval_split: str = "val", encode_batch_size: int = 256,
+               plots: bool = False) -> dict[str, Any]:
+    """``crossclr linear``: load encoders, encode both splits once, train heads, write linear.pt."""
+    from training.protocols.io import write_json
+
     out = Path(out)
-    encoders, _, meta = load_any_encoders(checkpoint, streams, dev)
-    streams = list(encoders)
-    fweights = fusion_weights_for(cfg.fusion, streams, weights)
-    with open_cache(data) as cache:
-        layout = check_compatible(meta, cache, checkpoint, data, need_classes=False)
-        tr, ev = cache.split(train_split), cache.split(eval_split)
-        tr_feats = encode_split(
-            encoders, tr, layout, batch_size=encode_batch_size, device=dev, desc="encode train"
-        )
-        ev_feats = encode_split(
-            encoders, ev, layout, batch_size=encode_batch_size, device=dev, desc="encode eval"
-        )
-        train_src = CachedFeatures(tr_feats, torch.as_tensor(np.asarray(tr.labels), dtype=torch.long), dev)
-        val_src = CachedFeatures(ev_feats, torch.as_tensor(np.asarray(ev.labels), dtype=torch.long), dev)
-        class_names = list(cache.class_names)
-        num_class = cache.num_class
-        info = cache_info(cache)
-    result = train_linear(train_src, val_src, num_class, streams, cfg, fweights, dev)
-    ckpt_path = save_result(
-        out / "linear.pt",
-        encoders,
-        result,
-        checkpoint=checkpoint,
-        meta=meta,
-        info=info,
-        class_names=class_names,
-        layout=layout,
-        extra={"linear_config": _cfg_dict(cfg), "data": str(data)},
-    )
+    with open_protocol(data, checkpoint, streams=streams, splits=(train_split, eval_split),
+                       device=device) as ctx:
+        fweights = fusion_weights_for(cfg.fusion, ctx.streams, weights)
+        train_src = cached_features(ctx, train_split, encode_batch_size, "encode train")
+        val_src = cached_features(ctx, eval_split, encode_batch_size, "encode eval")
+    result = train_linear(train_src, val_src, ctx.num_class, ctx.streams, cfg, fweights, ctx.device)
+    ckpt_path = save_result(out / "linear.pt", ctx, result,
+                            extra={"linear_config": _cfg_dict(cfg), "data": str(data)})
     report = {
-        "protocol": "linear",
-        "data": str(data),
-        "checkpoint": str(checkpoint),
-        "streams": streams,
+        **ctx.header("linear"),
+        "streams": ctx.streams,
         "train_split": train_split,
         "eval_split": eval_split,
         "num_train": len(train_src),
@@ -433,17 +399,13 @@ def run_linear(
     }
     write_json(report, out / "linear_metrics.json")
     if plots:
-        from training.plots import plot_confusion, plot_linear_curves
+        from training.plots import plot_linear_curves, plot_predictions
 
-        fused = result.eval_logits[FUSED]
-        cm = confusion_matrix(val_src.labels.numpy(), fused.argmax(1).numpy(), num_class)
+        title = f"linear ({'+'.join(ctx.streams)}), last epoch"
         report["plots"] = [
-            str(
-                plot_confusion(
-                    cm, class_names, out / "confusion.png", title=f"linear ({'+'.join(streams)}), last epoch"
-                )
-            ),
-            str(plot_linear_curves(result.history, streams, out / "linear_curves.png")),
+            plot_predictions(val_src.labels.numpy(), result.eval_logits[FUSED].argmax(1).numpy(),
+                             ctx.class_names, out / "confusion.png", title=title),
+            str(plot_linear_curves(result.history, ctx.streams, out / "linear_curves.png")),
         ]
     return report
 
@@ -459,49 +421,33 @@ def evaluate_linear(
     plots_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score an existing linear.pt on a cache split (no training): top-1/top-5 per stream and fused."""
-    from crossclr_infer.cache import open_cache
-    from training.protocols.io import check_compatible, default_device, load_any_encoders
-
-    dev = default_device(device)
-    encoders, heads, meta = load_any_encoders(checkpoint, streams, dev)
-    if heads is None:
-        raise CrossclrError(
-            f"{checkpoint}: a pretrain checkpoint has no heads; --eval-only needs a linear.pt "
-            "written by crossclr linear"
-        )
-    with open_cache(data) as cache:
-        layout = check_compatible(meta, cache, checkpoint, data, need_classes=True)
-        sp = cache.split(split)
-        feats = encode_split(encoders, sp, layout, batch_size=batch_size, device=dev, desc=f"encode {split}")
-        src = CachedFeatures(feats, torch.as_tensor(np.asarray(sp.labels), dtype=torch.long), dev)
-        class_names = list(cache.class_names)
-    weights = check_fusion_weights({v: meta["fusion_weights"][v] for v in encoders},
+    with open_protocol(data, checkpoint, streams=streams, splits=(split,), device=device,
+                       need_classes=None) as ctx:
+        if ctx.heads is None:
+            raise CrossclrError(
+                f"{checkpoint}: a pretrain checkpoint has no heads; --eval-only needs a linear.pt "
+                "written by crossclr linear"
+            )
+        src = cached_features(ctx, split, batch_size)
+    weights = check_fusion_weights({v: ctx.meta["fusion_weights"][v] for v in ctx.encoders},
                                    f"{checkpoint}: fusion weights")
-    logits = predict_logits(heads, src, weights)
+    logits = predict_logits(ctx.heads, src, weights)
     report: dict[str, Any] = {
-        "protocol": "linear-eval",
-        "data": str(data),
-        "checkpoint": str(checkpoint),
+        **ctx.header("linear-eval"),
         "split": split,
-        "streams": list(encoders),
+        "streams": ctx.streams,
         "num_eval": len(src),
-        "fusion": meta.get("fusion"),
+        "fusion": ctx.meta.get("fusion"),
         "fusion_weights": weights,
         "last": score(logits, src.labels),
     }
     if plots_dir is not None:
-        from training.plots import plot_confusion
+        from training.plots import plot_predictions
 
-        cm = confusion_matrix(src.labels.numpy(), logits[FUSED].argmax(1).numpy(), len(class_names))
+        title = f"linear ({'+'.join(ctx.streams)}) on {split}"
         report["plots"] = [
-            str(
-                plot_confusion(
-                    cm,
-                    class_names,
-                    Path(plots_dir) / "confusion.png",
-                    title=f"linear ({'+'.join(encoders)}) on {split}",
-                )
-            )
+            plot_predictions(src.labels.numpy(), logits[FUSED].argmax(1).numpy(), ctx.class_names,
+                             Path(plots_dir) / "confusion.png", title=title)
         ]
     return report
 
