@@ -21,6 +21,7 @@ from torch import nn
 from crossclr_infer.layouts import Layout
 from tests.helpers import run_cli, write_cache
 from training.encoders import EncoderKind, register_encoder, unregister_encoder
+from training.encoders.heads import ProjectedEncoder, projector_head
 from training.objectives.base import Objective, register_objective, unregister_objective
 from training.views import compute_view
 
@@ -28,8 +29,9 @@ KIND = "toy-frame-mlp"
 OBJECTIVE = "toy-simsiam"
 
 
-class FrameMLP(nn.Module):
-    """Each frame's joints through one hidden layer, averaged over frames and bodies."""
+class FrameMLP(ProjectedEncoder, nn.Module):
+    """Each frame's joints through one hidden layer, averaged over frames and bodies; the projector and the
+    head half of the interface come from the shared ``ProjectedEncoder``."""
 
     kind = KIND
 
@@ -37,26 +39,12 @@ class FrameMLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.inp = nn.Linear(in_channels * layout.num_joints, cfg.hidden_dim)
-        self.head = nn.Linear(cfg.hidden_dim, cfg.feature_dim)
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.cfg.hidden_dim
-
-    @property
-    def feature_dim(self) -> int:
-        return self.cfg.feature_dim
+        self.fc = projector_head(cfg)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, v, m = x.shape
         f = x.permute(0, 4, 2, 1, 3).reshape(n, m, t, c * v)  # (N, C, T, V, M) -> (N, M, T, C·V)
         return torch.relu(self.inp(f)).mean(dim=(1, 2))
-
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.head(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class SimSiamModel(nn.Module):
@@ -134,7 +122,8 @@ def test_a_toy_encoder_and_objective_train_evaluate_and_export_through_the_cli(
     assert code == 0, err
     report_path = tmp_path / "report.json"
     code, _, err = run_cli(["evaluate", "--model", str(tmp_path / "onnx" / "ensemble.onnx"), "--data",
-                            str(cache), "--split", "val", "--report", str(report_path), "--no-progress"], capsys)
+                            str(cache), "--split", "val", "--report", str(report_path), "--no-progress"],
+                           capsys)
     assert code == 0, err
     report = json.loads(report_path.read_text())
     assert report["num_samples"] == 9 and report["streams"] == ["joint", "bone"]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -18,19 +16,6 @@ from crossclr_infer.views import parse_streams
 log = logging.getLogger(__name__)
 
 # threads or worker processes per core a torch command may ask for: more only adds memory and switching
-def _check_finite_config(cfg: Any, config: str | None) -> None:
-    """The learning rate is a finite number > 0 and the other rates finite and >= 0, before the run folder
-    is made: ``--lr nan`` once wrote a run folder and failed at the second step."""
-    where = f"--lr / {config or 'the config'}"
-    for key, positive in (("lr", True), ("weight_decay", False), ("momentum", False)):
-        value = getattr(cfg, key, None)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise CrossclrError(f"{where}: {key} = {value}; expected a finite number "
-                                f"{'>' if positive else '>='} 0")
-
-
 def _is_rank0() -> bool:
     """Not a secondary process of a torchrun launch (those share rank 0's output folder)."""
     try:
@@ -93,7 +78,6 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     except RecursionError:
         raise CrossclrError(f"--config {config}: nested too deeply; expected a flat TOML config (see the "
                             "presets in training/presets)") from None
-    _check_finite_config(cfg, config)
     if num_workers is None:
         check_worker_count(cfg.num_workers, f"{config or 'the config'}: num_workers =")
     if _is_rank0():

@@ -8,6 +8,7 @@ key and the expected type. ``PRESETS`` maps preset names to the files in ``train
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -109,10 +110,13 @@ class TrainConfig:
             raise bad("cross_epoch", f"= {self.cross_epoch}; expected an integer >= 0")
         if self.num_workers < 0:
             raise bad("num_workers", f"= {self.num_workers}; expected an integer >= 0")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.lr_gamma <= 0:
-            raise bad("lr/weight_decay/momentum/lr_gamma", "out of range; expected lr > 0, "
-                      "weight_decay >= 0, 0 <= momentum < 1, lr_gamma > 0")
-        if self.warmup_epochs < 0 or self.min_lr < 0 or not all(0 <= b < 1 for b in self.betas):
+        for key, ok, expected in (("lr", self.lr > 0, "> 0"),
+                                  ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                                  ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                                  ("lr_gamma", self.lr_gamma > 0, "> 0")):
+            if not ok or not math.isfinite(getattr(self, key)):  # comparisons with NaN are False
+                raise bad(key, f"= {getattr(self, key)}; expected a finite number {expected}")
+        if not (self.warmup_epochs >= 0 and self.min_lr >= 0 and all(0 <= b < 1 for b in self.betas)):
             raise bad("warmup_epochs/min_lr/betas", "out of range; expected warmup_epochs >= 0, min_lr >= 0 "
                       "and betas in [0, 1)")
         objective_class(self.objective).check_config(self)  # a known objective that can train this config

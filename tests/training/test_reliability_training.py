@@ -186,7 +186,7 @@ def test_a_cross_view_stage_that_never_starts_is_said_in_one_line(toy: Path, tmp
 
 @pytest.mark.parametrize(("flags", "blamed"), [(["--epochs", "0"], "--epochs: epochs = 0"),
                                                (["--cross-epoch", "-1"], "--cross-epoch: cross_epoch = -1"),
-                                               (["--lr", "0"], "--lr: lr/")])
+                                               (["--lr", "0"], "--lr: lr = 0")])
 def test_bad_flag_values_blame_the_flag_not_the_preset(toy: Path, tmp_path: Path, flags: list[str],
                                                        blamed: str, capsys: pytest.CaptureFixture) -> None:
     err = cli_error(_train_args(toy, tmp_path / "run", *flags), capsys)
