@@ -22,12 +22,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .errors import CrossclrError
 from .metrics import ranked_classes, softmax
+from .results import ClassScore, Prediction
 from .session import ModelInfo, ModelSession
 from .skeleton import RawSkeleton, check_coordinates
 
@@ -252,9 +252,9 @@ def load_inputs(paths: Sequence[str | Path], info: ModelInfo, *, axes: str | Non
     return out
 
 
-def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[tuple[ClassScore, ...]]:
     idx = ranked_classes(probs, min(k, probs.shape[1]))
-    return [[{"class": int(j), "name": names[j], "probability": float(p[j])} for j in row]
+    return [tuple(ClassScore(int(j), names[j], float(p[j])) for j in row)
             for row, p in zip(idx, probs, strict=True)]
 
 
@@ -267,8 +267,9 @@ def check_top_k(top_k: object, option: str = "--top-k") -> int:
 
 
 def predict(session: ModelSession, inputs: Sequence[SkeletonInput], *, top_k: int = 5,
-            batch_size: int = 64) -> list[dict[str, Any]]:
-    """Per input: the fused top-k classes with probabilities and each stream's top-k."""
+            batch_size: int = 64, embedding: bool = False) -> list[Prediction]:
+    """Per input: the fused top-k classes and probabilities, each stream's top-k, and (``embedding``) the
+    model's ``embedding`` output."""
     top_k = check_top_k(top_k)
     if not inputs:
         raise CrossclrError("no inputs to predict")
@@ -276,26 +277,29 @@ def predict(session: ModelSession, inputs: Sequence[SkeletonInput], *, top_k: in
     x = np.stack([s.data for s in inputs])  # (N, C, T, V, M)
     names = ", ".join(s.name for s in inputs[:3]) + (" …" if len(inputs) > 3 else "")
     res = session.run_batched(x, batch_size, source=names)
-    cls = info.class_names
+    cls = tuple(info.class_names)
     if info.kind == "ensemble":
-        fused = _top(res["probabilities"], cls, top_k)
+        probs = res["probabilities"]
         streams = {v: _top(softmax(res[f"logits_{v}"]), cls, top_k) for v in info.streams}
     else:
-        fused = _top(softmax(res["logits"]), cls, top_k)
-        streams = {info.streams[0]: fused}
-    return [{"input": s.name, "fused": fused[i], "streams": {v: streams[v][i] for v in streams}}
+        probs = softmax(res["logits"])
+        streams = {info.streams[0]: _top(probs, cls, top_k)}
+    fused = _top(probs, cls, top_k)
+    emb = res.get("embedding") if embedding else None
+    return [Prediction(s.name, fused[i], probs[i], {v: streams[v][i] for v in streams}, cls,
+                       None if emb is None else emb[i])
             for i, s in enumerate(inputs)]
 
 
-def format_predictions(preds: Sequence[dict[str, Any]]) -> str:
+def format_predictions(preds: Sequence[Prediction]) -> str:
     """Human-readable text: per input the fused top-k, then each stream's best class."""
     lines: list[str] = []
     for p in preds:
-        lines.append(p["input"])
-        for rank, c in enumerate(p["fused"], 1):
-            lines.append(f"  {rank}. {c['name']:<40s} {100 * c['probability']:6.2f}%")
-        if len(p["streams"]) > 1:
-            per = ", ".join(f"{v}: {top[0]['name']} {100 * top[0]['probability']:.1f}%"
-                            for v, top in p["streams"].items())
+        lines.append(p.input)
+        for rank, c in enumerate(p.top, 1):
+            lines.append(f"  {rank}. {c.name:<40s} {100 * c.probability:6.2f}%")
+        if len(p.streams) > 1:
+            per = ", ".join(f"{v}: {top[0].name} {100 * top[0].probability:.1f}%"
+                            for v, top in p.streams.items())
             lines.append(f"  streams: {per}")
     return "\n".join(lines)

@@ -5,7 +5,7 @@
     model = Predictor("models/xsub/ensemble.onnx", providers=["cpu"], threads=1)
     result = model.predict(clip)              # one clip: (T, V, C), (M, T, V, C) or (C, T, V, M)
     results = model.predict([clip_a, clip_b]) # a batch: a list of clips (or an array with axes "N...")
-    result["fused"][0]                        # {"class": 3, "name": "wave", "probability": 0.91}
+    result.name, result.probability           # the fused top-1: "wave", 0.91 (result.top: the top-k)
 
 The clip gets the model's own preprocessing (mode, frames, bodies from its metadata) through the functions
 ``crossclr predict`` uses (``predict.detect_axes``/``parse_axes``, ``to_ctvm``, ``preprocess_ctvm``) and the
@@ -26,13 +26,14 @@ import numpy as np
 
 from .errors import CrossclrError
 from .predict import SkeletonInput, check_top_k, detect_axes, parse_axes, predict, preprocess_ctvm, to_ctvm
+from .results import Prediction
 from .session import ModelInfo, ModelSession
 from .skeleton import check_coordinates
 
 log = logging.getLogger(__name__)
 
 Clip = np.ndarray
-Result = dict[str, Any]
+Result = Prediction
 
 
 def _as_array(clip: object, source: str) -> np.ndarray:

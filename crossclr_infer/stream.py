@@ -591,7 +591,7 @@ class StreamPredictor:
         done = time.perf_counter()
         self.stats.predicted += 1
         return StreamPrediction(window.index, window.t_start, window.t_end, window.clip.shape[1],
-                                len(window.ids), window.partial, result["fused"],
+                                len(window.ids), window.partial, [c.to_dict() for c in result.top],
                                 (done - window.received) * 1e3, (done - t0) * 1e3)
 
     def run(self, frames: Iterable[Frame | Mapping[str, Any]], *, queue_size: int = DEFAULT_QUEUE,

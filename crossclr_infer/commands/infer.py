@@ -88,9 +88,9 @@ def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, 
         runtime = session.describe_backend()
         log.info("%s ran on %s %s, %s", model, runtime["backend"], runtime["backend_version"],
                  runtime["precision"])
-        for p in preds:  # which backend and precision gave each prediction
-            p["runtime"] = {k: runtime[k] for k in ("backend", "backend_version", "precision")}
-        click.echo(json.dumps(preds, indent=1, allow_nan=False) if as_json else format_predictions(preds))
+        ran = {k: runtime[k] for k in ("backend", "backend_version", "precision")}
+        records = [{**p.to_dict(), "runtime": ran} for p in preds]  # which backend and precision gave each
+        click.echo(json.dumps(records, indent=1, allow_nan=False) if as_json else format_predictions(preds))
     _exit_on_bad_inputs(errors)
 
 
