@@ -18,6 +18,7 @@ predicts the good files, reports each bad one on stderr and exits non-zero.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,17 +67,39 @@ def collect_files(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def detect_axes(shape: tuple[int, ...], num_joints: int, num_channels: int, source: str) -> str:
-    """The axes string of a raw array from its shape, when exactly one accepted form fits."""
+CLI_AXES = "--axes"  # how errors name the axes option: the CLI's flag ...
+API_AXES = "axes"  # ... or the Python argument (``Predictor.predict(axes=...)``)
+
+
+def axes_hint(option: str, axes: str | None = None) -> str:
+    """How an error names the axes option (``--axes MTVC`` for the CLI, ``axes='MTVC'`` for the API)."""
+    flag = option.startswith("-")
+    if axes is None:
+        return option if flag else f"{option}="
+    return f"{option} {axes}" if flag else f"{option}={axes!r}"
+
+
+def _prepared_hint(option: str) -> str:
+    if option.startswith("-"):
+        return "--preprocessed arrays"
+    return "Predictor.predict_prepared for prepared arrays"
+
+
+def detect_axes(shape: tuple[int, ...], num_joints: int, num_channels: int, source: str,
+                option: str = CLI_AXES) -> str:
+    """The axes string of a raw array from its shape, when exactly one accepted form fits. Errors name the
+    axes ``option`` (``--axes`` for the CLI, ``axes`` for the Python API)."""
     v, c = num_joints, num_channels
+    hint = functools.partial(axes_hint, option)
     if len(shape) == 3:
         if shape[1:] == (v, c):
             return "TVC"
         if shape[2] == c and shape[1] != v:
-            raise CrossclrError(f"{source}: skeleton has {shape[1]} joints, the model's layout has {v}; use "
-                                "a model of this skeleton layout (or --axes if the axes are not (T, V, C))")
-        raise CrossclrError(f"{source}: shape {shape} is not (T, V={v}, C={c}); pass --axes to name the "
-                            "axes, e.g. --axes TVC")
+            raise CrossclrError(f"{source}: skeleton has {shape[1]} joints, the model's layout has {v}; "
+                                f"use a model of this skeleton layout (or {hint()} if the axes are not "
+                                "(T, V, C))")
+        raise CrossclrError(f"{source}: shape {shape} is not (T, V={v}, C={c}); pass {hint()} to name the "
+                            f"axes, e.g. {hint('TVC')}")
     if len(shape) == 4:
         forms = (("MTVC", shape[2:] == (v, c)), ("CTVM", shape[0] == c and shape[2] == v))
         fits = [a for a, ok in forms if ok]
@@ -84,25 +107,25 @@ def detect_axes(shape: tuple[int, ...], num_joints: int, num_channels: int, sour
             return fits[0]
         if len(fits) == 2:
             raise CrossclrError(f"{source}: shape {shape} fits both (M, T, V, C) and (C, T, V, M); pass "
-                                "--axes MTVC or --axes CTVM")
+                                f"{hint('MTVC')} or {hint('CTVM')}")
         if shape[2] != v and (shape[3] == c or shape[0] == c):
             raise CrossclrError(f"{source}: skeleton has {shape[2]} joints, the model's layout has {v}; use "
-                                "a model of this skeleton layout (or --axes if the axes differ)")
+                                f"a model of this skeleton layout (or {hint()} if the axes differ)")
         raise CrossclrError(f"{source}: shape {shape} is neither (M, T, V={v}, C={c}) nor (C={c}, T, V={v}, "
-                            "M); pass --axes, e.g. --axes MTVC")
+                            f"M); pass {hint()}, e.g. {hint('MTVC')}")
     raise CrossclrError(f"{source}: array has {len(shape)} dimensions {shape}; expected (T, V, C), (M, T, V, "
-                        "C) or (C, T, V, M) raw coordinates (or --preprocessed arrays)")
+                        f"C) or (C, T, V, M) raw coordinates (or {_prepared_hint(option)})")
 
 
-def parse_axes(axes: str, ndim: int, source: str) -> str:
-    """Validate an --axes string: a permutation of T, V, C and optionally M, one letter per dimension."""
+def parse_axes(axes: str, ndim: int, source: str, option: str = CLI_AXES) -> str:
+    """Validate an axes string (``--axes`` / ``axes=``, named by ``option`` in errors): a permutation of T,
+    V, C and optionally M, one letter per dimension."""
     a = axes.strip().upper()
     if (len(a) != ndim or len(set(a)) != len(a) or not set(a) <= set(AXES_LETTERS)
             or not set("TVC") <= set(a)):
-        raise CrossclrError(f"{source}: --axes {axes!r} does not fit the array's {ndim} dimensions; expected "
-                            f"one "
-                            "letter per axis from T (frames), V (joints), C (coordinates), M (bodies), e.g. "
-                            "MTVC")
+        raise CrossclrError(f"{source}: {option} {axes!r} does not fit the array's {ndim} dimensions; "
+                            "expected one letter per axis from T (frames), V (joints), C (coordinates), "
+                            "M (bodies), e.g. MTVC")
     return a
 
 

@@ -73,9 +73,9 @@ def test_coco17_trains_exports_and_streams(tmp_path: Path, capsys) -> None:
     for p in preds:
         a, b = round(p["t_start"] * 30), round(p["t_end"] * 30) + 1
         assert p["frames"] == b - a == 32
-        assert p["top"] == predictor.predict(x[:, a:b], axes="CTVM", top_k=3)["fused"]
+        assert p["top"] == predictor.predict(x[:, a:b], axes="CTVM", top_k=3).to_dict()["fused"]
     # the same clip through `crossclr predict` (the whole clip) agrees with the Python API
     whole = tmp_path / "whole.npy"
     np.save(whole, x)  # (C, T, V, M) with zeros for undetected joints
     out = json.loads(_ok(["predict", str(whole), "--model", str(model), "--json", "--top-k", "3"], capsys))
-    assert out[0]["fused"] == predictor.predict(x, axes="CTVM", top_k=3)["fused"]
+    assert out[0]["fused"] == predictor.predict(x, axes="CTVM", top_k=3).to_dict()["fused"]

@@ -285,8 +285,8 @@ def test_predictor_and_stream_take_the_backend(tmp_path, capsys) -> None:
     ort_p = Predictor(path, backend="onnxruntime")
     assert ov_p.backend["backend"] == "openvino" and ort_p.backend["backend"] == "onnxruntime"
     a, b = ov_p.predict(x, axes="CTVM", top_k=2), ort_p.predict(x, axes="CTVM", top_k=2)
-    assert [c["class"] for c in a["fused"]] == [c["class"] for c in b["fused"]]
-    assert a["fused"][0]["probability"] == pytest.approx(b["fused"][0]["probability"], abs=1e-5)
+    assert [c.index for c in a.top] == [c.index for c in b.top]
+    assert a.probability == pytest.approx(b.probability, abs=1e-5)
     np.save(tmp_path / "clip.npy", x)
     code, out, _ = run_cli(["predict", "--replay", str(tmp_path / "clip.npy"), "--axes", "CTVM", "--no-wait",
                             "--model", str(path), "--backend", "openvino", "--precision", "fp32"], capsys)

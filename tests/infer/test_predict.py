@@ -87,11 +87,11 @@ def test_real_skeleton_file_and_its_array_form(model, tmp_path) -> None:
     p = np.exp(fused - fused.max())
     p /= p.sum()
     best = int(np.argmax(p))
-    assert pred["fused"][0]["class"] == best and pred["fused"][0]["name"] == CLASSES[best]
-    assert pred["fused"][0]["probability"] == pytest.approx(p[best], abs=1e-5)
-    assert [c["probability"] for c in pred["fused"]] == sorted((c["probability"] for c in pred["fused"]),
+    assert pred.top[0].index == best and pred.top[0].name == CLASSES[best]
+    assert pred.top[0].probability == pytest.approx(p[best], abs=1e-5)
+    assert [c.probability for c in pred.top] == sorted((c.probability for c in pred.top),
                                                                reverse=True)
-    assert set(pred["streams"]) == set(STREAMS) and len(pred["streams"]["bone"]) == 3
+    assert set(pred.streams) == set(STREAMS) and len(pred.streams["bone"]) == 3
 
 
 def test_folder_of_real_skeleton_files(model) -> None:

@@ -54,18 +54,18 @@ def test_one_clip_in_every_axis_order_is_the_official_preprocessing_and_fusion(n
     probs = fused_probabilities(want[None], w)[0]
     for clip in (x, np.transpose(x, (3, 1, 2, 0))):  # (C, T, V, M) and (M, T, V, C)
         r = model.predict(clip, top_k=3)
-        assert [c["class"] for c in r["fused"]] == list(np.argsort(-probs)[:3])
-        got = [c["probability"] for c in r["fused"]]
+        assert [c.index for c in r.top] == list(np.argsort(-probs)[:3])
+        got = [c.probability for c in r.top]
         np.testing.assert_allclose(got, np.sort(probs)[::-1][:3], atol=1e-5)
-        assert set(r["streams"]) == set(STREAMS) and r["fused"][0]["name"] == CLASSES[int(np.argmax(probs))]
+        assert set(r.streams) == set(STREAMS) and r.name == CLASSES[int(np.argmax(probs))]
     for order in itertools.permutations("CTVM"):  # all 24 axis orders, named with axes=
         clip = np.transpose(x, ["CTVM".index(a) for a in order])  # (C, T, V, M) -> the named order
         np.testing.assert_allclose(model.prepare(clip, "".join(order)), want, atol=1e-6)
         r = model.predict(clip, top_k=3, axes="".join(order))
-        assert [c["class"] for c in r["fused"]] == list(np.argsort(-probs)[:3]), order
+        assert [c.index for c in r.top] == list(np.argsort(-probs)[:3]), order
     one = np.transpose(x[..., 0], (1, 2, 0))  # (T, V, C)
     r = model.predict(one, axes="TVC")
-    np.testing.assert_allclose(r["fused"][0]["probability"], fused_probabilities(official(x[..., :1])[None],
+    np.testing.assert_allclose(r.probability, fused_probabilities(official(x[..., :1])[None],
                                                                                  w)[0].max(), atol=1e-5)
 
 
@@ -78,7 +78,7 @@ def test_equals_the_predict_command(ntu_model, tmp_path, capsys) -> None:
     assert code == 0
     [cli] = json.loads(out)
     got = Predictor(path, ["cpu"]).predict(x, top_k=4)
-    assert got["fused"] == cli["fused"] and got["streams"] == cli["streams"]
+    assert got.to_dict()["fused"] == cli["fused"] and got.to_dict()["streams"] == cli["streams"]
 
 
 def test_batches_keep_their_order(ntu_model) -> None:
@@ -86,15 +86,15 @@ def test_batches_keep_their_order(ntu_model) -> None:
     model = Predictor(path, ["cpu"], threads=1)
     clips = [raw_sequence(frames=40 + 10 * i, seed=i) for i in range(3)]
     many = model.predict(clips, top_k=6)
-    assert [r["input"] for r in many] == ["clip[0]", "clip[1]", "clip[2]"]
+    assert [r.input for r in many] == ["clip[0]", "clip[1]", "clip[2]"]
     for clip, r in zip(clips, many, strict=True):
-        assert r["fused"] == model.predict(clip, top_k=6)["fused"]
+        assert r.top == model.predict(clip, top_k=6).top
     same_length = np.stack([raw_sequence(frames=40, seed=i) for i in range(2)])  # (N, C, T, V, M)
     by_array = model.predict(same_length, top_k=2)
     by_axes = model.predict(np.transpose(same_length[..., 0], (0, 2, 3, 1)), axes="NTVC", top_k=2)
     assert len(by_array) == len(by_axes) == 2
     probs = fused_probabilities(np.stack([official(c[..., :1]) for c in same_length]), w)
-    np.testing.assert_allclose([r["fused"][0]["probability"] for r in by_axes], probs.max(axis=1), atol=1e-5)
+    np.testing.assert_allclose([r.probability for r in by_axes], probs.max(axis=1), atol=1e-5)
 
 
 def test_two_d_model_gets_the_pose2d_preprocessing(coco_model, tmp_path, capsys) -> None:
@@ -106,7 +106,7 @@ def test_two_d_model_gets_the_pose2d_preprocessing(coco_model, tmp_path, capsys)
     np.save(tmp_path / "coco.npy", np.transpose(x, (3, 1, 2, 0)))  # (M, T, V, C) as a pose estimator gives
     code, out, _ = run_cli(["predict", str(tmp_path / "coco.npy"), "--model", str(coco_model), "--json"],
                            capsys)
-    assert code == 0 and json.loads(out)[0]["fused"] == model.predict(x)["fused"]
+    assert code == 0 and json.loads(out)[0]["fused"] == model.predict(x).to_dict()["fused"]
 
 
 def test_bad_clips_are_one_line_errors(ntu_model) -> None:
