@@ -16,20 +16,25 @@ Input: JSON lines, one object per frame (UTF-8; blank lines are ignored)::
   - ``scores``: optional detection scores, one per joint (instead of a score inside each joint); without
     any score every given joint counts as detected with score 1.
 
-Output: JSON lines, one object per prediction::
+Output: JSON lines, one object per prediction (``StreamPrediction.to_dict``; docs/streaming.md)::
 
     {"window": 0, "t_start": 0.0, "t_end": 1.633, "frames": 50, "bodies": 1, "partial": false,
-     "top": [{"class": 3, "name": "waving", "probability": 0.82}, ...], "latency_ms": 6.1, "model_ms": 5.8}
+     "top": [{"class": 3, "name": "waving", "probability": 0.82}, ...], "latency_ms": 6.1, "model_ms": 5.8,
+     "fill": 1.0, "streams": {"joint": [...], "motion": [...], "bone": [...]}}
 
 ``t_start``/``t_end``: timestamps of the window's first and last frame; ``top``: the fused top-k classes;
-``latency_ms``: from the arrival of the window's last frame to the prediction (queue wait, preprocessing,
-model); ``model_ms``: preprocessing and model only.
+``streams``: each stream's top-k; ``fill``: how full the window was (0 to 1); ``latency_ms``: from the
+arrival of the window's last frame to the prediction (queue wait, preprocessing, model); ``model_ms``:
+preprocessing and model only. With smoothing (``smooth``) also ``smoothed`` (the top-k of the smoothed
+probabilities), ``label`` (the class held by the hysteresis) and ``warming_up`` (``Smoother``).
 
 Windows. The window holds the last ``window`` frames (default: the model's frame count) or the frames of the
 last ``span`` seconds; the model's own preprocessing (``crossclr_infer.predict.preprocess_ctvm``, as
 ``crossclr predict``) resamples them to its frames. A window is predicted every ``hop`` frames once it is
 full; at the end of the stream, one last window covers the newest frames if any arrived after the last
-prediction (``partial`` when the window never filled, e.g. a clip shorter than the window).
+prediction (``partial`` when the window never filled, e.g. a clip shorter than the window). A partial
+window is predicted only when at least ``min_fill`` of it is filled (default ``DEFAULT_MIN_FILL``: half;
+fill = frames / window frames, or covered seconds / span); below, it is counted and skipped (warning).
 
 What the stream does with imperfect input (each warning is one line; after 5 of a kind they are counted, not
 shown, and the end-of-stream summary gives the counts):
@@ -61,12 +66,14 @@ shown, and the end-of-stream summary gives the counts):
 The end-of-stream summary (one line on stderr) counts each kind: frames, predictions, dropped windows,
 malformed lines, out-of-order frames, gaps, windows without bodies, failed windows, evicted bodies.
 
-Slow consumers never block the input. ``StreamPredictor.run`` reads frames on its own thread and hands full
-windows to the consumer through a bounded queue (``queue_size``, default 2); when the consumer (the model, or
-whoever reads the predictions) falls behind, the oldest waiting window is dropped (counted, warning), so a
-prediction is always about recent frames. ``lossless=True`` makes the reader wait instead (every window is
-predicted; for files and replays that can wait). ``crossclr predict --stream`` is lossless for regular files
-and drops for stdin pipes and FIFOs unless told otherwise (``--lossless`` / ``--drop-late``).
+Lossless unless live. ``StreamPredictor.run`` reads frames on its own thread and hands windows to the
+consumer through a bounded queue (``queue_size``, default 2). By default the reader waits for the consumer:
+every window is predicted (frames in memory, files). ``live=True`` is for sources that cannot wait (a camera,
+a pose tracker's pipe): the reader never waits and, when the consumer (the model, or whoever reads the
+predictions) falls behind, the oldest waiting window is dropped (counted, warning), so a prediction is always
+about recent frames. ``crossclr predict --stream`` is lossless (a file, a FIFO, stdin) unless ``--live``
+marks the source live; a paced ``--replay`` (without ``--no-wait``) stands for a camera and is live. For a
+live loop of one's own, ``push(frame)`` / ``predict(window)`` is the API: nothing queues at all.
 
 Replay (``replay_frames``, ``crossclr predict --replay FILE``) turns a ``.skeleton`` or ``.npy`` file into
 this stream, frame ``i`` at ``t = i / fps`` and, unless told not to wait, at that pace.
@@ -83,17 +90,19 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import CrossclrError
-from .layouts import Layout
+from .layouts import Layout, get_layout
+from .metrics import ranked_classes
 from .predict import check_top_k
 from .predictor import Predictor
 from .preprocess import MODES, fill_missing_joints
+from .results import ClassScore, Prediction
 from .session import ModelInfo
 from .skeleton import check_coordinates
 
@@ -112,6 +121,10 @@ MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer line is skipped unread (3,000 bodie
 MIN_SPAN, MAX_SPAN = 1e-3, 3600.0  # seconds per --span window
 MIN_FPS, MAX_FPS = 0.01, 10_000.0  # --replay frame rates
 MAX_QUEUE = 64  # windows waiting for the model (--queue)
+DEFAULT_MIN_FILL = 0.5  # a window less full than this (fraction of its frames or span) is not predicted
+MIN_SMOOTH = 1e-3  # --smooth: the smallest weight of the newest window
+DEFAULT_SMOOTH_MARGIN = 0.1  # hysteresis: the lead (smoothed probability) a new label needs ...
+DEFAULT_SMOOTH_HOLD = 2  # ... in this many consecutive windows
 # what a hostile line can make the JSON parser or numpy raise besides a JSON syntax error: RecursionError
 # (nesting), ValueError (an integer of more than 4,300 digits), OverflowError (an integer beyond float64)
 _UNREADABLE = (RecursionError, ValueError, TypeError, OverflowError)
@@ -163,6 +176,16 @@ class FrameSpec:
                                 f"frames; streams need a model trained on one of {list(MODES)}")
         return FrameSpec(info.layout, MODES[mode].scored)
 
+    @staticmethod
+    def for_layout(name: str) -> FrameSpec:
+        """The frames of a layout without a model (``--emit-frames --layout``): 2-D (scored) for the
+        layouts marked ``scored`` (COCO-17, OpenPose BODY_25), else 3-D."""
+        try:
+            layout = get_layout(name)
+        except ValueError as e:
+            raise CrossclrError(f"--layout: {e}") from None
+        return FrameSpec(layout, layout.scored)
+
     @property
     def widths(self) -> tuple[int, int]:
         """Values per joint accepted: without and with a score."""
@@ -197,24 +220,117 @@ class Window:
     ids: tuple[str, ...]
     partial: bool
     received: float  # time.perf_counter() when its last frame arrived
+    fill: float = 1.0  # how full: frames / window frames, or covered seconds / span, at most 1
+    segment: int = 0  # the stream's restarts (gaps) before this window: smoothing starts over in a new one
 
 
 @dataclass(frozen=True)
 class StreamPrediction:
+    """The prediction of one window (``to_dict()``: the JSON line of ``crossclr predict --stream``).
+
+    ``top``: the fused top-k (``prediction.top``); ``prediction``: the whole ``Prediction`` of the window
+    (full fused ``probabilities``, each stream's top-k in ``streams``, ``class_names``); ``fill``: how full
+    the window was, in [0, 1] (frames / window frames, or covered seconds / span); ``smoothed``: with
+    smoothing, the top-k of the smoothed probabilities and ``label`` the class held by the hysteresis
+    (``Smoother``); ``warming_up``: the smoothing has seen fewer than 1 / alpha windows."""
+
     window: int
     t_start: float
     t_end: float
     frames: int
     bodies: int
     partial: bool
-    top: list[dict[str, Any]]
+    top: tuple[ClassScore, ...]
     latency_ms: float
     model_ms: float
+    prediction: Prediction = field(repr=False)
+    fill: float = 1.0
+    smoothed: tuple[ClassScore, ...] | None = None
+    label: ClassScore | None = None
+    warming_up: bool = False
+
+    @property
+    def streams(self) -> dict[str, tuple[ClassScore, ...]]:
+        """Each stream's top-k ({view: top-k})."""
+        return self.prediction.streams
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(num_classes,) the fused probabilities of the window (raw, not smoothed)."""
+        return self.prediction.probabilities
 
     def to_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "t_start": self.t_start, "t_end": self.t_end, "frames": self.frames,
-                "bodies": self.bodies, "partial": self.partial, "top": self.top,
-                "latency_ms": round(self.latency_ms, 3), "model_ms": round(self.model_ms, 3)}
+        d: dict[str, Any] = {
+            "window": self.window, "t_start": self.t_start, "t_end": self.t_end, "frames": self.frames,
+            "bodies": self.bodies, "partial": self.partial, "top": [c.to_dict() for c in self.top],
+            "latency_ms": round(self.latency_ms, 3), "model_ms": round(self.model_ms, 3),
+            "fill": round(self.fill, 4),
+            "streams": {v: [c.to_dict() for c in top] for v, top in self.prediction.streams.items()}}
+        if self.smoothed is not None and self.label is not None:
+            d.update(smoothed=[c.to_dict() for c in self.smoothed], label=self.label.to_dict(),
+                     warming_up=self.warming_up)
+        return d
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    """One step of a ``Smoother``: the smoothed probabilities, the held label and the warm-up flag."""
+
+    probabilities: np.ndarray  # (num_classes,) the EMA after this window
+    label: int  # the class held by the hysteresis
+    warming_up: bool  # fewer than 1 / alpha windows seen since the (re)start
+
+
+class Smoother:
+    """Exponential moving average of probability vectors with hysteresis on the label (pure numpy).
+
+    ``s_1 = p_1``, ``s_n = alpha * p_n + (1 - alpha) * s_(n-1)``: smoothing starts from the first window;
+    windows ``n < 1 / alpha`` are marked ``warming_up`` (the average still leans on fewer windows than its
+    memory). The label starts as the first window's top-1 and changes to class ``c`` only when ``s[c]``
+    exceeds ``s[label]`` by at least ``margin`` in ``hold`` consecutive windows (the same ``c`` each time),
+    so a single-window spike never flips it. ``reset()`` starts over (a stream gap)."""
+
+    def __init__(self, alpha: float, margin: float = DEFAULT_SMOOTH_MARGIN,
+                 hold: int = DEFAULT_SMOOTH_HOLD) -> None:
+        self.alpha = _float_option("--smooth", alpha, MIN_SMOOTH, 1.0, "(the newest window's weight)")
+        self.margin = _float_option("--smooth-margin", margin, 0.0, 1.0, "(a probability)")
+        self.hold = _int_option("--smooth-hold", hold, 1, 1000)
+        self.reset()
+
+    def reset(self) -> None:
+        self._ema: np.ndarray | None = None
+        self._label, self._seen = -1, 0
+        self._challenger, self._streak = -1, 0
+
+    def update(self, probabilities: np.ndarray) -> Smoothed:
+        """Fold in one window's probabilities (num_classes,)."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        if self._ema is None or self._ema.shape != p.shape:
+            self.reset()
+            self._ema = p.copy()
+            self._label = int(np.argmax(p))
+        else:
+            self._ema = self.alpha * p + (1.0 - self.alpha) * self._ema
+        self._seen += 1
+        self._switch(self._ema)
+        return Smoothed(self._ema.copy(), self._label, self._seen < 1.0 / self.alpha)
+
+    def _switch(self, s: np.ndarray) -> None:
+        """The hysteresis: count the windows in which the best other class leads the label by ``margin``."""
+        best = int(np.argmax(s))
+        if best == self._label or s[best] - s[self._label] < self.margin:
+            self._challenger, self._streak = -1, 0
+            return
+        self._streak = self._streak + 1 if best == self._challenger else 1
+        self._challenger = best
+        if self._streak >= self.hold:
+            self._label, self._challenger, self._streak = best, -1, 0
+
+
+def top_scores(probabilities: np.ndarray, names: tuple[str, ...], k: int) -> tuple[ClassScore, ...]:
+    """The k most probable classes of a (num_classes,) vector (ties: lower index first)."""
+    [order] = ranked_classes(np.asarray(probabilities)[None], min(k, len(probabilities)))  # (1, k)
+    return tuple(ClassScore(int(j), names[j], float(probabilities[j])) for j in order)
 
 
 @dataclass
@@ -232,6 +348,7 @@ class StreamStats:
     predicted: int = 0
     evicted: int = 0
     trimmed: int = 0  # frames dropped from a span window beyond MAX_WINDOW_FRAMES
+    short: int = 0  # end-of-stream windows below --min-fill, not predicted
     shown: Counter = field(default_factory=Counter)
 
     def warn(self, kind: str, msg: str, *args: Any) -> None:
@@ -248,7 +365,8 @@ class StreamStats:
                 f"dropped (model behind), {self.malformed} malformed lines, {self.out_of_order} out-of-order "
                 f"frames, {self.gaps} gaps, {self.empty} windows without bodies, {self.failed} windows "
                 f"failed, {self.evicted} bodies evicted (more than {MAX_STREAM_BODIES} held)"
-                + (f", {self.trimmed} frames beyond {MAX_WINDOW_FRAMES} per window" if self.trimmed else ""))
+                + (f", {self.trimmed} frames beyond {MAX_WINDOW_FRAMES} per window" if self.trimmed else "")
+                + (f", {self.short} windows below --min-fill not predicted" if self.short else ""))
 
     @property
     def troubled(self) -> bool:
@@ -438,13 +556,23 @@ class StreamPredictor:
     of the window, at least 1); ``max_gap``: seconds without frames after which the window restarts. At most
     MAX_STREAM_BODIES body IDs are held (module docstring).
 
-    Push-based use: ``push(frame)`` returns a Window when one is due (cheap, no inference),
+    ``min_fill``: the least fill of a partial last window that is predicted (0 to 1, default half);
+    ``smooth``: the EMA weight of the newest window (``Smoother``; None = no smoothing) with the hysteresis
+    ``smooth_margin`` / ``smooth_hold``.
+
+    The live API: ``push(frame)`` returns a Window when one is due (cheap, no inference),
     ``predict(window)`` runs the model, ``flush()`` gives the last window at the end. ``run(frames)`` does all
-    of it with the reading on its own thread (module docstring: slow consumers).
+    of it with the reading on its own thread, lossless unless ``live`` (module docstring).
+
+    Threads: one StreamPredictor per stream; ``push``/``flush`` from one thread and ``predict`` from one
+    thread (they may differ, as in ``run``). The ``Predictor`` can be shared by many StreamPredictors.
     """
 
     def __init__(self, predictor: Predictor, *, window: int | None = None, span: float | None = None,
-                 hop: int | None = None, top_k: int = 5, max_gap: float = DEFAULT_MAX_GAP) -> None:
+                 hop: int | None = None, top_k: int = 5, max_gap: float = DEFAULT_MAX_GAP,
+                 min_fill: float = DEFAULT_MIN_FILL, smooth: float | None = None,
+                 smooth_margin: float = DEFAULT_SMOOTH_MARGIN,
+                 smooth_hold: int = DEFAULT_SMOOTH_HOLD) -> None:
         self.predictor = predictor
         self.spec = FrameSpec.for_model(predictor.info)
         if window is not None and span is not None:
@@ -462,6 +590,9 @@ class StreamPredictor:
         self.window = None if span is not None else min(window or predictor.info.frames, MAX_WINDOW_FRAMES)
         self.hop = hop or max(1, (self.window or predictor.info.frames) // HOPS_PER_WINDOW)
         self.top_k, self.max_gap = top_k, float(max_gap)
+        self.min_fill = _float_option("--min-fill", min_fill, 0.0, 1.0, "(a fraction of the window)")
+        self.smoother = None if smooth is None else Smoother(smooth, smooth_margin, smooth_hold)
+        self._segment, self._smoothed_segment = 0, 0  # restarts seen by push / by the smoother
         self.stats = StreamStats()
         self._frames: deque[Frame] = deque()
         self._held: dict[str, int] = {}  # body id -> frames of the window holding it
@@ -490,6 +621,7 @@ class StreamPredictor:
             self._held.clear()
             self._recent.clear()
             self._since_window, self._t_first = 0, None
+            self._segment += 1
         self._t_last = t
         self._t_first = t if self._t_first is None else self._t_first
         self._append(frame)
@@ -556,14 +688,25 @@ class StreamPredictor:
         """At the end of the stream: the window of the newest frames if any arrived since the last one."""
         if not self._frames or self._since_window == 0:
             return None
-        if self.window is not None:
-            full = len(self._frames) == self.window
-        else:
-            assert self.span is not None and self._t_first is not None and self._t_last is not None
-            full = self._t_last - self._t_first >= self.span - TIME_EPS
-        return self._make_window(partial=not full)
+        fill = self._fill()
+        if fill < self.min_fill:
+            self._since_window = 0
+            self.stats.short += 1
+            self.stats.warn("short", "stream: the last window (t=%.6g..%.6g s) is %.0f%% full, below "
+                            "--min-fill %.0f%%; no prediction", self._frames[0].t, self._frames[-1].t,
+                            100 * fill, 100 * self.min_fill)
+            return None
+        return self._make_window(partial=fill < 1.0, fill=fill)
 
-    def _make_window(self, partial: bool) -> Window | None:
+    def _fill(self) -> float:
+        """How full the window is: frames / window frames, or covered seconds / span (at most 1)."""
+        if self.window is not None:
+            return min(1.0, len(self._frames) / self.window)
+        assert self.span is not None and self._t_first is not None and self._t_last is not None
+        covered = self._t_last - self._t_first
+        return 1.0 if covered >= self.span - TIME_EPS else max(0.0, covered / self.span)
+
+    def _make_window(self, partial: bool, fill: float = 1.0) -> Window | None:
         self._since_window = 0
         frames = list(self._frames)
         clip, ids = frames_to_clip(frames, self.spec)
@@ -574,7 +717,8 @@ class StreamPredictor:
             return None
         self.stats.windows += 1
         index, self._next_index = self._next_index, self._next_index + 1
-        return Window(index, frames[0].t, frames[-1].t, clip, ids, partial, time.perf_counter())
+        return Window(index, frames[0].t, frames[-1].t, clip, ids, partial, time.perf_counter(), fill,
+                      self._segment)
 
     # -- the model --------------------------------------------------------------------------------------
     def predict(self, window: Window) -> StreamPrediction | None:
@@ -590,16 +734,38 @@ class StreamPredictor:
             return None
         done = time.perf_counter()
         self.stats.predicted += 1
-        return StreamPrediction(window.index, window.t_start, window.t_end, window.clip.shape[1],
-                                len(window.ids), window.partial, [c.to_dict() for c in result.top],
-                                (done - window.received) * 1e3, (done - t0) * 1e3)
+        pred = StreamPrediction(window.index, window.t_start, window.t_end, window.clip.shape[1],
+                                len(window.ids), window.partial, result.top, (done - window.received) * 1e3,
+                                (done - t0) * 1e3, result, window.fill)
+        return self._smooth(pred, window.segment)
 
-    def run(self, frames: Iterable[Frame | Mapping[str, Any]], *, queue_size: int = DEFAULT_QUEUE,
-            lossless: bool = False) -> Iterator[StreamPrediction]:
-        """Predictions of a stream of frames; ``frames`` is read on a thread of its own (it may block, e.g. on
-        a pipe) and never waits for the consumer unless ``lossless``. Errors of the reader (a stream that
-        does not fit the model) are raised here."""
-        queue = _WindowQueue(_int_option("--queue", queue_size, 1, MAX_QUEUE), lossless)
+    def _smooth(self, pred: StreamPrediction, segment: int) -> StreamPrediction:
+        """``pred`` with the smoothed top-k and held label (``smooth``); a new segment (a gap) restarts it."""
+        if self.smoother is None:
+            return pred
+        if segment != self._smoothed_segment:
+            self.smoother.reset()
+            self._smoothed_segment = segment
+        step = self.smoother.update(pred.probabilities)
+        names = pred.prediction.class_names
+        top = top_scores(step.probabilities, names, self.top_k)
+        label = ClassScore(step.label, names[step.label], float(step.probabilities[step.label]))
+        return replace(pred, smoothed=top, label=label, warming_up=step.warming_up)
+
+    def run(self, frames: Iterable[Frame | Mapping[str, Any]], *, live: bool = False,
+            queue_size: int = DEFAULT_QUEUE, lossless: bool | None = None) -> Iterator[StreamPrediction]:
+        """Predictions of a stream of frames, read on a thread of its own (it may block, e.g. on a pipe).
+
+        Lossless by default: every window is predicted, the reader waiting for the consumer (frames in
+        memory, files). ``live=True`` (a camera, a pose tracker's pipe): the reader never waits; when the
+        consumer falls behind, the oldest of ``queue_size`` waiting windows is dropped (counted).
+        ``lossless`` is the older spelling (``lossless=False`` is ``live=True``). Errors of the reader (a
+        stream that does not fit the model) are raised here."""
+        if lossless is not None:
+            if live and lossless:
+                raise CrossclrError("give live=True (drop late windows) or lossless=True, not both")
+            live = not lossless
+        queue = _WindowQueue(_int_option("--queue", queue_size, 1, MAX_QUEUE), lossless=not live)
         stop = threading.Event()
 
         def read() -> None:
@@ -762,17 +928,19 @@ def clip_frames(clip: np.ndarray, spec: FrameSpec, fps: float = DEFAULT_FPS) -> 
         yield {"t": round(i / fps, 6), "bodies": bodies}
 
 
-def read_clip(path: str | Path, info: ModelInfo, axes: str | None = None) -> np.ndarray:
-    """A ``.skeleton`` or raw ``.npy`` file -> its raw (3, T, V, M) coordinates (not preprocessed)."""
+def read_clip(path: str | Path, info: ModelInfo | FrameSpec, axes: str | None = None) -> np.ndarray:
+    """A ``.skeleton`` or raw ``.npy`` file -> its raw (3, T, V, M) coordinates (not preprocessed), for a
+    model (its ``ModelInfo``) or a ``FrameSpec`` (``--emit-frames`` without a model: a layout)."""
     from .ntu import read_skeleton
     from .predict import detect_axes, load_npy, parse_axes, to_ctvm
 
     p = Path(path)
     if not p.is_file():
         raise CrossclrError(f"{p}: replay file not found; expected a .skeleton or .npy file")
-    v = info.layout.num_joints
+    spec = info if isinstance(info, FrameSpec) else FrameSpec.for_model(info)
+    v = spec.layout.num_joints
     if p.suffix.lower() == ".skeleton":
-        if FrameSpec.for_model(info).scored:
+        if spec.scored:
             raise CrossclrError(f"{p}: a .skeleton file holds 3-D (x, y, z) joints; the model takes 2-D "
                                 "(x, y, score)")
         raw = read_skeleton(p, num_joints=v)
@@ -800,12 +968,13 @@ def _check_replayed(x: np.ndarray, path: Path) -> None:
     check_coordinates(np.where(finite, x, 0), str(path))
 
 
-def replay_frames(path: str | Path, info: ModelInfo, *, fps: float = DEFAULT_FPS, axes: str | None = None,
-                  wait: bool = True) -> Iterator[dict[str, Any]]:
+def replay_frames(path: str | Path, info: ModelInfo | FrameSpec, *, fps: float = DEFAULT_FPS,
+                  axes: str | None = None, wait: bool = True) -> Iterator[dict[str, Any]]:
     """The frames of a ``.skeleton``/``.npy`` file as a stream (JSON-format objects), at ``fps`` frames per
-    second of timestamps, and in real time when ``wait``."""
+    second of timestamps, and in real time when ``wait``; for a model (``ModelInfo``) or a ``FrameSpec``."""
     fps = _float_option("--fps", fps, MIN_FPS, MAX_FPS, "frames per second")
-    frames = clip_frames(read_clip(path, info, axes), FrameSpec.for_model(info), fps)
+    spec = info if isinstance(info, FrameSpec) else FrameSpec.for_model(info)
+    frames = clip_frames(read_clip(path, spec, axes), spec, fps)
     start = time.perf_counter()
     for i, frame in enumerate(frames):
         if wait:

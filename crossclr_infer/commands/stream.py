@@ -32,7 +32,11 @@ _OPTIONS = [
     click.option("--no-wait", is_flag=True, help="--replay: do not wait between frames (timestamps still at "
                                                  "--fps)."),
     click.option("--emit-frames", is_flag=True,
-                 help="--replay: print the frames as JSON lines, no model run."),
+                 help="--replay: print the frames as JSON lines, no model run (--model or --layout gives the "
+                      "skeleton layout)."),
+    click.option("--layout", default=None,
+                 help="--emit-frames without --model: the file's skeleton layout, a built-in name or a .toml "
+                      "file [default: ntu-rgb+d]."),
     click.option("--window", default=None, type=int,
                  help="Stream window in frames (default: the model's frames)."),
     click.option("--span", default=None, type=float,
@@ -42,11 +46,24 @@ _OPTIONS = [
     click.option("--max-gap", default=1.0, show_default=True, type=float,
                  help="Seconds without frames after which the stream window restarts."),
     click.option("--queue", "queue_size", default=2, show_default=True, type=int,
-                 help="Stream windows waiting for the model; when full the oldest is dropped (counted)."),
-    click.option("--lossless/--drop-late", default=None,
-                 help="Predict every window, the reader waiting for the model (default for regular files "
-                      "and --replay --no-wait) / drop the oldest waiting window when the model is behind "
-                      "(default for stdin, FIFOs and paced --replay)."),
+                 help="Stream windows waiting for the model (--live: when full the oldest is dropped, "
+                      "counted)."),
+    click.option("--live/--lossless", "--drop-late", "live", default=None,
+                 help="The source is live (a camera or pose tracker): never wait for it, drop the oldest "
+                      "waiting window when the model is behind (default for a paced --replay) / predict "
+                      "every window, the reader waiting for the model (default for --stream INPUT or stdin, "
+                      "and --replay --no-wait)."),
+    click.option("--min-fill", default=0.5, show_default=True, type=float,
+                 help="Predict a last, partial window only if at least this fraction of the window is filled "
+                      "(0 = always)."),
+    click.option("--smooth", default=None, type=float, metavar="ALPHA",
+                 help="Smooth the probabilities over windows (EMA, weight ALPHA of the newest window, "
+                      "0 < ALPHA <= 1) and hold a stable label: adds smoothed, label and warming_up to each "
+                      "line."),
+    click.option("--smooth-margin", default=0.1, show_default=True, type=float,
+                 help="--smooth: the smoothed probability by which a new class must lead the held label..."),
+    click.option("--smooth-hold", default=2, show_default=True, type=int,
+                 help="--smooth: ...in this many consecutive windows before the label changes."),
 ]
 
 
@@ -57,16 +74,53 @@ def stream_options(f: F) -> F:
     return f
 
 
-def run_stream_command(inputs: tuple[str, ...], *, model: str, top_k: int, axes: str | None,
+def run_stream_command(inputs: tuple[str, ...], *, model: str | None, top_k: int, axes: str | None,
                        preprocessed: bool, providers: list[str] | None, threads: int, stream: bool,
-                       replay: str | None, fps: float, no_wait: bool, emit_frames: bool, window: int | None,
-                       span: float | None, hop: int | None, max_gap: float, queue_size: int,
-                       lossless: bool | None, backend: str = "auto", precision: str = "auto") -> None:
-    """``predict --stream`` / ``--replay``: JSON lines out (predictions, or frames with ``--emit-frames``)."""
+                       replay: str | None, fps: float, no_wait: bool, emit_frames: bool, layout: str | None,
+                       window: int | None, span: float | None, hop: int | None, max_gap: float,
+                       queue_size: int, live: bool | None, min_fill: float, smooth: float | None,
+                       smooth_margin: float, smooth_hold: int, backend: str = "auto",
+                       precision: str = "auto") -> None:
+    """``predict --stream`` / ``--replay``: JSON lines out (predictions, or frames with ``--emit-frames``).
+
+    Lossless unless the source is live: ``--live`` (alias ``--drop-late``), or a paced ``--replay``."""
     from ..predict import check_top_k
     from ..predictor import Predictor
-    from ..stream import StreamPredictor, read_frames, replay_frames
+    from ..stream import FrameSpec, StreamPredictor, read_frames, replay_frames
 
+    _check_stream_options(inputs, stream=stream, replay=replay, preprocessed=preprocessed,
+                          emit_frames=emit_frames, model=model, layout=layout)
+    if emit_frames and model is None:  # no model runs: the layout alone says what a frame holds
+        spec = FrameSpec.for_layout(layout or "ntu-rgb+d")
+        _echo_json(replay_frames(str(replay), spec, fps=fps, axes=axes, wait=not no_wait))
+        return
+    assert model is not None  # _check_stream_options
+    check_top_k(top_k)
+    predictor = Predictor(model, providers, threads, backend=backend, precision=precision)
+    if emit_frames:  # the model's layout; it does not run
+        _echo_json(replay_frames(str(replay), predictor.info, fps=fps, axes=axes, wait=not no_wait))
+        return
+    sp = StreamPredictor(predictor, window=window, span=span, hop=hop, top_k=top_k, max_gap=max_gap,
+                         min_fill=min_fill, smooth=smooth, smooth_margin=smooth_margin,
+                         smooth_hold=smooth_hold)
+    if replay:
+        frames: Iterable[Any] = replay_frames(replay, predictor.info, fps=fps, axes=axes, wait=not no_wait)
+        paced = not no_wait  # a paced replay stands for a camera
+    else:
+        from ..stream import open_lines
+
+        source = inputs[0] if inputs else "-"
+        lines, _ = open_lines(source)
+        # the stream's own counters: skipped lines are in its end-of-stream summary
+        frames = read_frames(lines, sp.spec, "stdin" if source == "-" else source, sp.stats)
+        paced = False
+    preds = sp.run(frames, queue_size=queue_size, live=paced if live is None else live)
+    _echo_json(preds, lambda p: p.to_dict())
+
+
+def _check_stream_options(inputs: tuple[str, ...], *, stream: bool, replay: str | None, preprocessed: bool,
+                          emit_frames: bool, model: str | None, layout: str | None) -> None:
+    """The combinations of stream options that cannot work, each a one-line CrossclrError."""
     if stream and replay:
         raise CrossclrError("--stream reads frames from INPUT or stdin, --replay from a file: give one of "
                             "them")
@@ -79,24 +133,12 @@ def run_stream_command(inputs: tuple[str, ...], *, model: str, top_k: int, axes:
         raise CrossclrError(f"--replay takes its file as its value; unexpected INPUT {inputs[0]!r}")
     if stream and len(inputs) > 1:
         raise CrossclrError(f"--stream reads one source (a file, a FIFO or - for stdin), got {len(inputs)}")
-    check_top_k(top_k)
-    predictor = Predictor(model, providers, threads, backend=backend, precision=precision)
-    if replay:
-        frames: Iterable[Any] = replay_frames(replay, predictor.info, fps=fps, axes=axes, wait=not no_wait)
-        if emit_frames:
-            _echo_json(frames)
-            return
-        can_wait = no_wait
-    sp = StreamPredictor(predictor, window=window, span=span, hop=hop, top_k=top_k, max_gap=max_gap)
-    if not replay:
-        from ..stream import open_lines
-
-        source = inputs[0] if inputs else "-"
-        lines, can_wait = open_lines(source)
-        # the stream's own counters: skipped lines are in its end-of-stream summary
-        frames = read_frames(lines, sp.spec, "stdin" if source == "-" else source, sp.stats)
-    preds = sp.run(frames, queue_size=queue_size, lossless=can_wait if lossless is None else lossless)
-    _echo_json(preds, lambda p: p.to_dict())
+    if layout is not None and (not emit_frames or model is not None):
+        raise CrossclrError("--layout applies to --replay --emit-frames without --model (a model carries its "
+                            "own layout)")
+    if model is None and not emit_frames:
+        raise CrossclrError("--model is required to classify (only --replay --emit-frames runs without one); "
+                            "give an .onnx model written by `crossclr export`")
 
 
 def _echo_json(items: Iterator[Any], to_json: Callable[[Any], Any] = lambda x: x) -> None:

@@ -106,19 +106,20 @@ def test_stream_prediction_equals_predict_on_the_same_clip(ntu, ntu_path, tmp_pa
     assert [p.window for p in preds] == [0, 1, 2]  # frames 50, 57 and the end of the stream (64)
     for p in preds:
         a, b = round(p.t_start * 30), round(p.t_end * 30) + 1
-        assert p.top == ntu.predict(x[:, a:b], axes="CTVM", top_k=4)["fused"]
+        assert p.top == ntu.predict(x[:, a:b], axes="CTVM", top_k=4).top
         assert p.latency_ms >= p.model_ms > 0
     np.save(tmp_path / "last.npy", x[:, 14:64])
     code, out, _ = run_cli(["predict", str(tmp_path / "last.npy"), "--model", str(ntu_path), "--json",
                             "--top-k", "4"], capsys)
-    assert code == 0 and json.loads(out)[0]["fused"] == preds[-1].top
+    assert code == 0 and json.loads(out)[0]["fused"] == preds[-1].to_dict()["top"]
 
 
-def test_a_clip_shorter_than_the_window_gives_one_partial_prediction(ntu) -> None:
+def test_a_clip_shorter_than_the_window_gives_one_partial_prediction_when_asked(ntu) -> None:
     x = raw_sequence(frames=20, seed=5)
-    [p] = list(StreamPredictor(ntu).run(frames_of(x), lossless=True))
-    assert p.partial and p.frames == 20
-    assert p.top == ntu.predict(x, top_k=5)["fused"]
+    assert list(StreamPredictor(ntu).run(frames_of(x))) == []  # 20 of 50 frames: below the default half
+    [p] = list(StreamPredictor(ntu, min_fill=0.4).run(frames_of(x), lossless=True))
+    assert p.partial and p.frames == 20 and p.fill == pytest.approx(0.4)
+    assert p.top == ntu.predict(x, top_k=5).top
 
 
 def test_two_d_stream_keeps_scores_and_zeroes_missing_joints(coco_path) -> None:
@@ -175,7 +176,7 @@ def test_a_body_vanishing_mid_window_is_zero_there_like_an_array(ntu) -> None:
     np.testing.assert_allclose(ws[0].clip, x[:, :50], rtol=1e-6)
     np.testing.assert_allclose(ws[1].clip, x3[:, 10:60], rtol=1e-6)
     preds = [sp.predict(w) for w in ws]
-    assert preds[1].top == ntu.predict(x3[:, 10:60], axes="CTVM")["fused"]  # what `predict` does with it
+    assert preds[1].top == ntu.predict(x3[:, 10:60], axes="CTVM").top  # what `predict` does with it
     assert preds[1].bodies == 3
 
 
@@ -269,7 +270,7 @@ def test_a_slow_consumer_never_blocks_the_reader_and_old_windows_are_dropped(ntu
     sp = StreamPredictor(ntu, hop=5)
     got = []
     with caplog.at_level(logging.WARNING, "crossclr_infer.stream"):
-        for p in sp.run(source(), queue_size=2):
+        for p in sp.run(source(), queue_size=2, live=True):
             got.append(p.window)
             if len(got) == 1:
                 assert read_all.wait(10)  # the reader went through every frame while we sat on one prediction
@@ -277,7 +278,7 @@ def test_a_slow_consumer_never_blocks_the_reader_and_old_windows_are_dropped(ntu
     assert got[-2:] == [29, 30]  # the newest windows survive
     assert any("model is behind" in r.getMessage() for r in caplog.records)
     lossless = StreamPredictor(ntu, hop=5)
-    assert [p.window for p in lossless.run(source(), queue_size=1, lossless=True)] == list(range(31))
+    assert [p.window for p in lossless.run(source(), queue_size=1)] == list(range(31))  # the default
 
 
 def test_stopping_early_returns_even_when_the_reader_is_blocked(ntu) -> None:
@@ -310,11 +311,11 @@ def test_cli_stream_from_stdin_with_bad_lines(ntu_path) -> None:
                      "\n".join(lines) + "\n")
     assert proc.returncode == 0, proc.stderr
     preds = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [p["window"] for p in preds] == [0, 1]  # stdin from a pipe: may drop, but this model keeps up
+    assert [p["window"] for p in preds] == [0, 1]  # stdin without --live: lossless
     assert set(preds[0]) == {"window", "t_start", "t_end", "frames", "bodies", "partial", "top", "latency_ms",
-                             "model_ms"}
+                             "model_ms", "fill", "streams"}
     model = Predictor(ntu_path, ["cpu"])
-    assert preds[1]["top"] == model.predict(x[:, 10:60], axes="CTVM", top_k=2)["fused"]
+    assert preds[1]["top"] == model.predict(x[:, 10:60], axes="CTVM", top_k=2).to_dict()["fused"]
     err = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and len(err) == 3  # two skipped lines and the summary
     assert "line 26: not JSON" in err[0] and "not after the previous" in err[1] and "stream ended" in err[2]
