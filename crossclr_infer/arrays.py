@@ -17,6 +17,9 @@ unpickled). Axes are always C (coordinates), T (frames), V (joints, in the order
 ``train``).
 ``class_names`` (K,) strings (optional; default ``class 0`` … up to the largest label).
 
+Bodies (``bodies`` argument, ``--bodies M``): the cache holds the data's M by default; a larger M adds zero
+bodies (a one-body data set written for a two-body model), a smaller M keeps the first bodies.
+
 Preprocessing (``preprocess`` argument, ``--preprocess``): every mode (official, none, energy, mamp,
 pose2d) passes every sample through ``preprocess.normalize_sequence(x, layout, mode=..., frames=frames)``
 (the one preprocessing; ``official`` needs C = 3); ``as-is`` stores the samples unchanged and needs equal
@@ -320,9 +323,24 @@ def _splits(npz: np.lib.npyio.NpzFile, path: Path, n: int) -> list[str]:
     return values
 
 
+def fit_bodies(x: np.ndarray, bodies: int) -> np.ndarray:
+    """(C, T, V, M) -> (C, T, V, ``bodies``): the first bodies kept, missing ones added as zeros (an absent
+    body, as everywhere in the project)."""
+    if bodies < 1:
+        raise CrossclrError(f"bodies must be >= 1, got {bodies}")
+    out = np.zeros(x.shape[:3] + (bodies,), dtype=x.dtype)
+    n = min(bodies, x.shape[3])
+    out[..., :n] = x[..., :n]
+    return out
+
+
 def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, preprocess: str | None = None,
-                  frames: int = 50, benchmark: str = "custom", progress: bool = True) -> dict[str, int]:
-    """Write the samples of an ``.npz`` into the cache ``out``; returns samples per split."""
+                  frames: int = 50, benchmark: str = "custom", progress: bool = True,
+                  bodies: int | None = None) -> dict[str, int]:
+    """Write the samples of an ``.npz`` into the cache ``out``; returns samples per split.
+
+    ``bodies``: bodies M per sample in the cache (``--bodies``); None keeps the data's. A larger M adds zero
+    bodies, a smaller one keeps the first bodies (before the preprocessing)."""
     if isinstance(layout, Layout):
         lay = layout
     else:
@@ -348,11 +366,15 @@ def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, pr
         else:
             params = {"mode": mode, "frames": frames}
         known = src.lengths()
+        bodies = src.bodies if bodies is None else bodies
+        if bodies < 1:
+            raise CrossclrError(f"bodies must be >= 1, got {bodies}")
         with CacheWriter(out, layout=lay, class_names=src.class_names, benchmark=benchmark, frames=frames,
-                         num_person=src.bodies, num_channels=src.channels, preprocess=params) as w:
+                         num_person=bodies, num_channels=src.channels, preprocess=params) as w:
             bar = tqdm(src.samples(), total=len(src), desc="import", unit="sample", leave=False,
                        disable=None if progress else True)  # None: only on a terminal
             for i, x in enumerate(bar):
+                x = fit_bodies(x, bodies) if bodies != src.bodies else x
                 if mode == AS_IS:
                     if x.shape[1] != frames:
                         raise CrossclrError(f"{src.path}: sample {src.names[i]!r} has {x.shape[1]} frames; "

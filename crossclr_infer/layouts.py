@@ -30,7 +30,9 @@ class Layout:
     """A skeleton: ``parents[v]`` is the joint that bone ``v`` points from (0-based).
 
     The center joint is its own parent (the root of the tree); every other joint reaches it by
-    following parents. ``shoulders`` = (left, right) joint indices, used to rotate sequences.
+    following parents. The ``official``/``energy`` preprocessing centres on it; ``pose2d`` centres on the
+    hips' midpoint when ``hips`` is set (``preprocess.centre_of`` says which, per mode; docs/conventions.md).
+    ``shoulders`` = (left, right) joint indices, used to rotate sequences.
     ``origin``: the joint whose first-frame position becomes the coordinate origin in the ``mamp``
     preprocessing (NTU: spine_mid, as in MAMP/CTR-GCN); None = the center joint.
     ``hips`` = (left, right) joint indices: the ``pose2d`` preprocessing centres each body on their
@@ -177,8 +179,9 @@ _COCO17_PARENT = {
     "left_hip": "left_shoulder", "right_hip": "right_shoulder", "left_knee": "left_hip",
     "right_knee": "right_hip", "left_ankle": "left_knee", "right_ankle": "right_knee",
 }
-# MediaPipe Pose (BlazePose) 33 landmarks, 3-D (world landmarks, metres; visibility as the score), names
-# and order of mediapipe's PoseLandmark enum. Its POSE_CONNECTIONS is not a tree (cycles at the shoulders,
+# MediaPipe Pose (BlazePose) 33 landmarks, 3-D: pose_world_landmarks (x, y, z metres, origin at the hips'
+# midpoint, y down; visibility is not a channel; docs/conventions.md), names and order of mediapipe's
+# PoseLandmark enum. Its POSE_CONNECTIONS is not a tree (cycles at the shoulders,
 # hips, hands and feet; the face and the mouth are not joined to the body): the tree below keeps every
 # connection except the cycle-closing (11,12), (23,24), (17,19), (18,20), (29,31), (30,32) and (9,10), and
 # joins the mouth corners and the shoulders to the nose, as pyskl's COCO tree joins the shoulders.

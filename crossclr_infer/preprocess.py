@@ -401,6 +401,29 @@ def pose2d_sequence(x: np.ndarray, layout: Layout, frames: int = 50) -> np.ndarr
     return resize_frames(out, length, frames)
 
 
+def centre_of(layout: Layout, mode: str) -> str:
+    """What ``mode`` puts at the origin for ``layout``, in words (``crossclr info``, docs/conventions.md).
+
+    The layout's ``center`` joint is the root of its tree; ``official``/``energy`` centre on it, ``mamp`` on
+    its ``origin`` joint, ``pose2d`` on the hips' midpoint when the layout names hips (the center joint only
+    when a hip is not seen)."""
+    names = layout.joint_names
+    center = names[layout.center]
+    if mode in ("official", "energy"):
+        return f"{center} (the center joint), per frame and body"
+    if mode == "mamp":
+        return f"{names[layout.origin_joint]} of body 0 in its first frame, one shift for the whole clip"
+    if mode == "pose2d":
+        if layout.hips is None:
+            return f"{center} (the center joint; no hips in the layout), per frame and body"
+        left, right = (names[h] for h in layout.hips)
+        return (f"the midpoint of {left} and {right}, per frame and body ({center} when a hip is not seen); "
+                "scaled by the median torso length")
+    if mode == "none":
+        return "not centred (raw coordinates)"
+    return f"as stored (preprocessing {mode!r}: not centred by crossclr)"
+
+
 def preprocess_raw(raw: RawSkeleton, layout: Layout, mode: str = "official", frames: int = 50,
                    max_bodies: int = 2) -> np.ndarray:
     """A parsed raw file -> (3, frames, V, M) float32, exactly as the caches are built."""

@@ -1,20 +1,29 @@
-"""Procedurally generated NTU-25 skeleton actions, for demos and tests without the real data set.
+"""Procedurally generated skeleton actions, for demos and tests without the real data set.
 
 Each class is a distinct motion (waving, clapping, kicking, squatting, jumping, bowing, punching, raising
 arms, turning, stepping, side bending, arm circles); beyond 12 classes, classes combine two motions. Every
 sample varies the performer's body proportions, speed (cycles per sequence), amplitude, phase, viewpoint
 yaw, distance, sensor noise, one or two bodies and raw length. Raw 3-D sequences are built by forward
-kinematics over the layout's joint tree in camera coordinates (metres, y up, z depth), then go through the
-one preprocessing, ``preprocess.normalize_sequence(..., mode="official")``, exactly like real NTU files.
+kinematics over the NTU-25 joint tree in camera coordinates (metres, y up, z depth).
 
-``layout="coco-17"`` turns the same 3-D performances into what a 2-D pose estimator would give
-(``project_coco17``): COCO-17 keypoints (the face points from the head joint and the head's axes), projected
-by a pinhole camera to pixels, with a detection score per joint and a few undetected joints (score 0,
-coordinates 0); such samples go through the ``pose2d`` preprocessing.
+Every built-in layout can be written (``SYNTH_MODES``; docs/conventions.md): the same 3-D performances are
+turned into that layout's joints (``LAYOUT_POINTS``: each joint an NTU joint, a weighted sum of NTU joints,
+or an offset in the head's or the hips' axes, e.g. the face points) and into the units and axes its real
+data uses (``to_layout``):
 
-Names follow NTU's ``SsssCcccPpppRrrrAaaa`` so the benchmark splits apply: the split of a sample is given by
-``ntu.split_of(name, "ntu60-xsub")`` (``ntu120-xsub`` beyond 60 classes), i.e. by its performer.
-Generation is vectorized over samples and frames and deterministic in ``seed``.
+* ``ntu-rgb+d``, ``kinect-v1``: Kinect camera coordinates, metres, y up, z depth;
+* ``azure-kinect-32``: Azure Kinect camera coordinates, millimetres, x right, y down, z forward;
+* ``mediapipe-pose-33``: MediaPipe's world landmarks, metres, origin at the hips' midpoint, y down;
+* ``coco-17``, ``openpose-body25``: a 2-D pose estimator's keypoints, (x, y) pixels of a pinhole camera
+  (640 × 480, y down) and a detection score, a few joints undetected (score 0, coordinates 0).
+
+Each then goes through the one preprocessing, ``preprocess.normalize_sequence`` with the layout's default
+mode (``official`` for 3-D layouts, ``pose2d`` for the scored 2-D layouts), exactly like real files.
+
+Names follow NTU's ``SsssCcccPpppRrrrAaaa`` and the split of a sample is given by the NTU cross-subject rule
+``ntu.split_of(name, "ntu60-xsub")`` (``ntu120-xsub`` beyond 60 classes), i.e. by its performer; the cache
+says ``benchmark: synthetic`` (it is not NTU's data). Generation is vectorized over samples and frames and
+deterministic in ``seed``.
 """
 
 from __future__ import annotations
@@ -61,19 +70,79 @@ REST_POSE: dict[str, tuple[float, float, float]] = {
     "hip_right": (0.09, 0.90, 0.0), "knee_right": (0.09, 0.48, 0.0), "ankle_right": (0.09, 0.06, 0.0),
     "foot_right": (0.09, 0.01, 0.12),
 }
-# COCO-17 (2-D) from the 3-D performances: body joints taken from the NTU joint of the same place; face
-# points as offsets from the head joint along (forward, up, the body's right), metres.
-COCO_FROM_NTU = {f"{side}_{j}": f"{nj}_{side}" for side in ("left", "right") for j, nj in (
-    ("shoulder", "shoulder"), ("elbow", "elbow"), ("wrist", "wrist"), ("hip", "hip"), ("knee", "knee"),
-    ("ankle", "ankle"))}
-FACE_OFFSETS = {"nose": (0.09, -0.02, 0.0),
-                "left_eye": (0.07, 0.02, -0.035), "right_eye": (0.07, 0.02, 0.035),
-                "left_ear": (0.0, 0.0, -0.075), "right_ear": (0.0, 0.0, 0.075)}
 CAMERA_FOCAL = 500.0  # pinhole camera of the 2-D projection, pixels (640 × 480 image, centre (320, 240))
 CAMERA_CENTER = (320.0, 240.0)
 SCORE_RANGE = (0.5, 1.0)  # detection scores of the 2-D keypoints
 MISSED_RATE = 0.03  # share of 2-D keypoints not detected (score 0, coordinates 0)
-SYNTH_MODES = {LAYOUT_NAME: "official", "coco-17": "pose2d"}  # layouts the generator writes -> preprocessing
+SYNTHETIC_BENCHMARK = "synthetic"  # the cache's benchmark name (splits follow NTU's cross-subject rule)
+
+# A joint of another layout from the NTU joints: {NTU joint: weight} (weights sum to 1) plus an offset
+# (forward, up, the body's right) in metres along the axes of "head" (face points) or "hips" (feet).
+Point = tuple[dict[str, float], str, tuple[float, float, float]]
+_NO_OFFSET = (0.0, 0.0, 0.0)
+
+
+def _at(joint: str, axes: str = "head", offset: tuple[float, float, float] = _NO_OFFSET) -> Point:
+    return {joint: 1.0}, axes, offset
+
+
+def _sided(make: dict[str, Point | str]) -> dict[str, Point]:
+    """Expand ``{"{s}_wrist": "wrist_{s}", ...}`` over both sides: ``{s}`` is the side ('left'/'right'), and
+    an offset's right component is mirrored (given for the left side)."""
+    out: dict[str, Point] = {}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        for key, spec in make.items():
+            if isinstance(spec, str):
+                out[key.format(s=side)] = _at(spec.format(s=side))
+            else:
+                weights, axes, (f, u, r) = spec
+                out[key.format(s=side)] = ({k.format(s=side): w for k, w in weights.items()}, axes,
+                                           (f, u, sign * r))
+    return out
+
+
+_FACE = {"nose": _at("head", "head", (0.09, -0.02, 0.0))} | _sided({
+    "{s}_eye": _at("head", "head", (0.07, 0.02, -0.035)), "{s}_ear": _at("head", "head", (0.0, 0.0, -0.075))})
+_LIMBS = _sided({f"{{s}}_{j}": f"{j}_{{s}}" for j in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")})
+_MID_HIP: Point = ({"hip_left": 0.5, "hip_right": 0.5}, "head", _NO_OFFSET)
+_HEEL: Point = ({"ankle_{s}": 1.0}, "hips", (-0.06, -0.04, 0.0))
+_OPENPOSE_SIDE = {"L": "left", "R": "right"}
+LAYOUT_POINTS: dict[str, dict[str, Point]] = {
+    "coco-17": _FACE | _LIMBS,
+    "kinect-v1": {"hip_center": _at("spine_base"), "spine": _at("spine_mid"),
+                  "shoulder_center": _at("spine_shoulder"), "head": _at("head")} | _sided({
+        f"{j}_{{s}}": f"{j}_{{s}}"
+        for j in ("shoulder", "elbow", "wrist", "hand", "hip", "knee", "ankle", "foot")}),
+    "mediapipe-pose-33": _FACE | _LIMBS | _sided({
+        "{s}_eye_inner": _at("head", "head", (0.075, 0.02, -0.015)),
+        "{s}_eye_outer": _at("head", "head", (0.065, 0.02, -0.05)),
+        "mouth_{s}": _at("head", "head", (0.08, -0.07, -0.025)),
+        "{s}_index": "hand_tip_{s}", "{s}_thumb": "thumb_{s}",
+        "{s}_pinky": ({"hand_tip_{s}": 0.7, "hand_{s}": 0.8, "thumb_{s}": -0.5}, "head", _NO_OFFSET),
+        "{s}_heel": _HEEL, "{s}_foot_index": "foot_{s}"}),
+    "openpose-body25": {"Nose": _FACE["nose"], "Neck": _at("spine_shoulder"), "MidHip": _MID_HIP} | {
+        f"{c}{j}": _FACE[f"{side}_{j.lower()}"] if j in ("Eye", "Ear") else _LIMBS[f"{side}_{j.lower()}"]
+        for c, side in _OPENPOSE_SIDE.items()
+        for j in ("Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Eye", "Ear")} | {
+        f"{c}{j}": ({f"{nj}_{side}": 1.0}, "hips", (f, u, r if side == "left" else -r))
+        for c, side in _OPENPOSE_SIDE.items() for j, nj, (f, u, r) in (
+            ("BigToe", "foot", (0.04, 0.0, 0.025)), ("SmallToe", "foot", (0.02, 0.0, -0.03)),
+            ("Heel", "ankle", (-0.06, -0.04, 0.0)))},
+    "azure-kinect-32": {
+        "pelvis": _at("spine_base"), "spine_navel": _at("spine_mid"),
+        "spine_chest": ({"spine_mid": 0.5, "spine_shoulder": 0.5}, "head", _NO_OFFSET),
+        "neck": _at("neck"), "head": _at("head"), "nose": _FACE["nose"],
+        **{f"{part}_{side}": _FACE[f"{side}_{part}"]
+           for side in ("left", "right") for part in ("eye", "ear")},
+    } | _sided({f"{j}_{{s}}": f"{nj}_{{s}}" for j, nj in (
+        ("shoulder", "shoulder"), ("elbow", "elbow"), ("wrist", "wrist"), ("hand", "hand"),
+        ("handtip", "hand_tip"), ("thumb", "thumb"), ("hip", "hip"), ("knee", "knee"), ("ankle", "ankle"),
+        ("foot", "foot"))}) | _sided({
+        "clavicle_{s}": ({"spine_shoulder": 0.6, "shoulder_{s}": 0.4}, "head", _NO_OFFSET)}),
+}
+# layouts the generator writes -> their preprocessing (the layout's default: pose2d when scored)
+SYNTH_MODES = {LAYOUT_NAME: "official", "kinect-v1": "official", "azure-kinect-32": "official",
+               "mediapipe-pose-33": "official", "coco-17": "pose2d", "openpose-body25": "pose2d"}
 
 _ARM = ("elbow", "wrist", "hand", "thumb", "hand_tip")
 _LEG = ("knee", "ankle", "foot")
@@ -493,32 +562,63 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=0, keepdims=True), 1e-9)
 
 
-def project_coco17(seq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An NTU-25 sequence in camera coordinates (3, T, 25, M) -> COCO-17 keypoints (3, T, 17, M) as a 2-D
-    pose estimator gives them: (u, v) pixels (v down) and a score; absent bodies and missed joints are 0."""
-    ntu, coco = BUILTIN_LAYOUTS[LAYOUT_NAME], BUILTIN_LAYOUTS["coco-17"]
-    j = {n: seq[:, :, i].astype(np.float64) for i, n in enumerate(ntu.joint_names)}  # each (3, T, M)
-    head = j["head"]
-    right = _unit(j["shoulder_right"] - j["shoulder_left"])  # (3, T, M) the body's right
-    up = _unit(head - j["neck"])
-    forward = _unit(np.cross(right, up, axis=0))
+def _body_axes(j: dict[str, np.ndarray], axes: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward, up, the body's right), each (3, T, M) unit vectors: of the head (shoulders and head − neck)
+    or of the hips (hips and the spine)."""
+    if axes == "head":
+        right, up = _unit(j["shoulder_right"] - j["shoulder_left"]), _unit(j["head"] - j["neck"])
+    else:
+        right, up = _unit(j["hip_right"] - j["hip_left"]), _unit(j["spine_shoulder"] - j["spine_base"])
+    return _unit(np.cross(right, up, axis=0)), up, right
+
+
+def layout_points(seq: np.ndarray, layout: str) -> np.ndarray:
+    """An NTU-25 sequence (3, T, 25, M) -> the joints of ``layout`` (3, T, V, M) float64 in the same
+    coordinates, from ``LAYOUT_POINTS`` (absent bodies are not masked here)."""
+    if layout == LAYOUT_NAME:
+        return seq.astype(np.float64)
+    j = {n: seq[:, :, i].astype(np.float64) for i, n in enumerate(BUILTIN_LAYOUTS[LAYOUT_NAME].joint_names)}
+    axes = {k: _body_axes(j, k) for k in ("head", "hips")}
     pts = []
-    for name in coco.joint_names:
-        if name in FACE_OFFSETS:
-            f, u, r = FACE_OFFSETS[name]
-            pts.append(head + f * forward + u * up + r * right)
-        else:
-            pts.append(j[COCO_FROM_NTU[name]])
-    xyz = np.stack(pts, axis=2)  # (3, T, 17, M)
+    for name in BUILTIN_LAYOUTS[layout].joint_names:
+        weights, which, offset = LAYOUT_POINTS[layout][name]
+        p = sum(w * j[n] for n, w in weights.items())
+        pts.append(p + sum(o * a for o, a in zip(offset, axes[which], strict=True)))
+    return np.stack(pts, axis=2)  # (3, T, V, M)
+
+
+def project_2d(xyz: np.ndarray, present: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Joints in camera coordinates (3, T, V, M) (metres, y up) -> what a 2-D pose estimator gives, (3, T, V,
+    M): (x, y) pixels of a pinhole camera (y down) and a score; joints of absent bodies (``present`` (T, M)
+    False) and missed joints are (0, 0, 0)."""
     z = np.maximum(xyz[2], 1e-3)
     uv = np.stack([CAMERA_CENTER[0] + CAMERA_FOCAL * xyz[0] / z,
-                   CAMERA_CENTER[1] - CAMERA_FOCAL * xyz[1] / z])  # (2, T, 17, M) pixels, v down
+                   CAMERA_CENTER[1] - CAMERA_FOCAL * xyz[1] / z])  # (2, T, V, M) pixels, v down
     _, t, v, m = xyz.shape
     score = rng.uniform(*SCORE_RANGE, (t, v, m))
-    present = np.any(seq != 0, axis=(0, 2))[:, None, :]  # (T, 1, M) bodies in each frame
-    detected = present & (rng.random((t, v, m)) >= MISSED_RATE)
-    out = np.concatenate([uv, score[None]])  # (3, T, 17, M): u, v, score
+    detected = present[:, None, :] & (rng.random((t, v, m)) >= MISSED_RATE)  # (T, V, M)
+    out = np.concatenate([uv, score[None]])  # (3, T, V, M): x, y, score
     return np.where(detected[None], out, 0.0).astype(np.float32)
+
+
+def to_layout(seq: np.ndarray, layout: str, rng: np.random.Generator) -> np.ndarray:
+    """An NTU-25 sequence in camera coordinates (3, T, 25, M) -> raw data of ``layout`` (3, T, V, M)
+    float32 in that layout's units and axes (module docstring); absent bodies stay 0."""
+    if layout == LAYOUT_NAME:
+        return seq
+    xyz = layout_points(seq, layout)
+    present = np.any(seq != 0, axis=(0, 2))  # (T, M) bodies in each frame
+    lay = BUILTIN_LAYOUTS[layout]
+    if lay.scored:
+        return project_2d(xyz, present, rng)
+    flip_y = np.array([1.0, -1.0, 1.0])[:, None, None, None]
+    if layout == "azure-kinect-32":  # millimetres, y down
+        xyz = 1000.0 * flip_y * xyz
+    elif layout == "mediapipe-pose-33":  # world landmarks: metres, origin at the hips' midpoint, y down
+        assert lay.hips is not None
+        mid_hip = (xyz[:, :, lay.hips[0]] + xyz[:, :, lay.hips[1]]) / 2  # (3, T, M)
+        xyz = flip_y * (xyz - mid_hip[:, :, None])
+    return np.where(present[None, :, None, :], xyz, 0.0).astype(np.float32)
 
 
 def iter_raw(classes: int, per_class: int, seed: int = 0, *, chunk: int = CHUNK,
@@ -526,9 +626,9 @@ def iter_raw(classes: int, per_class: int, seed: int = 0, *, chunk: int = CHUNK,
              ) -> tuple[_Meta, Iterator[np.ndarray]]:
     """Sample metadata and a generator of raw sequences (3, T_i, V, 2), rendered ``chunk`` at a time.
 
-    ``layout``: ``ntu-rgb+d`` (3-D camera coordinates, metres) or ``coco-17`` (``project_coco17``: 2-D
-    keypoints with scores). Memory stays bounded by the chunk; the result depends only on ``seed`` (and
-    ``chunk``); the 3-D performances are the same for both layouts.
+    ``layout``: any of ``SYNTH_MODES``, in that layout's units and axes (``to_layout``). Memory stays bounded
+    by the chunk; the result depends only on ``seed`` (and ``chunk``); the 3-D performances are the same for
+    every layout.
     """
     if layout not in SYNTH_MODES:
         raise CrossclrError(f"synthetic data: layout {layout!r}, expected one of {sorted(SYNTH_MODES)}")
@@ -542,7 +642,7 @@ def iter_raw(classes: int, per_class: int, seed: int = 0, *, chunk: int = CHUNK,
                 yield from seqs
             else:
                 rng = np.random.default_rng([seed, 1 + k, 2])
-                yield from (project_coco17(x, rng) for x in seqs)
+                yield from (to_layout(x, layout, rng) for x in seqs)
 
     return plan.meta, gen()
 
@@ -550,8 +650,8 @@ def iter_raw(classes: int, per_class: int, seed: int = 0, *, chunk: int = CHUNK,
 def synthesize_raw(classes: int, per_class: int, seed: int = 0,
                    train_subjects: list[int] | None = None, layout: str = LAYOUT_NAME
                    ) -> tuple[list[np.ndarray], _Meta]:
-    """All raw sequences, each (3, T_i, V, 2) float32 (second body zero when absent): camera coordinates
-    (``ntu-rgb+d``) or 2-D keypoints with scores (``coco-17``)."""
+    """All raw sequences, each (3, T_i, V, 2) float32 (second body zero when absent), in the units and axes
+    of ``layout`` (``to_layout``)."""
     meta, seqs = iter_raw(classes, per_class, seed, train_subjects=train_subjects, layout=layout)
     return list(seqs), meta
 
@@ -563,9 +663,8 @@ def synth_sample_name(meta: _Meta, i: int) -> str:
 
 def generate_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 60, seed: int = 0,
                        frames: int = 50, layout: str = LAYOUT_NAME) -> Path:
-    """Write a synthetic cache (splits train/val by the xsub subject rule) and return its path.
-
-    ``layout``: ``ntu-rgb+d`` (``official`` preprocessing) or ``coco-17`` (2-D, ``pose2d`` preprocessing)."""
+    """Write a synthetic cache (splits train/val by NTU's cross-subject rule; benchmark name ``synthetic``)
+    and return its path. ``layout``: any of ``SYNTH_MODES``, preprocessed with the mode given there."""
     from .ntu import split_of
     from .preprocess import normalize_sequence
 
@@ -573,14 +672,14 @@ def generate_synthetic(out: str | Path, *, classes: int = 10, per_class: int = 6
     meta, seqs = iter_raw(classes, per_class, seed, layout=layout)
     mode = SYNTH_MODES[layout]
     lay = BUILTIN_LAYOUTS[layout]
-    benchmark = "ntu60-xsub" if classes <= 60 else "ntu120-xsub"
+    split_rule = "ntu60-xsub" if classes <= 60 else "ntu120-xsub"  # splits only: the data is not NTU's
     preprocess = {"mode": mode, "frames": frames, "source": "synthetic", "seed": seed}
-    with CacheWriter(out, layout=lay, class_names=synth_class_names(classes), benchmark=benchmark,
+    with CacheWriter(out, layout=lay, class_names=synth_class_names(classes), benchmark=SYNTHETIC_BENCHMARK,
                      frames=frames, num_person=2, preprocess=preprocess) as w:
         bar = tqdm(seqs, total=len(meta.label), desc="synth", unit="sample", leave=False, disable=None)
         for i, raw in enumerate(bar):
             name = synth_sample_name(meta, i)
-            split = split_of(name, benchmark)
+            split = split_of(name, split_rule)
             assert split is not None, name
             x = normalize_sequence(raw, lay, mode=mode, frames=frames)
             w.add(split, x, int(meta.label[i]), name, raw.shape[1])

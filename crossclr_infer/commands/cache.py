@@ -10,8 +10,8 @@ import click
 from ..cache import open_cache
 from ..errors import printable
 from ..fileio import check_outputs, output_lock
-from ..layouts import BUILTIN_LAYOUTS
-from ..preprocess import MODES
+from ..layouts import BUILTIN_LAYOUTS, Layout
+from ..preprocess import MODES, centre_of
 
 _PREPROCESS_CHOICES = [*MODES, "as-is"]
 _out_option = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -33,8 +33,12 @@ def _summary(out: Path, counts: dict[str, int]) -> str:
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Frames per sample after preprocessing (default: 120 for mamp, 300 for none, else 50).")
 @click.option("--benchmark", default="custom", show_default=True, help="Benchmark name stored in the cache.")
+@click.option("--bodies", type=click.IntRange(min=1), default=None,
+              help="Bodies M per sample in the cache (default: the data's). More than the data has adds zero "
+                   "bodies (e.g. --bodies 2 for a one-body data set and a two-body model); fewer keeps the "
+                   "first ones.")
 def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, frames: int | None,
-                   benchmark: str) -> None:
+                   benchmark: str, bodies: int | None) -> None:
     """Import generic skeleton arrays from an .npz (fixed-size or variable-length; keys: data, label, name,
     split, class_names; see crossclr_infer.arrays)."""
     frames = frames or (MODES[preprocess].default_frames if preprocess in MODES else 50)
@@ -44,7 +48,7 @@ def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, fr
     check_outputs({"--out": out}, {"NPZ": npz, "--layout": layout_file})
     with output_lock(out):
         counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames,
-                               benchmark=benchmark)
+                               benchmark=benchmark, bodies=bodies)
     click.echo(_summary(out, counts))
 
 
@@ -62,6 +66,16 @@ def prepare_official(folder: Path, out: Path, layout: str, benchmark: str | None
     with output_lock(out):
         counts = prepare_official(folder, out, layout=layout, benchmark=benchmark)
     click.echo(_summary(out, counts))
+
+
+def _layout_text(lay: Layout) -> str:
+    """``coco-17 (17 joints, tree root nose, shoulders ..., hips ...)``: the layout's fields, named."""
+    def pair(p: tuple[int, int] | None) -> str:
+        return "none" if p is None else ", ".join(lay.joint_names[j] for j in p)
+
+    scored = ", channels x, y, score" if lay.scored else ""
+    return (f"{lay.name} ({lay.num_joints} joints, tree root {lay.joint_names[lay.center]}, "
+            f"shoulders {pair(lay.shoulders)}, hips {pair(lay.hips)}{scored})")
 
 
 @click.command("info")
@@ -88,9 +102,8 @@ def info(cache: Path | None, system: bool) -> None:
         # every name below passed errors.check_name when the cache was opened; the path is the user's
         click.echo(f"file:        {printable(c.path)}  (crossclr-cache v{c.format_version}"
                    + (f", written by crossclr {c.crossclr_version})" if c.crossclr_version else ")"))
-        shoulders = "none" if lay.shoulders is None else ", ".join(lay.joint_names[s] for s in lay.shoulders)
-        click.echo(f"layout:      {lay.name} ({lay.num_joints} joints, center {lay.joint_names[lay.center]}, "
-                   f"shoulders {shoulders})")
+        click.echo(f"layout:      {_layout_text(lay)}")
+        click.echo(f"centred on:  {centre_of(lay, str(c.preprocess.get('mode', 'as-is')))}")
         click.echo(f"benchmark:   {c.benchmark}")
         click.echo(f"samples:     (C, T, V, M) = {c.sample_shape} float32; frames {c.frames}, "
                    f"bodies {c.num_person}")
@@ -110,10 +123,13 @@ def info(cache: Path | None, system: bool) -> None:
 @click.option("--per-class", type=click.IntRange(min=2, max=10_000), default=60, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--layout", type=click.Choice(["ntu-rgb+d", "coco-17"]), default="ntu-rgb+d", show_default=True,
-              help="ntu-rgb+d: 3-D Kinect joints; coco-17: their 2-D projection with scores (pose2d).")
+@click.option("--layout", type=click.Choice(sorted(BUILTIN_LAYOUTS)), default="ntu-rgb+d", show_default=True,
+              help="Skeleton and units of the data (docs/conventions.md): ntu-rgb+d, kinect-v1 (metres, "
+                   "y up), azure-kinect-32 (millimetres, y down), mediapipe-pose-33 (world landmarks, "
+                   "metres), coco-17, openpose-body25 (x, y pixels and a score; pose2d preprocessing).")
 def synth(out: Path, classes: int, per_class: int, seed: int, frames: int, layout: str) -> None:
-    """Generate a synthetic cache of procedurally animated actions (train/val by xsub subjects)."""
+    """Generate a synthetic cache of procedurally animated actions (train/val by NTU's cross-subject rule;
+    benchmark name 'synthetic')."""
     from ..synth import generate_synthetic
 
     with output_lock(out):

@@ -205,3 +205,54 @@ def test_default_preprocessing_follows_the_layouts_scored_field(tmp_path: Path, 
     import_arrays(tmp_path / "s.npz", tmp_path / "b.h5", layout=again, frames=8, progress=False)
     with open_cache(tmp_path / "b.h5") as c:
         assert c.preprocess["mode"] == mode
+
+
+# ------------------------------------------------------------------------------------- --bodies M
+def _one_body_npz(path: Path) -> list[np.ndarray]:
+    seqs = [x[..., :1] for x in _sequences(3)]  # (3, T, 25, 1) a one-body data set
+    np.savez(path, **{f"data_{i}": x for i, x in enumerate(seqs)}, **_meta())
+    return seqs
+
+
+@pytest.mark.parametrize("mode", ["official", "pose2d", "as-is"])
+def test_bodies_pads_a_one_body_data_set_with_a_zero_second_body(tmp_path: Path, mode: str) -> None:
+    seqs = _one_body_npz(tmp_path / "one.npz")
+    frames = None if mode != "as-is" else 7
+    if mode == "as-is":  # as-is needs equal lengths
+        np.savez(tmp_path / "one.npz", data=np.stack([x[:, :7] for x in seqs]), **_meta())
+    kept, padded = tmp_path / "m1.h5", tmp_path / "m2.h5"
+    kw = {"layout": "ntu-rgb+d", "preprocess": mode, "progress": False, "frames": frames or 20}
+    import_arrays(tmp_path / "one.npz", kept, **kw)  # default: the data's M = 1
+    import_arrays(tmp_path / "one.npz", padded, bodies=2, **kw)
+    with open_cache(kept) as c1, open_cache(padded) as c2:
+        assert c1.num_person == 1 and c1.sample_shape[3] == 1
+        assert c2.num_person == 2 and c2.sample_shape == c1.sample_shape[:3] + (2,)
+        for split in ("train", "val"):
+            one, two = c1.split(split).read_all(), c2.split(split).read_all()  # (N, C, T, V, M)
+            np.testing.assert_array_equal(two[..., :1], one)
+            assert not two[..., 1].any()
+            assert c2.split(split).lengths.tolist() == c1.split(split).lengths.tolist()
+        if mode != "as-is":  # the zero body changes nothing: preprocessing the padded data by hand agrees
+            x = np.concatenate([seqs[0], np.zeros_like(seqs[0])], axis=3)
+            np.testing.assert_array_equal(c2.split("train").read_all()[0],
+                                          normalize_sequence(x, NTU, mode=mode, frames=20))
+
+
+def test_bodies_keeps_the_first_bodies_and_the_cli_flag(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import crossclr
+
+    seqs = _sequences(4)
+    np.savez(tmp_path / "two.npz", **{f"data_{i}": x for i, x in enumerate(seqs)}, **_meta())
+    out = tmp_path / "m1.h5"
+    result = CliRunner().invoke(crossclr, ["prepare", "arrays", str(tmp_path / "two.npz"), "--layout",
+                                           "ntu-rgb+d", "--out", str(out), "--frames", "20", "--bodies", "1"])
+    assert result.exit_code == 0, result.output
+    with open_cache(out) as c:
+        assert c.num_person == 1
+        np.testing.assert_array_equal(c.split("train").read_all()[0],
+                                      normalize_sequence(seqs[0][..., :1], NTU, mode="official", frames=20))
+    bad = CliRunner().invoke(crossclr, ["prepare", "arrays", str(tmp_path / "two.npz"), "--layout",
+                                        "ntu-rgb+d", "--out", str(tmp_path / "x.h5"), "--bodies", "0"])
+    assert bad.exit_code != 0 and "--bodies" in bad.output and not (tmp_path / "x.h5").exists()

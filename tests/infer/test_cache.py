@@ -262,7 +262,8 @@ def test_info_prints_layout_classes_and_splits(tmp_path: Path) -> None:
     result = CliRunner().invoke(crossclr, ["info", str(path)])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "ntu-rgb+d (25 joints, center spine_shoulder" in out
+    assert "ntu-rgb+d (25 joints, tree root spine_shoulder" in out
+    assert "centred on:  spine_shoulder (the center joint), per frame and body" in out
     assert "splits:      train 6, val 3" in out
     assert "(C, T, V, M) = (3, 6, 25, 2)" in out and '"mode": "official"' in out
     # labels i % 3: samples 0..5 (train) hold each class twice, 6..8 (val) once

@@ -269,7 +269,8 @@ def test_layout_names_with_quotes_backslashes_and_unicode_round_trip(tmp_path: P
     with open_cache(tmp_path / "c.h5") as c:
         assert c.layout == lay and c.benchmark == 'b"\\é'
     code, out, _ = run_cli(["info", str(tmp_path / "c.h5")], capsys)
-    assert code == 0 and 'my "sk\\eleton" é (7 joints, center pel"vis, shoulders back\\slash, épaule' in out
+    assert code == 0
+    assert 'my "sk\\eleton" é (7 joints, tree root pel"vis, shoulders back\\slash, épaule' in out
 
 
 @pytest.mark.parametrize("bad", ["a\x07", "a\nb", "a\x1b[31m", "a\u202eb", "", "x" * 201])

@@ -25,7 +25,7 @@ def test_tiny_cache_names_splits_and_shapes(tiny_cache: Path) -> None:
     with open_cache(tiny_cache) as c:
         assert c.layout == NTU and c.splits == ["train", "val"]
         assert c.class_names == ["waving", "clapping", "kicking", "squatting"]
-        assert c.sample_shape == (3, 50, 25, 2) and c.benchmark == "ntu60-xsub"
+        assert c.sample_shape == (3, 50, 25, 2) and c.benchmark == "synthetic"
         assert c.preprocess["mode"] == "official" and c.preprocess["frames"] == 50
         names = []
         for split in c.splits:
@@ -188,5 +188,88 @@ def test_coco17_cache_holds_the_pose2d_preprocessing(tmp_path: Path) -> None:
         i = [synth.synth_sample_name(meta, k) for k in range(len(seqs))].index(s.names[0])
         np.testing.assert_array_equal(s[0][0], normalize_sequence(seqs[i], get_layout("coco-17"),
                                                                  mode="pose2d", frames=20))
-    with pytest.raises(CrossclrError, match="layout 'kinect-v1'"):
-        synth.synthesize_raw(3, 1, layout="kinect-v1")
+    with pytest.raises(CrossclrError, match="layout 'kinect-v2'"):
+        synth.synthesize_raw(3, 1, layout="kinect-v2")
+
+
+# ------------------------------------------------------------------------------------- every built-in layout
+ALL_LAYOUTS = sorted(synth.SYNTH_MODES)
+
+
+def test_every_builtin_layout_can_be_synthesized() -> None:
+    from crossclr_infer.layouts import BUILTIN_LAYOUTS
+
+    assert set(synth.SYNTH_MODES) == set(BUILTIN_LAYOUTS)
+    for name, points in synth.LAYOUT_POINTS.items():
+        assert set(points) == set(BUILTIN_LAYOUTS[name].joint_names)
+    for name, mode in synth.SYNTH_MODES.items():  # each layout's default preprocessing
+        assert mode == ("pose2d" if BUILTIN_LAYOUTS[name].scored else "official")
+
+
+def _leave_one_out_1nn(x: np.ndarray, y: np.ndarray) -> float:
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)  # (N, N) squared distances
+    np.fill_diagonal(d, np.inf)
+    return float((y[d.argmin(1)] == y).mean())
+
+
+@pytest.mark.parametrize("name", ALL_LAYOUTS)
+def test_layout_raw_data_units_and_class_dependent_motion(name: str) -> None:
+    lay = get_layout(name)
+    seqs, meta = synth.synthesize_raw(4, 16, seed=0, layout=name)
+    for x in seqs:
+        assert x.shape[0] == 3 and x.shape[2:] == (lay.num_joints, 2) and np.isfinite(x).all()
+    body = np.concatenate([x[..., 0] for x in seqs], axis=1)  # (3, ΣT, V) the performers
+    y = np.where(body[2] > 0, body[1], np.nan) if lay.scored else body[1]  # (ΣT, V) detected joints' y
+    height = np.nanmean(np.nanmax(y, axis=1) - np.nanmin(y, axis=1))  # vertical extent of a body per frame
+    if lay.scored:  # (x, y) pixels of a 640 × 480 image (a foot may leave it), a score in [0, 1] (0: missed)
+        seen = body[2] > 0
+        assert ((body[2] >= 0) & (body[2] <= 1)).all() and 0.9 < seen.mean() < 1.0
+        assert (body[0][seen] > 0).all() and (body[0][seen] < 640).all()
+        assert (body[1][seen] > -48).all() and (body[1][seen] < 528).all() and 150 < height < 450
+        hips = [lay.joint_names.index(h) for h in ("left_hip", "right_hip")] if name == "coco-17" else \
+            [lay.joint_names.index(h) for h in ("LHip", "RHip")]
+        head = lay.joint_names.index("nose" if name == "coco-17" else "Nose")
+        ok = seen[:, head] & seen[:, hips].all(1)
+        assert (body[1, ok, head] < body[1][:, hips][ok].mean(1)).all()  # image y down: the head is above
+    else:
+        unit = 1000.0 if name == "azure-kinect-32" else 1.0  # millimetres, else metres
+        assert 1.2 < height / unit < 2.0
+        head = lay.joint_names.index("nose" if name == "mediapipe-pose-33" else "head")
+        foot = lay.joint_names.index({"azure-kinect-32": "foot_left", "mediapipe-pose-33": "left_ankle"}
+                                     .get(name, "foot_left"))
+        up = 1.0 if name in ("ntu-rgb+d", "kinect-v1") else -1.0  # Kinect v1/v2 y up; Azure, MediaPipe y down
+        assert (up * (body[1, :, head] - body[1, :, foot]) > 0).mean() > 0.95
+    if name == "mediapipe-pose-33":  # world landmarks: the origin at the hips' midpoint
+        mid = (body[:, :, lay.hips[0]] + body[:, :, lay.hips[1]]) / 2
+        np.testing.assert_allclose(mid, 0.0, atol=1e-5)
+    x = np.stack([normalize_sequence(s, lay, mode=synth.SYNTH_MODES[name], frames=20) for s in seqs])
+    assert np.isfinite(x).all()
+    acc = _leave_one_out_1nn(x.reshape(len(x), -1), meta.label)  # (N, C·T·V·M) raw features
+    assert acc > 0.4  # chance: 0.25; the classes move differently
+
+
+@pytest.mark.parametrize("name", ALL_LAYOUTS)
+def test_synth_and_info_for_every_layout(tmp_path: Path, name: str) -> None:
+    from click.testing import CliRunner
+
+    from cli import crossclr
+    from crossclr_infer.preprocess import centre_of
+
+    out = tmp_path / f"{name}.h5"
+    result = CliRunner().invoke(crossclr, ["synth", "--out", str(out), "--classes", "3", "--per-class", "4",
+                                           "--frames", "16", "--layout", name])
+    assert result.exit_code == 0, result.output
+    lay = get_layout(name)
+    mode = synth.SYNTH_MODES[name]
+    with open_cache(out) as c:
+        assert c.layout == lay and c.sample_shape == (3, 16, lay.num_joints, 2)
+        assert c.benchmark == "synthetic" and c.preprocess["mode"] == mode
+        data = c.split("train").read_all()
+        assert np.isfinite(data).all() and np.abs(data[..., 0]).sum() > 0
+        if lay.scored:
+            assert ((data[:, 2] >= 0) & (data[:, 2] <= 1)).all()
+    info = CliRunner().invoke(crossclr, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert f"layout:      {name} ({lay.num_joints} joints" in info.output
+    assert f"centred on:  {centre_of(lay, mode)}" in info.output
+    assert "benchmark:   synthetic" in info.output
