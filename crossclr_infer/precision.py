@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import CrossclrError
 from .precision_records import cpu_key, describe, model_sha256, save
-from .report import check_cache_fits
+from .report import check_cache_fits, fit_bodies
 from .session import ModelSession, bf16_candidate, class_outputs, iter_batches
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def run_check(model: str | Path, data: str | Path, split: str = "val", *, backen
         labels = np.asarray(sp.labels, dtype=np.int64)[idx]
         outs: dict[str, dict[str, list[np.ndarray]]] = {"fp32": {}, "low": {}}
         for b in iter_batches(len(idx), batch_size):
-            x = sp.read(idx[b])  # (B, C, T, V, M)
+            x = fit_bodies(sp.read(idx[b]), ref.info)  # (B, C, T, V, m) -> (B, C, T, V, M)
             for tag, sess in (("fp32", ref), ("low", low)):
                 for k, v in sess.run(x, names, f"{data}[{split}]").items():
                     outs[tag].setdefault(k, []).append(v)

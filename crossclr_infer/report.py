@@ -9,6 +9,10 @@ the sample names and labels; ``Cache.identity``), and ``merge_reports`` refuses 
 An empty shard (more shards than samples, e.g. ``--shard 50/100`` of 16 samples) gives a valid report with
 ``num_samples`` 0, zero counts and ``top1``/``top5`` null (no accuracy is claimed); it merges like any
 other shard. Reports read from files are checked field by field (``check_report``) before they are used.
+
+Format v2 adds the per-sample predictions (``samples``, report_samples.py) and ``fusion`` (how the models'
+heads were trained: ``joint`` = only through the fused logits, so per-stream rows are "not trained alone").
+v1 reports (without them) are still read and merged; a merge of v1 and v2 shards has no ``samples``.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .errors import CrossclrError, check_name
-from .fileio import atomic_output, file_sha256
+from .errors import CrossclrError, check_name, printable
+from .fileio import file_sha256
 from .metrics import (
     FUSED,
+    FUSIONS,
     check_fusion_weights,
     confusion_matrix,
     fuse_logits,
@@ -36,13 +41,17 @@ from .metrics import (
     ranked_classes,
     topk_correct,
 )
+from .report_plots import plot_path, save_confusion_plots  # noqa: F401  (plot_path: its old home)
+from .report_samples import build_samples, check_samples, merge_samples
 from .session import ModelInfo, ModelSession, iter_batches
 from .views import check_view_name
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = "crossclr-eval-report-v1"
+REPORT_FORMAT = "crossclr-eval-report-v2"
+READ_FORMATS = ("crossclr-eval-report-v1", REPORT_FORMAT)  # v1: no samples, no fusion
 TOPK = 5
+NOT_ALONE = "not trained alone"
 
 
 @dataclass(frozen=True)
@@ -89,20 +98,23 @@ def finish_result(counts: Mapping[str, Any], num_samples: int) -> dict[str, Any]
 def build_report(*, data: str, split: str, model_ids: Sequence[Mapping[str, str]], streams: Sequence[str],
                  weights: Mapping[str, float], class_names: Sequence[str], labels: np.ndarray,
                  logits: Mapping[str, np.ndarray], num_samples_total: int, shard: Shard | None,
-                 run: Mapping[str, Any], data_id: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 run: Mapping[str, Any], data_id: Mapping[str, Any] | None = None,
+                 names: Sequence[str] | None = None, fusion: str | None = None) -> dict[str, Any]:
     """The report dict from per-stream and fused logits (keys: the streams and FUSED); ``data_id`` is
-    ``Cache.identity(split)``."""
+    ``Cache.identity(split)``; ``names`` (one per sample) adds the per-sample predictions; ``fusion`` says
+    how the heads were trained (``joint``, ``separate`` or None when the models do not say)."""
     k = len(class_names)
     results = {name: finish_result(stream_result(value, labels, k), len(labels)) for name,
                value in logits.items()}
+    samples = build_samples(names, labels, logits, streams) if names is not None and FUSED in logits else None
     return {
         "format": REPORT_FORMAT, "data": data, "split": split, "data_id": dict(data_id or {}),
         "models": [dict(m) for m in model_ids], "streams": list(streams),
-            "fusion_weights": {s: float(weights[s]) for s in streams} if weights else {},
-        "class_names": list(class_names), "num_samples_total": int(num_samples_total),
+        "fusion_weights": {s: float(weights[s]) for s in streams} if weights else {},
+        "fusion": fusion, "class_names": list(class_names), "num_samples_total": int(num_samples_total),
         "num_samples": int(len(labels)),
         "shard": None if shard is None else {"index": shard.index, "count": shard.count},
-        "results": results, "run": dict(run),
+        "results": results, "samples": samples, "run": dict(run),
     }
 
 
@@ -111,25 +123,13 @@ def merge_reports(reports: Sequence[Mapping[str, Any]], sources: Sequence[str] |
     """Combine the reports of shards 0/n … n-1/n (any order) into the report of the whole split.
 
     Every report is checked (``check_report``); the shards must come from one evaluation: the same models,
-    cache split (``data_id``), streams, weights and classes. Empty shards merge like any other."""
+    cache split (``data_id``), streams, weights and classes. Empty shards merge like any other. The
+    per-sample predictions are concatenated in shard order (none when a shard has none: a v1 report)."""
     sources = list(sources) if sources is not None else [f"report {i}" for i in range(len(reports))]
     if not reports:
         raise CrossclrError("merge-reports: no reports given")
-    for src, r in zip(sources, reports, strict=True):
-        check_report(r, src)
-        if r.get("shard") is None:
-            raise CrossclrError(f"{src}: report of a whole split, not a shard; merge only --shard reports")
+    _check_shards(reports, sources)
     first = reports[0]
-    same = ("split", "data_id", "streams", "fusion_weights", "class_names", "num_samples_total")
-    for src, r in zip(sources, reports, strict=True):
-        if [m["sha256"] for m in r["models"]] != [m["sha256"] for m in first["models"]]:
-            raise CrossclrError(f"{src}: models differ from {sources[0]}'s (sha256); merge reports of one "
-                                f"evaluation")
-        for key in same:
-            if r[key] != first[key]:
-                what = " (the shards were evaluated on different caches)" if key == "data_id" else ""
-                raise CrossclrError(f"{src}: {key!r} differs from {sources[0]}'s{what}; merge reports of one "
-                                    f"evaluation")
     count = first["shard"]["count"]
     seen = sorted(r["shard"]["index"] for r in reports)
     if any(r["shard"]["count"] != count for r in reports) or seen != list(range(count)):
@@ -150,11 +150,36 @@ def merge_reports(reports: Sequence[Mapping[str, Any]], sources: Sequence[str] |
     run = {"inference_seconds": inf_s, "samples_per_s": total / inf_s if inf_s > 0 else None,
            "merged_from": len(reports), "providers": first.get("run", {}).get("providers"),
            "backends": first.get("run", {}).get("backends")}
-    keep = ("format", "data", "split", "data_id", "models", "streams", "fusion_weights", "class_names",
-            "num_samples_total")
-    out = {k: first[k] for k in keep}
-    out.update({"num_samples": total, "shard": None, "results": results, "run": run})
+    keep = ("data", "split", "data_id", "models", "streams", "fusion_weights")
+    fusion = next((r["fusion"] for r in reports if r.get("fusion")), None)  # v1 shards have none
+    out = {"format": REPORT_FORMAT, **{k: first[k] for k in keep}, "fusion": fusion,
+           "class_names": first["class_names"], "num_samples_total": first["num_samples_total"]}
+    ordered = sorted(reports, key=lambda r: r["shard"]["index"])
+    samples = merge_samples([r.get("samples") for r in ordered], first["streams"])
+    out.update({"num_samples": total, "shard": None, "results": results, "samples": samples, "run": run})
     return out
+
+
+def _check_shards(reports: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> None:
+    """Every report is a checked shard report of the same evaluation as the first."""
+    for src, r in zip(sources, reports, strict=True):
+        check_report(r, src)
+        if r.get("shard") is None:
+            raise CrossclrError(f"{src}: report of a whole split, not a shard; merge only --shard reports")
+    first = reports[0]
+    same = ("split", "data_id", "streams", "fusion_weights", "class_names", "num_samples_total")
+    for src, r in zip(sources, reports, strict=True):
+        if [m["sha256"] for m in r["models"]] != [m["sha256"] for m in first["models"]]:
+            raise CrossclrError(f"{src}: models differ from {sources[0]}'s (sha256); merge reports of one "
+                                f"evaluation")
+        for key in same:
+            if r[key] != first[key]:
+                what = " (the shards were evaluated on different caches)" if key == "data_id" else ""
+                raise CrossclrError(f"{src}: {key!r} differs from {sources[0]}'s{what}; merge reports of one "
+                                    f"evaluation")
+        if r.get("fusion") != first.get("fusion") and r.get("format") == first.get("format"):
+            raise CrossclrError(f"{src}: 'fusion' differs from {sources[0]}'s; merge reports of one "
+                                "evaluation")
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
@@ -215,11 +240,43 @@ def check_report(obj: Any, src: str) -> dict[str, Any]:
 
     Checked: format, data and split text, data_id object, models with sha256, streams (known views),
     fusion_weights (finite, >= 0), class_names, sample counts, shard (null or {index, count} with
-    0 <= index < count), results per stream (and fused) with consistent counts, run object."""
-    if not isinstance(obj, dict) or obj.get("format") != REPORT_FORMAT:
+    0 <= index < count), results per stream (and fused) with consistent counts, fusion (v2: null, joint or
+    separate), samples (v2: null or per-sample records that rebuild the confusion matrices), run object."""
+    if not isinstance(obj, dict) or obj.get("format") not in READ_FORMATS:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CrossclrError(f"{src}: not a crossclr evaluation report (format {_brief(found)}, expected "
                             f"{REPORT_FORMAT})")
+    streams, classes = _check_identity(obj, src)
+    total = _count(obj, "num_samples_total", src, "num_samples_total")
+    n = _count(obj, "num_samples", src, "num_samples", total)
+    shard = obj.get("shard")
+    if shard is not None:
+        if not isinstance(shard, dict):
+            raise _field(src, "shard", f"is {_brief(shard)}, not null or an object {{index, count}}")
+        count = _count(shard, "count", src, "shard.count")
+        if count < 1:
+            raise _field(src, "shard.count", "is 0, expected at least 1 shard")
+        _count(shard, "index", src, "shard.index", count - 1)
+    results = obj.get("results")
+    if not isinstance(results, dict):
+        raise _field(src, "results", f"is {_brief(results)}, not an object with one result per stream")
+    want = [*streams, *([FUSED] if FUSED in results else [])]
+    if sorted(results) != sorted(want):
+        raise _field(src, "results", f"has keys {_brief(list(results))}, expected {want} (the streams and "
+                                     "fused)")
+    for name, res in results.items():
+        _check_result(res, src, f"results.{name}", len(classes), n)
+    if obj.get("samples") is not None:
+        check_samples(obj["samples"], src, results, streams, len(classes), n)
+    if obj.get("fusion") not in (None, *FUSIONS):
+        raise _field(src, "fusion", f"is {_brief(obj.get('fusion'))}, expected null or one of {FUSIONS}")
+    if not isinstance(obj.get("run", {}), dict):
+        raise _field(src, "run", f"is {_brief(obj.get('run'))}, not an object")
+    return obj
+
+
+def _check_identity(obj: Mapping[str, Any], src: str) -> tuple[list[str], list[str]]:
+    """data, split, data_id, models, streams, fusion weights and class names; returns (streams, classes)."""
     for key in ("data", "split"):
         if not isinstance(obj.get(key), str):
             raise _field(src, key, f"is {_brief(obj.get(key))}, not a string")
@@ -244,28 +301,7 @@ def check_report(obj: Any, src: str) -> dict[str, Any]:
         raise _field(src, "class_names", f"is {_brief(classes)}, not a list of class names")
     for c in classes:
         check_name(c, f"{src}: field 'class_names'", "class name")
-    total = _count(obj, "num_samples_total", src, "num_samples_total")
-    n = _count(obj, "num_samples", src, "num_samples", total)
-    shard = obj.get("shard")
-    if shard is not None:
-        if not isinstance(shard, dict):
-            raise _field(src, "shard", f"is {_brief(shard)}, not null or an object {{index, count}}")
-        count = _count(shard, "count", src, "shard.count")
-        if count < 1:
-            raise _field(src, "shard.count", "is 0, expected at least 1 shard")
-        _count(shard, "index", src, "shard.index", count - 1)
-    results = obj.get("results")
-    if not isinstance(results, dict):
-        raise _field(src, "results", f"is {_brief(results)}, not an object with one result per stream")
-    want = [*streams, *([FUSED] if FUSED in results else [])]
-    if sorted(results) != sorted(want):
-        raise _field(src, "results", f"has keys {_brief(list(results))}, expected {want} (the streams and "
-                                     "fused)")
-    for name, res in results.items():
-        _check_result(res, src, f"results.{name}", len(classes), n)
-    if not isinstance(obj.get("run", {}), dict):
-        raise _field(src, "run", f"is {_brief(obj.get('run'))}, not an object")
-    return obj
+    return streams, classes
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -317,15 +353,23 @@ def load_models(paths: Sequence[str | Path], providers: Sequence[str] | None = N
 
 
 def check_cache_fits(cache: Any, info: ModelInfo, data: str) -> None:
-    """The cache's layout, frames, persons, channels and classes must be the model's."""
+    """The cache's layout, frames, channels and classes must be the model's; its bodies M at most the model's
+    (fewer are padded with zero bodies by ``fit_bodies``, as ``Predictor`` pads a one-body clip)."""
     lay = cache.layout
     if lay.num_joints != info.layout.num_joints or tuple(lay.parents) != tuple(info.layout.parents):
         raise CrossclrError(f"{data}: cache layout {lay.name!r} ({lay.num_joints} joints) is not the model's "
                             f"layout {info.layout.name!r} ({info.layout.num_joints} joints)")
-    got = (cache.num_channels, cache.frames, cache.num_person)
-    want = (info.num_channels, info.frames, info.num_person)
+    got = (cache.num_channels, cache.frames)
+    want = (info.num_channels, info.frames)
     if got != want:
-        raise CrossclrError(f"{data}: cache samples are (C, T, M) = {got}, the model expects {want}")
+        raise CrossclrError(f"{data}: cache samples are (C, T) = {got}, the model expects {want}")
+    if cache.num_person > info.num_person:
+        raise CrossclrError(f"{data}: cache samples hold M = {cache.num_person} bodies, the model takes at "
+                            f"most {info.num_person}; prepare the cache with {info.num_person} bodies (or "
+                            f"use a model of {cache.num_person})")
+    if cache.num_person < info.num_person:
+        log.info("%s: %d-body samples, the model takes %d; adding zero bodies as Predictor does", data,
+                 cache.num_person, info.num_person)
     if cache.num_class != info.num_class:
         raise CrossclrError(f"{data}: cache has {cache.num_class} classes, the model {info.num_class}")
     if list(cache.class_names) != list(info.class_names):
@@ -334,6 +378,16 @@ def check_cache_fits(cache: Any, info: ModelInfo, data: str) -> None:
     if dict(cache.preprocess) != dict(info.preprocess):
         log.warning("%s: cache preprocessing %s differs from the model's %s", data, cache.preprocess,
                     info.preprocess)
+
+
+def fit_bodies(x: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """A cache batch (B, C, T, V, m) with m <= the model's M bodies -> (B, C, T, V, M): zero bodies appended
+    after the recorded ones, exactly as ``Predictor``/``predict`` pad a clip (``predict._fit_persons``)."""
+    from .predict import _fit_persons
+
+    if x.shape[-1] == info.num_person:
+        return x
+    return _fit_persons(x, info, "cache batch")
 
 
 def run_models(models: ModelSet, x: np.ndarray, source: str) -> dict[str, np.ndarray]:
@@ -390,18 +444,9 @@ def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights:
             log.warning("%s%s split %r (%d samples) is empty: the report holds 0 samples and no accuracy",
                         where, data, split, n_total)
         labels = np.asarray(sp.labels, dtype=np.int64)[idx]
-        parts: dict[str, list[np.ndarray]] = {}
-        inference_s = 0.0
-        wall0 = time.perf_counter()
-        batches = list(iter_batches(len(idx), batch_size))
-        for b in tqdm(batches, desc=f"evaluate {split}", unit="batch", disable=not progress, leave=False):
-            x = sp.read(idx[b])  # (B, C, T, V, M)
-            t0 = time.perf_counter()
-            res = run_models(models, x, f"{data}[{split}]")
-            inference_s += time.perf_counter() - t0
-            for k, v in res.items():
-                parts.setdefault(k, []).append(v)
-        wall_s = time.perf_counter() - wall0
+        names = [sp.names[i] for i in idx]
+        parts, inference_s, wall_s = _run_split(models, sp, idx, batch_size, f"{data}[{split}]",
+                                                f"evaluate {split}" if progress else None)
     k = models.info.num_class
     logits = {name: (np.concatenate(parts[name]) if name in parts else np.zeros((0, k), np.float32))
               for name in (*models.streams, *([FUSED] if models.is_ensemble else []))}
@@ -414,35 +459,94 @@ def evaluate(data: str | Path, models: ModelSet, *, split: str = "val", weights:
     model_ids = [{"path": s.path, "sha256": file_sha256(s.path)} for s in models.sessions]
     return build_report(data=data, split=split, model_ids=model_ids, streams=models.streams, weights=w,
                         class_names=models.info.class_names, labels=labels, logits=logits,
-                        num_samples_total=n_total, shard=shard, run=run, data_id=data_id)
+                        num_samples_total=n_total, shard=shard, run=run, data_id=data_id, names=names,
+                        fusion=head_fusion(models))
+
+
+def _run_split(models: ModelSet, sp: Any, idx: np.ndarray, batch_size: int, source: str,
+               progress: str | None) -> tuple[dict[str, list[np.ndarray]], float, float]:
+    """The models' outputs on samples ``idx`` of a cache split, batch by batch: (outputs by name,
+    inference seconds, wall seconds); ``progress`` is the progress bar's text (None: no bar)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    inference_s = 0.0
+    wall0 = time.perf_counter()
+    batches = list(iter_batches(len(idx), batch_size))
+    for b in tqdm(batches, desc=progress, unit="batch", disable=progress is None, leave=False):
+        x = fit_bodies(sp.read(idx[b]), models.info)  # (B, C, T, V, m) -> (B, C, T, V, M)
+        t0 = time.perf_counter()
+        res = run_models(models, x, source)
+        inference_s += time.perf_counter() - t0
+        for k, v in res.items():
+            parts.setdefault(k, []).append(v)
+    return parts, inference_s, time.perf_counter() - wall0
+
+
+def head_fusion(models: ModelSet) -> str | None:
+    """How the models' per-stream heads were trained: the metadata's ``fusion`` (``joint``: only through the
+    fused logits; ``separate``: each alone); for models exported without it, ``joint`` when the fusion
+    weights are the joint fusion's 1/S each (S >= 2 streams), else None (not known)."""
+    said = {getattr(s.info, "fusion", None) for s in models.sessions} - {None}
+    if len(said) == 1:
+        return said.pop()
+    weights = [s.info.fusion_weights.get(v) for s in models.sessions for v in s.info.streams]
+    n = len(weights)
+    if not said and n >= 2 and all(w is not None and abs(w - 1.0 / n) < 1e-6 for w in weights):
+        return "joint"
+    return None
+
+
+def stream_notes(report: Mapping[str, Any]) -> dict[str, str]:
+    """{stream: "not trained alone"} for every stream of a report whose heads were trained jointly (fusion
+    ``joint``: each stream's head only learnt through the fused logits, so its own row is no measure of the
+    stream alone); empty otherwise."""
+    if report.get("fusion") != "joint" or FUSED not in report["results"]:
+        return {}
+    return {v: NOT_ALONE for v in report["streams"]}
 
 
 def summary_markdown(report: Mapping[str, Any], worst: int = 5) -> str:
-    """A short markdown summary: one row per stream and the fusion, then the weakest classes."""
+    """A short markdown summary: the headline table (the fusion and every stream trained alone), streams
+    not trained alone on a line of their own, then the weakest classes. Top-5 only when 5 < classes."""
     shard = report.get("shard")
-    where = f"{report['data']} [{report['split']}]"
+    where = f"{printable(report['data'], 200)} [{report['split']}]"
     if shard:
-        where += f", shard {shard['index']}/{shard['count']}"
+        where += f", shard {shard['index']}/{shard['count']} (this shard only)"
+    k = len(report["class_names"])
+    top5 = TOPK < k
+    notes = stream_notes(report)
     lines = [f"### Evaluation: {where}", "",
-             f"{report['num_samples']} samples, streams {', '.join(report['streams'])}, fusion weights "
-             + (", ".join(f"{k}={v:g}" for k, v in report["fusion_weights"].items()) or "-"), "",
-             "| stream | top-1 (%) | top-5 (%) |", "|---|---:|---:|"]
+             f"{report['num_samples']} samples, {k} classes, streams {', '.join(report['streams'])}, fusion "
+             "weights " + (", ".join(f"{a}={b:g}" for a, b in report["fusion_weights"].items()) or "-"), "",
+             "| stream | top-1 (%) |" + (" top-5 (%) |" if top5 else ""),
+             "|---|---:|" + ("---:|" if top5 else "")]
     if not report["num_samples"]:
         lines[2] = f"0 samples: {'this shard' if shard else 'the split'} is empty, no accuracy to report"
     for name, r in report["results"].items():
-        lines.append(f"| {name} | {_percent(r['top1'])} | {_percent(r['top5'])} |")
+        if name not in notes:
+            lines.append(f"| {name} | {_percent(r['top1'])} |"
+                         + (f" {_percent(r['top5'])} |" if top5 else ""))
+    if notes:
+        lines += ["", f"per-stream heads {NOT_ALONE} (joint fusion: they learnt only through the fused "
+                  "logits; their rows measure no stream by itself): "
+                  + ", ".join(f"{v} {_percent(report['results'][v]['top1'])} %" for v in notes)]
     sps = report.get("run", {}).get("samples_per_s")
     if sps:
         lines += ["", f"throughput: {sps:.1f} samples/s on {', '.join(report['run'].get('providers') or [])}"
                   + _backend_text(report["run"].get("backends"))]
-    fused = report["results"].get(FUSED)
-    if fused:
-        acc = [(a, report["class_names"][i]) for i,
-               a in enumerate(fused["per_class_accuracy"]) if a is not None]
-        acc.sort(key=lambda t: t[0])
-        if acc:
-            lines += ["", "weakest classes (fused): " + ", ".join(f"{n} {a:.1f}%" for a, n in acc[:worst])]
+    lines += _weakest(report, worst)
     return "\n".join(lines) + "\n"
+
+
+def _weakest(report: Mapping[str, Any], worst: int) -> list[str]:
+    """The summary's line of the fused result's weakest classes (none without a fused result)."""
+    fused = report["results"].get(FUSED)
+    if not fused:
+        return []
+    acc = [(a, report["class_names"][i]) for i, a in enumerate(fused["per_class_accuracy"]) if a is not None]
+    acc.sort(key=lambda t: t[0])
+    if not acc:
+        return []
+    return ["", "weakest classes (fused): " + ", ".join(f"{n} {a:.1f}%" for a, n in acc[:worst])]
 
 
 def _backend_text(backends: Any) -> str:
@@ -460,48 +564,9 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def plot_path(out_dir: Path, name: str) -> Path:
-    """``out_dir/confusion_<name>.png`` for a stream (a known view) or the fusion; any other name (it came
-    from a file) is refused, so no file name is built from unchecked text."""
-    if name != FUSED:
-        check_view_name(name, f"--plots {out_dir}: report result")
-    return out_dir / f"confusion_{name}.png"
-
-
 def save_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Confusion-matrix PNGs (one per stream and the fusion); needs matplotlib (extra `viz`).
-
-    File names are checked (``plot_path``) before anything is written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CrossclrError("--plots needs matplotlib: pip install 'crossclr[viz]'") from None
-    out_dir = Path(out_dir)
-    paths = {name: plot_path(out_dir, name) for name in report["results"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, r in report["results"].items():
-        cm = np.asarray(r["confusion"], dtype=np.float64)
-        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        k = len(cm)
-        fig, ax = plt.subplots(figsize=(max(4, k * 0.12 + 3), max(4, k * 0.12 + 3)))
-        im = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title(f"{name}: top-1 {r['top1']:.2f}%" if r["top1"] is not None else f"{name}: no samples")
-        if k <= 30:
-            ax.set_xticks(range(k), report["class_names"], rotation=90, fontsize=6)
-            ax.set_yticks(range(k), report["class_names"], fontsize=6)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        path = paths[name]
-        try:
-            with atomic_output(path, suffix=".png") as tmp:
-                fig.savefig(tmp, dpi=120)
-        finally:
-            plt.close(fig)
-        written.append(path)
-    return written
+    """Confusion-matrix PNGs (one per stream and the fusion; report_plots.py); needs matplotlib (extra
+    `viz`). Streams not trained alone say so in their title. File names are checked before anything is
+    written."""
+    notes = stream_notes(report) if "streams" in report else {}
+    return save_confusion_plots(report, out_dir, notes)

@@ -128,6 +128,7 @@ class ModelInfo:
     version: str
     output_names: tuple[str, ...]
     precision: str = "fp32"  # "fp32", "fp16" (float16 inside, float32 inputs/outputs) or "int8"
+    fusion: str | None = None  # optional metadata 'fusion': how the heads were trained (joint / separate)
 
     @property
     def num_class(self) -> int:
@@ -199,7 +200,8 @@ def parse_metadata(path: str, props: dict[str, str], input_shape: Sequence[Any],
                      num_channels=c, streams=streams, class_names=tuple(class_names),
                      fusion_weights=weights, preprocess=preprocess,
                      config=config, version=str(props["version"]), output_names=tuple(output_names),
-                     precision=model_precision(props))
+                     precision=model_precision(props),
+                     fusion=props.get("fusion") if props.get("fusion") in ("joint", "separate") else None)
 
 
 def class_outputs(kind: str, streams: Sequence[str]) -> tuple[str, ...]:

@@ -82,6 +82,7 @@ class ExportMeta:
     fusion_weights: dict[str, float] = field(hash=False)
     preprocess: dict = field(hash=False)
     config: dict = field(hash=False)
+    fusion: str = ""  # how the linear heads were trained: "joint" (on the fused logits) or "separate"
 
     @staticmethod
     def from_checkpoint_meta(meta: Mapping[str, Any], streams: Sequence[str], source: str) -> ExportMeta:
@@ -103,7 +104,7 @@ class ExportMeta:
                           in_channels=int(meta.get("in_channels") or 3),
                           fusion_weights={v: float(weights.get(v, 1.0)) for v in streams},
                           preprocess=dict(meta.get("preprocess") or {}),
-                          config=dict(meta.get("config") or {}))
+                          config=dict(meta.get("config") or {}), fusion=str(meta.get("fusion") or ""))
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int, int]:
         return (batch, self.in_channels, self.frames, self.layout.num_joints, self.num_person)
@@ -117,6 +118,8 @@ class ExportMeta:
                "fusion_weights": json.dumps({v: self.fusion_weights[v] for v in streams}),
                "preprocess": json.dumps(self.preprocess), "config": json.dumps(self.config, default=str),
                "version": __version__}
+        if self.fusion:
+            out["fusion"] = self.fusion
         out.update(extra or {})
         return out
 

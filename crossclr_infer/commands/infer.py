@@ -18,6 +18,11 @@ _PROVIDERS_HELP = ("onnxruntime execution providers in order, comma-separated (c
                    "names); default: CUDA when available, then CPU")
 
 
+_PLOTS_HELP = ("Folder for confusion-matrix PNGs, one per stream and the fusion (needs the viz extra): "
+               "counts in the cells up to 30 classes, colours normalised per true class, title with the "
+               "split and shard.")
+_ERRORS_HELP = ("Also print the N worst mistakes: the wrong fused predictions with the highest probability "
+                "(sample name, true class, predicted class, probability).")
 MAX_SHARDS = 100_000  # evaluate --shard I/N: N beyond this only makes empty shards (and overflows numpy)
 
 
@@ -47,8 +52,9 @@ def backend_options(f: Any) -> Any:
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=False, type=click.Path(path_type=str))
-@click.option("--model", "model", required=True, type=click.Path(path_type=str),
-              help="An .onnx model written by `crossclr export` (ensemble.onnx or a stream model).")
+@click.option("--model", "model", default=None, type=click.Path(path_type=str),
+              help="An .onnx model written by `crossclr export` (ensemble.onnx or a stream model); required "
+                   "except with --replay --emit-frames.")
 @click.option("--top-k", default=5, show_default=True, type=int, help="Classes to show per input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @click.option("--axes", default=None, help="Axes of raw .npy arrays, e.g. TVC, MTVC, CTVM (when not "
@@ -60,7 +66,7 @@ def backend_options(f: Any) -> Any:
               help="Cores to use (0 = every core this process may run on): onnxruntime intra-op threads.")
 @backend_options
 @stream_options
-def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, axes: str | None,
+def predict_cmd(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, axes: str | None,
                 preprocessed: bool, providers: str | None, threads: int, backend: str, precision: str,
                 **stream_opts: Any) -> None:
     """Classify skeletons: .npy arrays, raw .skeleton files, or folders of them.
@@ -74,6 +80,8 @@ def predict_cmd(inputs: tuple[str, ...], model: str, top_k: int, as_json: bool, 
         return run_stream_command(inputs, model=model, top_k=top_k, axes=axes, preprocessed=preprocessed,
                                   providers=_providers(providers), threads=threads, backend=backend,
                                   precision=precision, **stream_opts)
+    if model is None:
+        raise click.UsageError("Missing option '--model'.")
     from ..predict import format_predictions, load_inputs, predict
     from ..session import ModelSession
 
@@ -114,8 +122,8 @@ def _exit_on_bad_inputs(errors: list[str]) -> None:
               "(default: the models' metadata).")
 @click.option("--report", "report_path", default=None, type=click.Path(path_type=str),
               help="Write the report JSON here.")
-@click.option("--plots", default=None, type=click.Path(path_type=str),
-              help="Folder for confusion-matrix PNGs (needs the viz extra).")
+@click.option("--plots", default=None, type=click.Path(path_type=str), help=_PLOTS_HELP)
+@click.option("--errors", "errors", default=0, show_default=True, type=int, help=_ERRORS_HELP)
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--shard", default=None, help="Evaluate slice I of N (0-based), e.g. 0/4; merge with "
                                             "merge-reports.")
@@ -127,16 +135,18 @@ def _exit_on_bad_inputs(errors: list[str]) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @backend_options
 def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | None, report_path: str | None,
-                 plots: str | None, batch_size: int, shard: str | None, providers: str | None, threads: int,
-                 no_progress: bool, backend: str, precision: str) -> None:
+                 plots: str | None, errors: int, batch_size: int, shard: str | None, providers: str | None,
+                 threads: int, no_progress: bool, backend: str, precision: str) -> None:
     """Accuracy of exported models on a cache split: per stream and fused top-1/top-5, per-class accuracy,
-    confusion matrices, samples/s. Prints a markdown summary."""
+    confusion matrices, per-sample predictions, samples/s. Prints a markdown summary (and, with --errors N,
+    the N worst mistakes)."""
     from ..fileio import check_outputs, write_json_atomic
     from ..metrics import parse_weights
-    from ..report import Shard, evaluate, load_models, save_plots, summary_markdown
+    from ..report import Shard, evaluate, load_models, save_plots
 
     if batch_size < 1:
         raise CrossclrError(f"--batch-size must be >= 1, got {batch_size}")
+    _check_errors(errors)
     check_outputs({"--report": report_path, "--plots": plots}, {"--data": data, "--model": list(models)})
     shard_obj = Shard.parse(shard) if shard else None
     if shard_obj is not None and shard_obj.count > MAX_SHARDS:
@@ -159,21 +169,42 @@ def evaluate_cmd(data: str, split: str, models: tuple[str, ...], weights: str | 
         write_json_atomic(report_path, report)
     if plots:
         save_plots(report, plots)
+    _echo_summary(report, errors)
+
+
+def _check_errors(errors: int) -> None:
+    if errors < 0:
+        raise CrossclrError(f"--errors must be >= 0 (the number of worst mistakes to list), got {errors}")
+
+
+def _echo_summary(report: dict[str, Any], errors: int) -> None:
+    """The markdown summary, then the ``errors`` worst mistakes when asked for."""
+    from ..report import summary_markdown
+    from ..report_samples import errors_markdown
+
     click.echo(summary_markdown(report), nl=False)
+    if errors:
+        click.echo(errors_markdown(report, errors), nl=False)
 
 
 @click.command("merge-reports")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(path_type=str), help="The merged report JSON.")
-def merge_reports_cmd(reports: tuple[str, ...], out: str) -> None:
-    """Combine the reports of `evaluate --shard 0/N … N-1/N` into the report of the whole split."""
+@click.option("--plots", default=None, type=click.Path(path_type=str), help=_PLOTS_HELP)
+@click.option("--errors", "errors", default=0, show_default=True, type=int, help=_ERRORS_HELP)
+def merge_reports_cmd(reports: tuple[str, ...], out: str, plots: str | None, errors: int) -> None:
+    """Combine the reports of `evaluate --shard 0/N … N-1/N` into the report of the whole split (per-sample
+    predictions included, in split order)."""
     from ..fileio import check_outputs, write_json_atomic
-    from ..report import merge_reports, read_report, summary_markdown
+    from ..report import merge_reports, read_report, save_plots
 
-    check_outputs({"--out": out}, {"REPORTS": list(reports)})
+    _check_errors(errors)
+    check_outputs({"--out": out, "--plots": plots}, {"REPORTS": list(reports)})
     merged = merge_reports([read_report(p) for p in reports], list(reports))
     write_json_atomic(out, merged)
-    click.echo(summary_markdown(merged), nl=False)
+    if plots:
+        save_plots(merged, plots)
+    _echo_summary(merged, errors)
 
 
 COMMANDS: list = [predict_cmd, evaluate_cmd, merge_reports_cmd]

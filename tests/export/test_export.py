@@ -153,6 +153,7 @@ def test_cli_export_from_a_linear_checkpoint(tmp_path, capsys) -> None:
     assert "bone.onnx" in out and "ensemble.onnx" in out and "max |ORT - torch|" in out
     s = ModelSession(tmp_path / "m" / "ensemble.onnx", ["cpu"])
     assert s.info.streams == ("bone",)
+    assert s.info.fusion == "separate"  # how the heads were trained travels with the model (reports use it)
     x = (0.5 * np.random.default_rng(0).standard_normal((2, 3, 50, 25, 2))).astype(np.float32)
     want, _ = torch_reference(encoders["bone"], heads["bone"], "bone", x)
     np.testing.assert_allclose(s.run(x)["logits_bone"], want, atol=1e-4)
