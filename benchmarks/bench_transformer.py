@@ -16,7 +16,7 @@ stream (joint) plus a linear head, 2 bodies: the ST-GCN at 50 frames (CrosSCLR's
   ``crossclr --backend auto`` on the exported model, ratios vs ORT fp32, top-1 agreement, peak RSS per row.
 
 Timings interleave the two contenders round by round so that load from other processes hits both. Kept apart
-from ``bench_infer.py`` / ``bench_train.py``, which drive the ST-GCN protocol figures of the README.
+from ``bench_infer.py`` / ``bench_train.py``, which drive the ST-GCN protocol figures of docs/figures.md.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ in memory), writes to a temporary file in the destination folder and renames it 
 lazy per-sample reads (no h5py fancy indexing, which is much slower). The h5py handle is opened lazily per
 process id, so a ``CacheSplit`` can be handed to torch DataLoader worker processes (forked or spawned).
 
-A cache is a file from anyone, so opening one checks, before any sample is read (README, Reliability):
+A cache is a file from anyone, so opening one checks, before any sample is read (limits: docs/cli.md):
 
 - it is a regular file (a FIFO or device is refused unread) and self-contained: every object is reached by
   hard links only (no soft, external or user-defined link), no dataset keeps its bytes in external files or
@@ -70,7 +70,7 @@ REQUIRED_ATTRS = ("format", "format_version", "layout", "num_class", "class_name
 SPLIT_DATASETS = ("data", "label", "name", "length")
 _STR = h5py.string_dtype("utf-8")
 
-# Limits of a cache read from a file (module docstring; README, Reliability)
+# Limits of a cache read from a file (module docstring; docs/cli.md)
 MAX_SAMPLES_PER_SPLIT = 10_000_000  # labels, names and lengths are read whole: 80 MB of labels at most
 MAX_SAMPLE_BYTES = 16 * 2**20  # one sample (C, T, V, M) float32; the writer refuses larger ones
 MAX_CHUNK_BYTES = 16 * 2**20  # one chunk, uncompressed: the most one sample read may inflate

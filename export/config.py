@@ -24,7 +24,7 @@ MIN_OPSET = 13
 MAX_OPSET = 23
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes at least this opset (lower requests are raised to it)
 TOLERANCE = 1e-4
-# float16 models against torch float32: relative to max(1, |logits|), like TOLERANCE (measured: see README)
+# float16 models against torch float32: relative to max(1, |logits|), like TOLERANCE (docs/figures.md)
 FP16_TOLERANCE = 2e-2
 PRECISIONS = ("fp32", "fp16")
 QUANTIZE_MODES = ("int8",)

@@ -314,7 +314,7 @@ class ServingSTGCN(nn.Module):
 # - "contrib-attention": com.microsoft.Attention (the packed qkv weight and bias are its inputs);
 # - "onnx-attention": the standard Attention op of opset 23;
 # - "plain": the training module as it is (MatMul, Softmax, MatMul).
-# OpenVINO 2026.4 reads and runs all four. Measured in benchmarks/bench_attention_export.py (see the README).
+# OpenVINO 2026.4 reads and runs all four. Measured in benchmarks/bench_attention_export.py (docs/figures.md).
 ATTENTION_FORMS = ("mha", "contrib-attention", "onnx-attention", "plain")
 DEFAULT_ATTENTION = "mha"
 ONNX_ATTENTION_OPSET = 23

@@ -51,7 +51,7 @@ def test_transformer_exports_with_parity_and_ort_fusions(tmp_path: Path) -> None
     assert ops["BiasGelu"] == depth and ops["Erf"] == 0  # GELU + its bias: one fused op per block
     assert ops["FusedMatMul"] >= depth  # the 1/sqrt(d) scale folded into q·kᵀ
     assert ops["LayerNormalization"] == 2 * depth + 1  # two per block and the final norm, as single ops
-    assert ops["Attention"] == 0  # no attention fusion at session level (see the README)
+    assert ops["Attention"] == 0  # no attention fusion at session level (docs/results.md)
     logits = sess.run(["logits"], {"skeleton": x})[0]
     with torch.no_grad():
         want = heads["joint"](encoders["joint"].forward_features(torch.from_numpy(x))).numpy()

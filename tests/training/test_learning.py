@@ -83,7 +83,7 @@ def test_tiny_mamp_pretraining_predicts_held_out_motion(tmp_path: Path) -> None:
 
     What this does not show: that MAMP features beat random ones on tiny data. Measured (kNN, 3 generator
     seeds, 40 epochs): trained 0.61 / 0.49 / 0.47 vs random 0.49 / 0.47 / 0.44, and no gain at 32 frames and
-    80 epochs — too weak and seed-dependent to assert (see the README). The raw motion target is used
+    80 epochs — too weak and seed-dependent to assert (see docs/results.md). The raw motion target is used
     (``norm_target = false``): the generator jitters every joint, so the official per-patch normalisation
     turns still joints into unit-variance noise and the loss sits at its predict-zero level for hundreds of
     steps."""

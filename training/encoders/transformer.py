@@ -76,7 +76,7 @@ class Attention(nn.Module):
 
     ``fused`` (default) runs torch's ``scaled_dot_product_attention`` (on CPU its flash kernel: the
     (B, H, L, L) score matrix is never held, forward or backward); ``fused=False`` is the official written-out
-    form, bit for bit the official code's arithmetic. The two agree to float rounding (README "MAMP
+    form, bit for bit the official code's arithmetic. The two agree to float rounding (docs/results.md "MAMP
     transformer" gives the measured differences). ONNX export always traces the written-out form
     (``exporting``), the graph the exporter and onnxruntime's attention fusion expect. ``set_fused_attention``
     switches a whole model.
