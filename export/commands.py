@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 @click.option("--dynamo", is_flag=True, help="Use torch's dynamo exporter (default: the TorchScript "
                                              "exporter).")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float,
-              help="Largest allowed |onnxruntime − torch| on logits.")
+              help="Largest allowed |onnxruntime − torch| on logits, relative to their scale: the check is "
+                   "|Δ| ≤ tolerance × max(1, max |logits|) (absolute only while every logit is within ±1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 def export_cmd(checkpoint: str, out: str, streams: str | None, ensemble: bool, data: str | None,
                quantize: str | None, int8_target: str, calibration: str | None, precision: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -85,12 +86,24 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
             result = train(cfg, data, out, resume=resume, progress=not no_progress)
     else:
         result = train(cfg, data, out, resume=resume, progress=not no_progress)
+    line = outcome_line(result, cfg.epochs, out / CHECKPOINT_NAME, rank0=_is_rank0())
+    if line is not None:
+        click.echo(line)
+
+
+def outcome_line(result: Any, epochs: int, checkpoint: Path, *, rank0: bool) -> str | None:
+    """What ``train`` prints at the end, from rank 0 only (under torchrun every rank runs this command, and
+    the others write nothing): the checkpoint written, or, for a resumed run that trained no epoch because it
+    already has ``epochs``, that nothing was done. A secondary rank of a fresh run trained epochs but wrote
+    nothing: that is not "nothing to train" (it used to say so beside rank 0's "wrote")."""
+    if not rank0:
+        return None
     if result.checkpoint is not None:
-        click.echo(f"wrote {result.checkpoint} ({result.epochs_done} epochs)")
-    elif result.epochs_done >= cfg.epochs:
-        click.echo(f"{out / CHECKPOINT_NAME}: the run already has {result.epochs_done} epochs (epochs = "
-                   f"{cfg.epochs}); nothing to train, nothing written (pass a larger --epochs to continue "
-                   "it)")
+        return f"wrote {result.checkpoint} ({result.epochs_done} epochs)"
+    if not result.epoch_records and result.epochs_done >= epochs:
+        return (f"{checkpoint}: the run already has {result.epochs_done} epochs (epochs = {epochs}); nothing "
+                "to train, nothing written (pass a larger --epochs to continue it)")
+    return None
 
 
 @click.command("import-official")

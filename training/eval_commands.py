@@ -138,27 +138,61 @@ def _emit(report: dict[str, Any], table: str, json_out: Path | None) -> None:
         click.echo(f"results: {json_out}")
 
 
-def _emit_accuracy(report: dict[str, Any], footer: str, json_out: Path | None) -> None:
+def _emit_accuracy(report: dict[str, Any], footer: str, json_out: Path | None, num_classes: int) -> None:
     """The best/last accuracy table of linear / finetune, a footer line, and the JSON file."""
-    _emit(report, _acc_table(report) + "\n" + footer, json_out)
+    _emit(report, _acc_table(report, num_classes) + "\n" + footer, json_out)
 
 
-def _acc_table(report: dict[str, Any]) -> str:
+NOT_ALONE = "(not trained alone)"  # the label of a per-stream row whose head trained only through the fusion
+
+
+def _num_classes(data: Path) -> int:
+    """The class count of a cache (for which top-k columns mean something)."""
+    from crossclr_infer.cache import open_cache
+
+    with open_cache(data) as cache:
+        return len(cache.class_names)
+
+
+def shows_topk(k: int, num_classes: int) -> bool:
+    """A top-k figure says something only when k < the number of classes (else it is 100 % by
+    construction)."""
+    return k < num_classes
+
+
+def stream_rows(report: dict[str, Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """The rows of an accuracy table as (result key, shown name), fused first (the headline), and a note.
+    Under joint fusion of several streams each head trained only through the mean of the logits, so its
+    own accuracy is not that of a stream classifier: those rows say so and the note explains."""
+    from crossclr_infer.metrics import FUSED
+
+    keys = list(report["last"])
+    streams = [k for k in keys if k != FUSED]
+    ordered = [k for k in keys if k == FUSED] + streams
+    if report.get("fusion") != "joint" or len(streams) < 2:
+        return [(k, k) for k in ordered], None
+    note = ("per-stream rows: heads trained jointly on the mean of their logits (--fusion joint), never as "
+            "classifiers on their own; the fused row is the result (--fusion separate scores each stream)")
+    return [(k, k if k == FUSED else f"{k} {NOT_ALONE}") for k in ordered], note
+
+
+def _acc_table(report: dict[str, Any], num_classes: int) -> str:
+    """best/last top-1 (and top-5 when 5 < classes) per result key, fused first, with the joint-fusion
+    note."""
     from training.protocols.io import format_table
 
-    rows = []
+    top5 = shows_topk(5, num_classes)
     best = report.get("best", {})
-    for key, last in report["last"].items():
-        b = best.get(key)
-        rows.append(
-            [key, *(([b["top1"], b["top5"], int(b["epoch"])]) if b else []), last["top1"], last["top5"]]
-        )
-    headers = (
-        ["stream", "best top1", "best top5", "epoch", "last top1", "last top5"]
-        if best
-        else ["stream", "top1", "top5"]
-    )
-    return format_table(headers, rows)
+    rows = []
+    keys, note = stream_rows(report)
+    for key, name in keys:
+        last, b = report["last"][key], best.get(key)
+        cells_b = [b["top1"], *([b["top5"]] if top5 else []), int(b["epoch"])] if b else []
+        rows.append([name, *cells_b, last["top1"], *([last["top5"]] if top5 else [])])
+    five = (["best top5"] if top5 else [])
+    headers = (["stream", "best top1", *five, "epoch", "last top1", *(["last top5"] if top5 else [])] if best
+               else ["stream", "top1", *(["top5"] if top5 else [])])
+    return format_table(headers, rows) + (f"\n{note}" if note else "")
 
 
 @click.command("linear")
@@ -180,12 +214,13 @@ def _acc_table(report: dict[str, Any]) -> str:
 @click.option("--milestones", default=None, help="Comma list of lr-drop epochs (default: 0.8 · epochs).")
 @click.option("--plots", is_flag=True, help="Write confusion.png and linear_curves.png (viz extra).")
 @click.option("--eval-only", is_flag=True, help="Score an existing linear.pt (--checkpoint) on --eval-split.")
-@click.option("--standardize", is_flag=True,
+@click.option("--standardize/--no-standardize", default=None,
               help="MAMP's probe: standardise features by the training split's statistics (BatchNorm without "
-                   "affine) before the heads; folded into the saved heads.")
+                   "affine) before the heads; folded into the saved heads. Default: what the encoder family "
+                   "asks for (see docs/protocols.md, 'Standardised probe').")
 def linear_cmd(args: ProtocolArgs, out: Path | None, fusion: str, epochs: int, lr: float, momentum: float,
                batch_size: int, milestones: str | None, weights: str | None, seed: int, plots: bool,
-               eval_only: bool, standardize: bool) -> None:
+               eval_only: bool, standardize: bool | None) -> None:
     """Linear evaluation: frozen encoders, a linear head per stream on features encoded once."""
     from training.protocols.linear import LinearConfig, evaluate_linear, run_linear
 
@@ -193,7 +228,7 @@ def linear_cmd(args: ProtocolArgs, out: Path | None, fusion: str, epochs: int, l
     if eval_only:
         report = evaluate_linear(args.data, args.checkpoint, split=args.eval_split, device=args.device,
                                  streams=args.streams, plots_dir=out if plots else None)
-        _emit(report, _acc_table(report), args.json_out)
+        _emit(report, _acc_table(report, _num_classes(args.data)), args.json_out)
         return
     if out is None:
         raise CrossclrError("--out is required (the folder for linear.pt), unless --eval-only")
@@ -203,7 +238,7 @@ def linear_cmd(args: ProtocolArgs, out: Path | None, fusion: str, epochs: int, l
     with output_lock(out, "--out", mkdir=True):
         report = run_linear(out=out, cfg=cfg, weights=_weights(weights), plots=plots, **args.source())
     footer = f"fusion {report['fusion']} {report['fusion_weights']}; checkpoint: {report['output']}"
-    _emit_accuracy(report, footer, args.json_out)
+    _emit_accuracy(report, footer, args.json_out, _num_classes(args.data))
 
 
 @click.command("knn")
@@ -225,11 +260,13 @@ def knn_cmd(args: ProtocolArgs, ks: str, temperature: float, plots: Path | None)
     cfg = KnnConfig(ks=tuple(_int_list(ks, "-k", "integers")), t=temperature)
     report = run_knn(ks=cfg.ks, t=cfg.t, plots_dir=plots, **args.source())
     kmax = str(max(cfg.ks))
+    top5 = shows_topk(5, _num_classes(args.data))
     rows = [
-        [key, *(per_k[str(k)]["top1"] for k in cfg.ks), per_k[kmax]["top5"]]
+        [key, *(per_k[str(k)]["top1"] for k in cfg.ks), *([per_k[kmax]["top5"]] if top5 else [])]
         for key, per_k in report["results"].items()
     ]
-    table = format_table(["stream", *(f"top1@{k}" for k in cfg.ks), f"top5@{kmax}"], rows)
+    table = format_table(["stream", *(f"top1@{k}" for k in cfg.ks), *([f"top5@{kmax}"] if top5 else [])],
+                         rows)
     _emit(report, table + f"\nt={temperature}; fused = {report['fusion']}", args.json_out)
 
 
@@ -275,6 +312,7 @@ def finetune_cmd(args: ProtocolArgs, out: Path, label_fraction: float, fusion: s
         f"{report['num_labelled']} of {report['num_train']} training samples labelled ({label_fraction:g}); "
         f"checkpoint: {report['output']}",
         args.json_out,
+        _num_classes(args.data),
     )
 
 
@@ -328,7 +366,7 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
     """Training curves (loss, per-view losses, lr) from runs/NAME/metrics.jsonl (or the run folder)."""
     import numpy as np
 
-    from training.plots import plot_metrics, read_metrics, summarize_metrics
+    from training.plots import plot_metrics, read_metrics, stage_starts, summarize_metrics
     from training.protocols.io import format_table
 
     path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
@@ -338,6 +376,7 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
     per_epoch = summarize_metrics(rows)  # before the plot: a bad row is refused with nothing written
     png = plot_metrics(rows, out, title=path.parent.name or "training")
     keys = sorted({k for r in per_epoch for k in r if k.startswith("loss") or k == "mining_precision"})
+    stages = ["stage"] if any("stage" in r for r in per_epoch) else []
     shown = (
         per_epoch
         if len(per_epoch) <= max_rows
@@ -346,14 +385,16 @@ def plot_metrics_cmd(metrics: Path, out: Path | None, json_out: Path | None, max
         ]
     )
     table = format_table(
-        ["epoch", "step", *keys, "lr"],
+        ["epoch", "step", *stages, *keys, "lr"],
         [
-            [r["epoch"], r["step"], *(r.get(k, "") for k in keys), f"{r['lr']:.4g}" if "lr" in r else ""]
+            [r["epoch"], r["step"], *(r.get(k, "") for k in stages), *(r.get(k, "") for k in keys),
+             f"{r['lr']:.4g}" if "lr" in r else ""]
             for r in shown
         ],
     )
-    report = {"metrics": str(path), "plot": str(png), "epochs": per_epoch}
-    _emit(report, table + f"\nplot: {png}", json_out)
+    starts = [f"{label} at epoch {x:g}" for x, label in stage_starts(rows, "epoch")]
+    report = {"metrics": str(path), "plot": str(png), "epochs": per_epoch, "stage_starts": starts}
+    _emit(report, table + "".join(f"\n{s}" for s in starts) + f"\nplot: {png}", json_out)
 
 
 COMMANDS: list = [linear_cmd, knn_cmd, finetune_cmd, tsne_cmd, plot_metrics_cmd]

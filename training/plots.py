@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,35 +101,85 @@ def plot_tsne(
     return _save(fig, out)
 
 
-def plot_confusion(
-    cm: np.ndarray, class_names: Sequence[str], out: str | Path, *, title: str = "confusion matrix"
-) -> Path:
-    """Row-normalized confusion matrix (rows = true class) as an image; class names when ≤ 30 classes."""
+MAX_CELL_TEXT = 30  # counts are written in the cells (and class names on the axes) up to this many classes
+
+
+@dataclass(frozen=True)
+class ConfusionFigure:
+    """What a confusion plot shows, decided before anything is drawn (tested without matplotlib)."""
+
+    title: str  # names the split, the top-1 and the normalisation
+    shares: np.ndarray  # (K, K) share of each true class's samples; NaN rows for classes without samples
+    cells: list[list[str]] | None  # the count in each cell ("" for 0); None above MAX_CELL_TEXT classes
+    ticks: list[str] | None  # class names on both axes; None above MAX_CELL_TEXT classes
+    absent: list[int]  # classes without samples in the split: their rows are greyed
+
+
+def confusion_figure(cm: np.ndarray, class_names: Sequence[str], *, title: str,
+                     split: str | None = None) -> ConfusionFigure:
+    """The content of a confusion plot of counts ``cm`` (K, K), rows = true class: colours are the share
+    of the true class's samples, the numbers are counts, absent classes are greyed, and the title states
+    the split, the sample count and top-1, and that normalisation."""
+    cm = np.asarray(cm, np.int64)
+    totals = cm.sum(axis=1)
+    absent = [int(i) for i in np.flatnonzero(totals == 0)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals[:, None] > 0, cm / totals[:, None], np.nan)
+    n = int(cm.sum())
+    acc = 100.0 * np.trace(cm) / n if n else float("nan")
+    where = f" on {split}" if split else ""
+    head = f"{title}{where}: top-1 {acc:.1f}% of {n} samples"
+    note = "colour: share of the true class (rows sum to 100%)"
+    k = cm.shape[0]
+    if k <= MAX_CELL_TEXT:
+        note += "; numbers: counts"
+    if absent:
+        note += f"; grey: {len(absent)} class{'es' if len(absent) > 1 else ''} without samples"
+    small = k <= MAX_CELL_TEXT
+    cells = [[str(v) if v else "" for v in row] for row in cm.tolist()] if small else None
+    ticks = [str(c) for c in class_names[:k]] if small else None
+    return ConfusionFigure(f"{head}\n{note}", shares, cells, ticks, absent)
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], out: str | Path, *,
+                   title: str = "confusion matrix", split: str | None = None) -> Path:
+    """Draw ``confusion_figure`` as a PNG (rows = true class)."""
+    return draw_confusion(confusion_figure(cm, class_names, title=title, split=split), out)
+
+
+def draw_confusion(spec: ConfusionFigure, out: str | Path) -> Path:
+    """Shares as colours (NaN rows grey), counts as text, the title of ``spec``."""
     plt = _pyplot()
-    cm = np.asarray(cm, np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    c = cm.shape[0]
+    c = spec.shares.shape[0]
     size = min(4 + 0.18 * c, 20)
     fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    if c <= 30:
-        ax.set_xticks(range(c), [str(n) for n in class_names[:c]], rotation=90, fontsize=6)
-        ax.set_yticks(range(c), [str(n) for n in class_names[:c]], fontsize=6)
+    cmap = plt.get_cmap("Blues").with_extremes(bad="0.8")
+    im = ax.imshow(np.ma.masked_invalid(spec.shares), cmap=cmap, vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    if spec.ticks is not None:
+        ax.set_xticks(range(c), spec.ticks, rotation=90, fontsize=6)
+        ax.set_yticks(range(c), spec.ticks, fontsize=6)
+    if spec.cells is not None:
+        for i, row in enumerate(spec.cells):
+            for j, text in enumerate(row):
+                if text:
+                    dark = np.nan_to_num(spec.shares[i, j]) > 0.5
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8 if c <= 10 else 6,
+                            color="white" if dark else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    acc = 100.0 * np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"{title} (top-1 {acc:.1f}%)")
+    ax.set_title(spec.title, fontsize=9)
     return _save(fig, out)
 
 
 def plot_predictions(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str],
-                     out: str | Path, *, title: str) -> str:
-    """The confusion matrix of ``predicted`` (N,) against ``labels`` (N,) as a PNG; returns its path."""
+                     out: str | Path, *, title: str, split: str | None = None) -> str:
+    """The confusion matrix of ``predicted`` (N,) against ``labels`` (N,) on ``split`` as a PNG; returns its
+    path."""
     from crossclr_infer.metrics import confusion_matrix
 
     cm = confusion_matrix(np.asarray(labels), np.asarray(predicted), len(class_names))
-    return str(plot_confusion(cm, class_names, out, title=title))
+    return str(plot_confusion(cm, class_names, out, title=title, split=split))
 
 
 def plot_linear_curves(history: Sequence[dict[str, float]], streams: Sequence[str], out: str | Path) -> Path:
@@ -195,7 +246,7 @@ def _check_row(row: dict[str, Any], path: Path, n: int) -> None:
 
 def summarize_metrics(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per epoch: the trainer's own epoch record (``"kind": "epoch"``) when there is one, else the
-    mean of that epoch's step rows: last step, loss, every loss_<view>, mining_precision, last lr."""
+    mean of that epoch's step rows: last step, loss, every loss_<view>, mining_precision, last lr, stage."""
     by_epoch: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         if "epoch" in r:
@@ -215,6 +266,9 @@ def summarize_metrics(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         lrs = [r["lr"] for r in rs if _is_number(r.get("lr"))]
         if lrs:
             row["lr"] = float(lrs[-1])
+        stages = [r["stage"] for r in rs if isinstance(r.get("stage"), str)]
+        if stages:
+            row["stage"] = stages[-1]
         out.append(row)
     return out
 
@@ -223,10 +277,39 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+STAGE_TEXT = {"cross": "cross-view stage starts"}  # how a stage's start is labelled (else "stage <name>")
+
+
+def stage_starts(rows: Sequence[dict[str, Any]], xkey: str) -> list[tuple[float, str]]:
+    """Where each stage after the first begins: (``xkey`` value of its first record, label). Records
+    carry ``stage`` (the trainer writes it); a run of one stage, or rows without it, give []."""
+    out: list[tuple[float, str]] = []
+    current = None
+    for r in rows:
+        stage = r.get("stage")
+        if not isinstance(stage, str) or not _is_number(r.get(xkey)):
+            continue
+        if current is not None and stage != current:
+            out.append((float(r[xkey]), STAGE_TEXT.get(stage, f"stage {stage}")))
+        current = stage
+    return out
+
+
+def _mark_stages(axes: Sequence[Any], starts: Sequence[tuple[float, str]]) -> None:
+    """A dashed vertical line at each stage start on every panel, labelled on the first."""
+    for x, label in starts:
+        for ax in axes:
+            ax.axvline(x, color="0.4", ls="--", lw=0.8)
+        axes[0].annotate(label, xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -4),
+                         textcoords="offset points", rotation=90, ha="right", va="top", fontsize=7,
+                         color="0.3")
+
+
 def plot_metrics(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "pretraining") -> Path:
     """Loss (total and per view), learning rate and, when logged, mining precision against the step.
 
-    Step records are drawn as lines; the trainer's epoch records (``"kind": "epoch"``) as markers."""
+    Step records are drawn as lines; the trainer's epoch records (``"kind": "epoch"``) as markers; the start
+    of each later stage (e.g. the cross-view stage) as a dashed line (``stage_starts``)."""
     plt = _pyplot()
     steps = [r for r in rows if r.get("kind") != "epoch"]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
@@ -258,4 +341,5 @@ def plot_metrics(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str 
             axes[2].plot(*zip(*pts, strict=True), "o-" if epochs else "-", ms=3)
         axes[2].set_xlabel(xkey)
         axes[2].set_ylabel("mining precision (same class)")
+    _mark_stages(list(axes), stage_starts(rows, xkey))
     return _save(fig, out)

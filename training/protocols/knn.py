@@ -161,6 +161,7 @@ def run_knn(
         key = FUSED if FUSED in scores else next(iter(scores))
         report["plots"] = [
             plot_predictions(ev_y.numpy(), scores[key].argmax(1).numpy(), ctx.class_names,
-                             Path(plots_dir) / "knn_confusion.png", title=f"kNN k={max(ks)} ({key})")
+                             Path(plots_dir) / "knn_confusion.png", title=f"kNN k={max(ks)} ({key})",
+                             split=eval_split)
         ]
     return report

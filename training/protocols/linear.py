@@ -8,13 +8,17 @@ for every batch instead (the official way); with the same seed both give the sam
 Official schedule (docs/design.md §3): SGD lr 3.0, momentum 0.9, no weight decay, lr × 0.1 at epoch 80 of 100
 (the milestone scales with ``epochs``), batch 128. ``fusion="joint"`` trains all heads on the mean of their
 logits (official 3-stream); ``"separate"`` trains each head on its own loss and fuses with weights.
+
+A probe whose loss diverges (``divergence``: not finite, or far above chance for several epochs) stops with
+one line naming ``--standardize`` and a lower ``--lr`` (the rule and its measurement: docs/protocols.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,8 +78,10 @@ class LinearConfig(SGDSchedule):
     batch_size: int = 128
     fusion: str = "joint"  # "joint" (mean of logits, official) | "separate" (each head alone)
     seed: int = 0  # head initialization and batch order
-    standardize: bool = False  # MAMP's probe: features standardised (BatchNorm without affine, eps 1e-6) by
-    # the training features' statistics before the head; folded into the saved head afterwards
+    standardize: bool | None = False  # MAMP's probe: features standardised (BatchNorm without affine, eps
+    # 1e-6) by the training features' statistics before the head, folded into the saved head afterwards;
+    # None (the CLI's default): what the encoders ask for (``probe_standardize``, see ``resolve_standardize``)
+    stop_on_divergence: bool = True  # stop with an error once ``divergence`` flags the epoch losses
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -163,6 +169,8 @@ class LinearResult:
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> top1, top5, epoch
     last: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> top1, top5
     eval_logits: dict[str, Tensor] = field(default_factory=dict)  # last epoch, per stream and fused
+    start_loss: float = float("nan")  # the loss of the first batch, before any step
+    diverged_at: int | None = None  # the epoch ``divergence`` flagged (training went on: not stopping)
 
     def record(self, row: dict[str, float], logits: Mapping[str, Tensor], labels: Tensor | np.ndarray,
                epoch: int) -> None:
@@ -285,6 +293,85 @@ def feature_stats(source: FeatureSource, streams: Sequence[str], batch_size: int
     return out
 
 
+DIVERGENCE_FACTOR = 10.0  # an epoch loss above this multiple of the reference counts as blown up ...
+DIVERGENCE_WINDOW = 5  # ... when that lasts this many consecutive epochs
+
+
+def divergence(losses: Sequence[float], start: float, num_classes: int, *, factor: float = DIVERGENCE_FACTOR,
+               window: int = DIVERGENCE_WINDOW) -> int | None:
+    """The 1-based epoch at which a probe counts as diverged, else None: the first epoch whose mean loss is
+    not finite, or the last of the first ``window`` consecutive epochs whose loss exceeds ``factor`` × the
+    reference max(``start`` (the first batch's loss, before any step), ln ``num_classes`` (chance)): worse
+    than guessing by that much, for that long, is not SGD noise."""
+    ref = max(start if math.isfinite(start) else 0.0, math.log(max(num_classes, 2)))
+    run = 0
+    for epoch, loss in enumerate(losses, 1):
+        if not math.isfinite(loss):
+            return epoch
+        run = run + 1 if loss > factor * ref else 0
+        if run >= window:
+            return epoch
+    return None
+
+
+def divergence_message(result: LinearResult, cfg: LinearConfig, num_classes: int) -> str:
+    """The one line that stops a diverged probe: where, how far, and what to try."""
+    epoch = result.diverged_at or len(result.history)
+    loss = result.history[epoch - 1]["loss"]
+    fix = ("a lower --lr" if cfg.standardize
+           else "--standardize (features scaled by the training split's statistics) or a lower --lr")
+    return (f"linear probe diverged at epoch {epoch}: loss {loss:.3g}, from {result.start_loss:.3g} at the "
+            f"start (chance ln({num_classes}) = {math.log(max(num_classes, 2)):.2f}) with --lr {cfg.lr:g}; "
+            f"rerun with {fix}; nothing written")
+
+
+def _train_epoch(heads: Mapping[str, nn.Module], opt: torch.optim.Optimizer, train: FeatureSource,
+                 streams: Sequence[str], cfg: LinearConfig, g: torch.Generator, device: torch.device
+                 ) -> tuple[float, float]:
+    """One pass over ``train`` in a seeded order: (mean loss, loss of the first batch)."""
+    for h in heads.values():
+        h.train()
+    total, count, first = 0.0, 0, float("nan")
+    for idx in torch.randperm(len(train), generator=g).split(cfg.batch_size):
+        feats = train.features(idx)
+        y = train.labels[idx].to(device)
+        loss = head_loss({v: heads[v](feats[v]) for v in streams}, y, cfg.fusion)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        first = value if count == 0 else first
+        total += value * len(idx)
+        count += len(idx)
+    return total / count, first
+
+
+def _check_divergence(result: LinearResult, cfg: LinearConfig, num_classes: int) -> bool:
+    """Record the epoch ``divergence`` flags; True when training must stop there (``stop_on_divergence``
+    raises the one-line error; otherwise a warning, once, and training goes on unless the loss is not
+    finite)."""
+    if result.diverged_at is not None:
+        return not math.isfinite(result.history[-1]["loss"])
+    at = divergence([r["loss"] for r in result.history], result.start_loss, num_classes)
+    if at is None:
+        return False
+    result.diverged_at = at
+    if cfg.stop_on_divergence:
+        raise CrossclrError(divergence_message(result, cfg, num_classes))
+    log.warning("%s", divergence_message(result, cfg, num_classes).removesuffix("; nothing written"))
+    return not math.isfinite(result.history[-1]["loss"])
+
+
+def _make_heads(train: FeatureSource, num_classes: int, streams: Sequence[str], cfg: LinearConfig,
+                device: torch.device) -> dict[str, nn.Module]:
+    """Seeded heads, behind ``Standardized`` (the training features' statistics) with ``cfg.standardize``."""
+    heads: dict[str, nn.Module] = dict(init_heads(streams, train.in_features, num_classes, cfg.seed, device))
+    if cfg.standardize:
+        stats = feature_stats(train, streams)
+        heads = {v: Standardized(h, *(t.to(device) for t in stats[v])) for v, h in heads.items()}
+    return heads
+
+
 def train_linear(
     train: FeatureSource,
     val: FeatureSource | None,
@@ -294,44 +381,33 @@ def train_linear(
     fusion_weights: Mapping[str, float] | None = None,
     device: torch.device | str = "cpu",
 ) -> LinearResult:
-    """Train one head per stream on ``train`` features; score per stream and fused on ``val`` every epoch."""
+    """Train one head per stream on ``train`` features; score per stream and fused on ``val`` every epoch.
+    A probe whose loss diverges (``divergence``) stops with a CrossclrError naming the fix."""
     device = torch.device(device)
     weights = (check_fusion_weights(fusion_weights, "fusion weights") if fusion_weights
                else fusion_weights_for(cfg.fusion, streams))
-    heads: dict[str, nn.Module] = dict(init_heads(streams, train.in_features, num_classes, cfg.seed, device))
-    if cfg.standardize:
-        stats = feature_stats(train, streams)
-        heads = {v: Standardized(h, *(t.to(device) for t in stats[v])) for v, h in heads.items()}
+    if len(train) == 0:
+        raise CrossclrError("linear evaluation: the training split is empty")
+    heads = _make_heads(train, num_classes, streams, cfg, device)
     opt, sched = sgd_with_steps([p for h in heads.values() for p in h.parameters()], cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     result = LinearResult(heads=heads, fusion=cfg.fusion, fusion_weights=weights)
-    n = len(train)
-    if n == 0:
-        raise CrossclrError("linear evaluation: the training split is empty")
     bar = tqdm(
         range(1, cfg.epochs + 1), desc="linear", leave=False, disable=None if cfg.epochs >= 5 else True
     )
     for epoch in bar:
-        for h in heads.values():
-            h.train()
         lr = opt.param_groups[0]["lr"]
-        total, count = 0.0, 0
-        for idx in torch.randperm(n, generator=g).split(cfg.batch_size):
-            feats = train.features(idx)
-            y = train.labels[idx].to(device)
-            loss = head_loss({v: heads[v](feats[v]) for v in streams}, y, cfg.fusion)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+        loss, first = _train_epoch(heads, opt, train, streams, cfg, g, device)
+        result.start_loss = first if epoch == 1 else result.start_loss
         sched.step()
-        row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": total / count}
+        row: dict[str, float] = {"epoch": epoch, "lr": lr, "loss": loss}
         if val is not None and len(val):
             result.record(row, predict_logits(heads, val, weights), val.labels, epoch)
             bar.set_postfix(loss=f"{row['loss']:.3f}", top1=f"{row[f'{FUSED}_top1']:.1f}")
         result.history.append(row)
         log.info("linear epoch %d: %s", epoch, row)
+        if _check_divergence(result, cfg, num_classes):
+            break
     if cfg.standardize:
         result.heads = {v: h.folded() for v, h in heads.items()}  # plain Linear heads, same logits
     return result
@@ -364,6 +440,19 @@ def save_result(path: Path, ctx: ProtocolContext, result: LinearResult, *, extra
     )
 
 
+def resolve_standardize(cfg: LinearConfig, encoders: Mapping[str, nn.Module]) -> LinearConfig:
+    """``cfg`` with ``standardize`` decided when it is None: True when any encoder's class sets
+    ``probe_standardize = True`` (a family whose features diverge under the plain probe at lr 3.0, measured
+    by benchmarks/bench_linear_probe.py), else False."""
+    if cfg.standardize is not None:
+        return cfg
+    wanted = sorted(v for v, e in encoders.items() if getattr(e, "probe_standardize", False))
+    if wanted:
+        log.info("linear: features standardised (the encoders of %s ask for it; --no-standardize to not)",
+                 ", ".join(wanted))
+    return replace(cfg, standardize=bool(wanted))
+
+
 def cached_features(ctx: ProtocolContext, split: str, batch_size: int = 256, desc: str | None = None
                     ) -> CachedFeatures:
     """A split encoded once by the context's frozen encoders, with its labels."""
@@ -381,6 +470,7 @@ def run_linear(data: str | Path, checkpoint: str | Path, out: str | Path, *, str
     with open_protocol(data, checkpoint, streams=streams, splits=(train_split, eval_split),
                        device=device) as ctx:
         fweights = fusion_weights_for(cfg.fusion, ctx.streams, weights)
+        cfg = resolve_standardize(cfg, ctx.encoders)
         train_src = cached_features(ctx, train_split, encode_batch_size, "encode train")
         val_src = cached_features(ctx, eval_split, encode_batch_size, "encode eval")
     result = train_linear(train_src, val_src, ctx.num_class, ctx.streams, cfg, fweights, ctx.device)
@@ -395,16 +485,17 @@ def run_linear(data: str | Path, checkpoint: str | Path, out: str | Path, *, str
         "num_eval": len(val_src),
         "config": _cfg_dict(cfg),
         **result.summary(),
+        "per_stream_trained_alone": cfg.fusion != "joint" or len(ctx.streams) == 1,
         "output": str(ckpt_path),
     }
     write_json(report, out / "linear_metrics.json")
     if plots:
         from training.plots import plot_linear_curves, plot_predictions
 
-        title = f"linear ({'+'.join(ctx.streams)}), last epoch"
+        title = f"linear ({'+'.join(ctx.streams)}, {FUSED}), last epoch"
         report["plots"] = [
             plot_predictions(val_src.labels.numpy(), result.eval_logits[FUSED].argmax(1).numpy(),
-                             ctx.class_names, out / "confusion.png", title=title),
+                             ctx.class_names, out / "confusion.png", title=title, split=eval_split),
             str(plot_linear_curves(result.history, ctx.streams, out / "linear_curves.png")),
         ]
     return report
@@ -444,10 +535,10 @@ def evaluate_linear(
     if plots_dir is not None:
         from training.plots import plot_predictions
 
-        title = f"linear ({'+'.join(ctx.streams)}) on {split}"
+        title = f"linear ({'+'.join(ctx.streams)}, {FUSED})"
         report["plots"] = [
             plot_predictions(src.labels.numpy(), logits[FUSED].argmax(1).numpy(), ctx.class_names,
-                             Path(plots_dir) / "confusion.png", title=title)
+                             Path(plots_dir) / "confusion.png", title=title, split=split)
         ]
     return report
 
