@@ -28,6 +28,11 @@ layout, ``pose2d`` for the 2-D built-in layouts with scores (coco-17, openpose-b
 otherwise.
 Note: an ``.npz`` member is read whole when first touched; per-sample keys keep memory to one sample.
 
+Layout mapping (``to_layout`` argument, ``--to-layout NAME|FILE``): every sample's joints are mapped to that
+layout by name (``crossclr_infer.layout_map``; ``fill`` / ``--fill JOINT=SOURCE[+SOURCE]`` and
+``fill_missing`` / ``--fill-missing`` fill joints the data lacks) after ``--bodies`` and before the
+preprocessing, which runs in the target layout; the cache records the target layout.
+
 Limits (checked before anything is read or written): every member's ``.npy`` header is read first and an
 array declaring more than ``MAX_ARRAY_BYTES`` (2 GiB) is refused (use per-sample keys for larger data); every
 coordinate must be finite and within ±``skeleton.MAX_ABS_COORDINATE`` (1e5: 100 m in millimetres, 100 km in
@@ -52,7 +57,8 @@ from tqdm import tqdm
 from .cache import CacheWriter, check_not_input
 from .errors import CrossclrError
 from .fileio import require_regular_file
-from .layouts import Layout, get_layout
+from .layout_map import FillSpec, LayoutMap, load_layout, plan_mapping
+from .layouts import Layout
 from .preprocess import MODES, normalize_sequence, valid_length
 from .skeleton import check_coordinates
 
@@ -334,47 +340,60 @@ def fit_bodies(x: np.ndarray, bodies: int) -> np.ndarray:
     return out
 
 
+def _layouts(layout: str | Layout, to_layout: str | Layout | None, fill: FillSpec | None,
+             fill_missing: bool) -> tuple[Layout, LayoutMap | None]:
+    """The data's layout and, with ``to_layout``, the map to it (``crossclr_infer.layout_map``)."""
+    lay = load_layout(layout, "--layout")
+    if to_layout is None:
+        if fill or fill_missing:
+            raise CrossclrError("--fill/--fill-missing apply with --to-layout (a layout to map the data to)")
+        return lay, None
+    return lay, plan_mapping(lay, load_layout(to_layout, "--to-layout"), fill=fill, fill_missing=fill_missing,
+                             cli=True)
+
+
+def _mode(src: ArraySource, preprocess: str | None, scored: bool) -> str:
+    """The preprocessing of the samples: ``preprocess``, else the default of the module docstring."""
+    mode = preprocess or (AS_IS if src.kind == "fixed" else "pose2d" if scored else "official")
+    if mode != AS_IS and mode not in MODES:
+        raise CrossclrError(f"unknown preprocessing {mode!r}; expected one of {[AS_IS, *MODES]}")
+    if mode != AS_IS and src.channels != 3:
+        raise CrossclrError(f"{src.path}: {src.channels} coordinates per joint; preprocessing {mode!r} "
+                            "needs 3 (x, y, z); use --preprocess as-is for already prepared data")
+    return mode
+
+
 def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, preprocess: str | None = None,
                   frames: int = 50, benchmark: str = "custom", progress: bool = True,
-                  bodies: int | None = None) -> dict[str, int]:
+                  bodies: int | None = None, to_layout: str | Layout | None = None,
+                  fill: FillSpec | None = None, fill_missing: bool = False) -> dict[str, int]:
     """Write the samples of an ``.npz`` into the cache ``out``; returns samples per split.
 
     ``bodies``: bodies M per sample in the cache (``--bodies``); None keeps the data's. A larger M adds zero
-    bodies, a smaller one keeps the first bodies (before the preprocessing)."""
-    if isinstance(layout, Layout):
-        lay = layout
-    else:
-        try:
-            lay = get_layout(layout)
-        except ValueError as e:
-            raise CrossclrError(str(e)) from None
+    bodies, a smaller one keeps the first bodies (before the preprocessing).
+    ``to_layout`` (``--to-layout``): map each sample's joints to this layout first
+    (``layout_map.plan_mapping`` with ``fill`` / ``fill_missing``); the cache then holds that layout and the
+    preprocessing runs in it."""
+    lay, mapping = _layouts(layout, to_layout, fill, fill_missing)
     check_not_input(out, [path])
     src = open_arrays(path, lay)
+    target = lay if mapping is None else mapping.target
     try:
-        mode = preprocess or (AS_IS if src.kind == "fixed" else
-                              "pose2d" if lay.scored else "official")
-        if mode != AS_IS and mode not in MODES:
-            raise CrossclrError(f"unknown preprocessing {mode!r}; expected one of "
-                                f"{[AS_IS, *MODES]}")
-        if mode != AS_IS and src.channels != 3:
-            raise CrossclrError(f"{src.path}: {src.channels} coordinates per joint; preprocessing {mode!r} "
-                                "needs 3 (x, y, z); use --preprocess as-is for already prepared data")
-        if mode == AS_IS:
-            if src.kind == "fixed":
-                frames = int(_member(src.npz, src.path, "data").shape[2])
-            params = {"mode": AS_IS, "frames": frames}
-        else:
-            params = {"mode": mode, "frames": frames}
+        mode = _mode(src, preprocess, lay.scored)
+        if mode == AS_IS and src.kind == "fixed":
+            frames = int(_member(src.npz, src.path, "data").shape[2])
+        params = {"mode": mode, "frames": frames}
         known = src.lengths()
         bodies = src.bodies if bodies is None else bodies
         if bodies < 1:
             raise CrossclrError(f"bodies must be >= 1, got {bodies}")
-        with CacheWriter(out, layout=lay, class_names=src.class_names, benchmark=benchmark, frames=frames,
+        with CacheWriter(out, layout=target, class_names=src.class_names, benchmark=benchmark, frames=frames,
                          num_person=bodies, num_channels=src.channels, preprocess=params) as w:
             bar = tqdm(src.samples(), total=len(src), desc="import", unit="sample", leave=False,
                        disable=None if progress else True)  # None: only on a terminal
             for i, x in enumerate(bar):
                 x = fit_bodies(x, bodies) if bodies != src.bodies else x
+                x = mapping.apply(x, "CTVM", f"{src.path}: sample {src.names[i]!r}") if mapping else x
                 if mode == AS_IS:
                     if x.shape[1] != frames:
                         raise CrossclrError(f"{src.path}: sample {src.names[i]!r} has {x.shape[1]} frames; "
@@ -382,7 +401,7 @@ def import_arrays(path: str | Path, out: str | Path, *, layout: str | Layout, pr
                     y = x
                 else:
                     try:
-                        y = normalize_sequence(x, lay, mode=mode, frames=frames)
+                        y = normalize_sequence(x, target, mode=mode, frames=frames)
                     except CrossclrError as e:
                         raise CrossclrError(f"{src.path}: sample {src.names[i]!r}: {e}") from None
                 length = int(known[i]) if known is not None else valid_length(x)

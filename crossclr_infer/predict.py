@@ -18,6 +18,7 @@ predicts the good files, reports each bad one on stderr and exits non-zero.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CrossclrError
+from .layout_map import LayoutMap
 from .metrics import ranked_classes, softmax
 from .results import ClassScore, Prediction
 from .session import ModelInfo, ModelSession
@@ -204,12 +206,15 @@ def _fit_persons(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
-    """A raw NTU .skeleton file -> the model's input (C, T, V, M)."""
+def read_raw_skeleton(path: Path, info: ModelInfo, layout_map: LayoutMap | None = None) -> np.ndarray:
+    """A raw NTU .skeleton file -> the model's input (C, T, V, M); ``layout_map``: the file's joints (its
+    source layout) mapped to the model's layout first."""
     from .ntu import read_skeleton
     from .preprocess import preprocess_raw
 
     raw = read_skeleton(path)
+    if layout_map is not None and raw.xyz.ndim == 3 and len(raw.xyz):
+        raw = dataclasses.replace(raw, xyz=layout_map.apply(raw.xyz, "MVC", str(path)))  # (B, V_src, 3) -> V
     if raw.num_frames == 0 or len(raw.xyz) == 0:
         what = "no frames" if raw.num_frames == 0 else f"{raw.num_frames} frames but no body in any of them"
         raise CrossclrError(f"{path}: skeleton file holds {what}; expected a recorded skeleton sequence")
@@ -230,14 +235,15 @@ def read_raw_skeleton(path: Path, info: ModelInfo) -> np.ndarray:
     return _fit_persons(x, info, str(path))
 
 
-def load_file(path: Path, info: ModelInfo, *, axes: str | None = None,
-              preprocessed: bool = False) -> list[SkeletonInput]:
-    """The samples of one input file made ready for the model described by ``info``."""
+def load_file(path: Path, info: ModelInfo, *, axes: str | None = None, preprocessed: bool = False,
+              layout_map: LayoutMap | None = None) -> list[SkeletonInput]:
+    """The samples of one input file made ready for the model described by ``info`` (``layout_map``: raw
+    inputs in its source layout, mapped to the model's, ``--from-layout``)."""
     src = str(path)
     if path.suffix.lower() == ".skeleton":
         if preprocessed:
             raise CrossclrError(f"{path}: --preprocessed applies to .npy arrays, a .skeleton file is raw")
-        return [SkeletonInput(src, read_raw_skeleton(path, info))]
+        return [SkeletonInput(src, read_raw_skeleton(path, info, layout_map))]
     x = load_npy(path)
     check_coordinates(x, src)
     if preprocessed:
@@ -249,8 +255,10 @@ def load_file(path: Path, info: ModelInfo, *, axes: str | None = None,
                                 f"= {shape} or (N, *{shape}) as the model's metadata fixes it")
         names = [src] if len(x) == 1 else [f"{src}[{i}]" for i in range(len(x))]
         return [SkeletonInput(n, s.astype(np.float32)) for n, s in zip(names, x, strict=True)]
-    a = parse_axes(axes, x.ndim, src) if axes else detect_axes(x.shape, info.layout.num_joints, 3, src)
+    joints = (layout_map.source if layout_map else info.layout).num_joints
+    a = parse_axes(axes, x.ndim, src) if axes else detect_axes(x.shape, joints, 3, src)
     ctvm = to_ctvm(x, a)
+    ctvm = layout_map.apply(ctvm, "CTVM", src) if layout_map else ctvm  # (C, T, V_src, M) -> (C, T, V, M)
     if ctvm.shape[2] != info.layout.num_joints:
         raise CrossclrError(f"{path}: skeleton has {ctvm.shape[2]} joints, the model's layout "
                             f"{info.layout.name!r} has {info.layout.num_joints}")
@@ -258,7 +266,8 @@ def load_file(path: Path, info: ModelInfo, *, axes: str | None = None,
 
 
 def load_inputs(paths: Sequence[str | Path], info: ModelInfo, *, axes: str | None = None,
-                preprocessed: bool = False, errors: list[str] | None = None) -> list[SkeletonInput]:
+                preprocessed: bool = False, errors: list[str] | None = None,
+                layout_map: LayoutMap | None = None) -> list[SkeletonInput]:
     """Every input made ready for the model described by ``info``.
 
     A missing path or an empty folder always raises. A bad file raises too, unless ``errors`` is given:
@@ -266,7 +275,7 @@ def load_inputs(paths: Sequence[str | Path], info: ModelInfo, *, axes: str | Non
     out: list[SkeletonInput] = []
     for path in collect_files(paths):
         try:
-            out.extend(load_file(path, info, axes=axes, preprocessed=preprocessed))
+            out.extend(load_file(path, info, axes=axes, preprocessed=preprocessed, layout_map=layout_map))
         except CrossclrError as e:
             if errors is None:
                 raise

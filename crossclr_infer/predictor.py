@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from .errors import CrossclrError
+from .layout_map import FillSpec, LayoutMap, load_layout, plan_mapping
+from .layouts import Layout
 from .predict import (
     API_AXES,
     SUFFIXES,
@@ -117,12 +119,33 @@ class Predictor:
     ``InferenceSession.run`` is thread-safe; the OpenVINO backend serialises its calls with a lock). Each
     call's onnxruntime run uses the ``threads`` cores, so N threads at once compete for them: for throughput
     prefer one thread with batches, or ``threads`` = cores / N.
+
+    ``from_layout``: the layout of the clips given (a built-in name, a ``.toml`` file or a Layout) when it is
+    not the model's, e.g. a Kinect v1 camera for an NTU model; each clip's joints are mapped to the model's
+    layout by name before its preprocessing (``crossclr_infer.layout_map``, with ``fill`` and
+    ``fill_missing`` for the joints the camera lacks; a mapping that cannot fill every joint is refused here).
+    ``layout_map`` holds the plan (None when the clips are in the model's layout); ``input_layout`` the
+    clips' layout. ``StreamPredictor`` reads frames in ``input_layout``.
     """
 
     def __init__(self, model_path: str | Path, providers: Sequence[str] | None = None,
-                 threads: int = 0, *, backend: str = "auto", precision: str = "auto") -> None:
+                 threads: int = 0, *, backend: str = "auto", precision: str = "auto",
+                 from_layout: str | Layout | None = None, fill: FillSpec | None = None,
+                 fill_missing: bool = False) -> None:
         self.session = ModelSession(model_path, providers, intra_op_threads=threads, use="latency",
                                     backend=backend, precision=precision)
+        self.layout_map: LayoutMap | None = None
+        if from_layout is not None:
+            source = load_layout(from_layout, "from_layout")
+            mapping = plan_mapping(source, self.info.layout, fill=fill, fill_missing=fill_missing)
+            self.layout_map = None if mapping.is_identity else mapping
+        elif fill or fill_missing:
+            raise CrossclrError("fill/fill_missing apply with from_layout (the layout of the clips given)")
+
+    @property
+    def input_layout(self) -> Layout:
+        """The layout of the clips this Predictor takes: ``from_layout``, else the model's."""
+        return self.info.layout if self.layout_map is None else self.layout_map.source
 
     @property
     def backend(self) -> dict[str, Any]:
@@ -156,6 +179,8 @@ class Predictor:
         info = self.info
         a = parse_axes(axes, x.ndim, source, API_AXES) if axes else self._detect(x.shape, source)
         ctvm = to_ctvm(x, a)  # (named axes) -> (C, T, V, M)
+        if self.layout_map is not None:  # (C, T, V_camera, M) -> (C, T, V_model, M)
+            ctvm = self.layout_map.apply(ctvm, "CTVM", source)
         if ctvm.shape[2] != info.layout.num_joints:
             raise CrossclrError(f"{source}: skeleton has {ctvm.shape[2]} joints, the model's layout "
                                 f"{info.layout.name!r} has {info.layout.num_joints}")
@@ -163,7 +188,7 @@ class Predictor:
 
     def _detect(self, shape: tuple[int, ...], source: str) -> str:
         """The clip's axes from its shape: 3 channels first, then 2 (x, y) as the fallback."""
-        v = self.info.layout.num_joints
+        v = self.input_layout.num_joints
         try:
             return detect_axes(shape, v, 3, source, API_AXES)
         except CrossclrError as first:
@@ -260,7 +285,7 @@ class Predictor:
     def _file(self, path: Path, axes: str | None, source: str) -> SkeletonInput:
         """A ``.skeleton`` file or a ``.npy`` array (read as ``crossclr predict`` reads it) made ready."""
         if path.suffix.lower() == ".skeleton" and path.is_file():
-            return SkeletonInput(source, read_raw_skeleton(path, self.info))
+            return SkeletonInput(source, read_raw_skeleton(path, self.info, self.layout_map))
         return SkeletonInput(source, self.prepare(self._npy(path), axes, source))
 
     @staticmethod

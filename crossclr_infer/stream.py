@@ -8,9 +8,10 @@ Input: JSON lines, one object per frame (UTF-8; blank lines are ignored)::
 - ``t``: timestamp in seconds (number, required), strictly increasing.
 - ``bodies``: the bodies of the frame (a list, may be empty). Each body:
 
-  - ``joints``: one entry per joint of the model's layout, in its order: ``[x, y, z]`` for 3-D models
-    (``[x, y, z, score]`` accepted), ``[x, y]`` or ``[x, y, score]`` for 2-D models (those prepared with the
-    ``pose2d`` preprocessing: COCO-17, OpenPose BODY_25); ``null`` = not detected;
+  - ``joints``: one entry per joint of the model's layout (or of the camera's, ``Predictor(from_layout=...)``
+    / ``--from-layout``: mapped by joint name, ``crossclr_infer.layout_map``), in its order: ``[x, y, z]``
+    for 3-D models (``[x, y, z, score]`` accepted), ``[x, y]`` or ``[x, y, score]`` for 2-D models (those
+    prepared with the ``pose2d`` preprocessing: COCO-17, OpenPose BODY_25); ``null`` = not detected;
   - ``id``: tracking ID, an integer or a string (optional; default: the body's index in the list); the same
     ID in two frames is the same body;
   - ``scores``: optional detection scores, one per joint (instead of a score inside each joint); without
@@ -175,6 +176,12 @@ class FrameSpec:
             raise CrossclrError(f"{info.path}: the model's preprocessing {mode!r} cannot be applied to raw "
                                 f"frames; streams need a model trained on one of {list(MODES)}")
         return FrameSpec(info.layout, MODES[mode].scored)
+
+    @staticmethod
+    def for_predictor(predictor: Predictor) -> FrameSpec:
+        """The frames a Predictor takes: its model's, in its ``from_layout`` when it maps one."""
+        spec = FrameSpec.for_model(predictor.info)
+        return spec if predictor.layout_map is None else FrameSpec(predictor.input_layout, spec.scored)
 
     @staticmethod
     def for_layout(name: str) -> FrameSpec:
@@ -574,7 +581,7 @@ class StreamPredictor:
                  smooth_margin: float = DEFAULT_SMOOTH_MARGIN,
                  smooth_hold: int = DEFAULT_SMOOTH_HOLD) -> None:
         self.predictor = predictor
-        self.spec = FrameSpec.for_model(predictor.info)
+        self.spec = FrameSpec.for_predictor(predictor)  # the camera's layout with Predictor(from_layout=...)
         if window is not None and span is not None:
             raise CrossclrError("give a window in frames (--window) or in seconds (--span), not both")
         if window is not None:

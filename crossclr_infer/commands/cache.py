@@ -12,6 +12,7 @@ from ..errors import printable
 from ..fileio import check_outputs, output_lock
 from ..layouts import BUILTIN_LAYOUTS, Layout
 from ..preprocess import MODES, centre_of
+from .layout_options import fill_options
 
 _PREPROCESS_CHOICES = [*MODES, "as-is"]
 _out_option = click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -37,18 +38,26 @@ def _summary(out: Path, counts: dict[str, int]) -> str:
               help="Bodies M per sample in the cache (default: the data's). More than the data has adds zero "
                    "bodies (e.g. --bodies 2 for a one-body data set and a two-body model); fewer keeps the "
                    "first ones.")
+@click.option("--to-layout", default=None, metavar="NAME|FILE",
+              help="Map the joints to this layout by name (built-in name or .toml file; docs/conventions.md, "
+                   "Layout mapping) before the preprocessing; the cache holds this layout.")
+@fill_options
 def prepare_arrays(npz: Path, layout: str, out: Path, preprocess: str | None, frames: int | None,
-                   benchmark: str, bodies: int | None) -> None:
+                   benchmark: str, bodies: int | None, to_layout: str | None, fill: tuple[str, ...],
+                   fill_missing: bool) -> None:
     """Import generic skeleton arrays from an .npz (fixed-size or variable-length; keys: data, label, name,
     split, class_names; see crossclr_infer.arrays)."""
     frames = frames or (MODES[preprocess].default_frames if preprocess in MODES else 50)
     from ..arrays import import_arrays
+    from ..layout_map import parse_fill
 
     layout_file = Path(layout) if layout not in BUILTIN_LAYOUTS else None
-    check_outputs({"--out": out}, {"NPZ": npz, "--layout": layout_file})
+    to_file = Path(to_layout) if to_layout is not None and to_layout not in BUILTIN_LAYOUTS else None
+    check_outputs({"--out": out}, {"NPZ": npz, "--layout": layout_file, "--to-layout": to_file})
     with output_lock(out):
         counts = import_arrays(npz, out, layout=layout, preprocess=preprocess, frames=frames,
-                               benchmark=benchmark, bodies=bodies)
+                               benchmark=benchmark, bodies=bodies, to_layout=to_layout,
+                               fill=parse_fill(fill), fill_missing=fill_missing)
     click.echo(_summary(out, counts))
 
 

@@ -10,6 +10,7 @@ import click
 
 from ..backends import BACKENDS, PRECISIONS
 from ..errors import CrossclrError
+from .layout_options import fill_options, input_layout_map
 from .stream import run_stream_command, stream_options
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,16 @@ def backend_options(f: Any) -> Any:
 @click.option("--providers", default=None, help=_PROVIDERS_HELP)
 @click.option("--threads", default=0, show_default=True, type=int,
               help="Cores to use (0 = every core this process may run on): onnxruntime intra-op threads.")
+@click.option("--from-layout", default=None, metavar="NAME|FILE",
+              help="The inputs' (camera's) skeleton layout when it is not the model's: joints are mapped to "
+                   "the model's layout by name before its preprocessing (docs/conventions.md, Layout "
+                   "mapping); also for --stream and --replay.")
+@fill_options
 @backend_options
 @stream_options
 def predict_cmd(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, axes: str | None,
                 preprocessed: bool, providers: str | None, threads: int, backend: str, precision: str,
+                from_layout: str | None, fill: tuple[str, ...], fill_missing: bool,
                 **stream_opts: Any) -> None:
     """Classify skeletons: .npy arrays, raw .skeleton files, or folders of them.
 
@@ -79,7 +86,8 @@ def predict_cmd(inputs: tuple[str, ...], model: str | None, top_k: int, as_json:
     if stream_opts["stream"] or stream_opts["replay"] or stream_opts["emit_frames"]:  # crossclr_infer.stream
         return run_stream_command(inputs, model=model, top_k=top_k, axes=axes, preprocessed=preprocessed,
                                   providers=_providers(providers), threads=threads, backend=backend,
-                                  precision=precision, **stream_opts)
+                                  precision=precision, from_layout=from_layout, fill=fill,
+                                  fill_missing=fill_missing, **stream_opts)
     if model is None:
         raise click.UsageError("Missing option '--model'.")
     from ..predict import format_predictions, load_inputs, predict
@@ -90,7 +98,9 @@ def predict_cmd(inputs: tuple[str, ...], model: str | None, top_k: int, as_json:
     session = ModelSession(model, _providers(providers), intra_op_threads=threads, use="latency",
                            backend=backend, precision=precision)
     errors: list[str] = []
-    samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed, errors=errors)
+    mapping = input_layout_map(session.info.layout, from_layout, fill, fill_missing, preprocessed)
+    samples = load_inputs(inputs, session.info, axes=axes, preprocessed=preprocessed, errors=errors,
+                          layout_map=mapping)
     if samples:
         preds = predict(session, samples, top_k=top_k)
         runtime = session.describe_backend()

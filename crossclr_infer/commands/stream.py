@@ -80,31 +80,35 @@ def run_stream_command(inputs: tuple[str, ...], *, model: str | None, top_k: int
                        window: int | None, span: float | None, hop: int | None, max_gap: float,
                        queue_size: int, live: bool | None, min_fill: float, smooth: float | None,
                        smooth_margin: float, smooth_hold: int, backend: str = "auto",
-                       precision: str = "auto") -> None:
+                       precision: str = "auto", from_layout: str | None = None, fill: tuple[str, ...] = (),
+                       fill_missing: bool = False) -> None:
     """``predict --stream`` / ``--replay``: JSON lines out (predictions, or frames with ``--emit-frames``).
 
     Lossless unless the source is live: ``--live`` (alias ``--drop-late``), or a paced ``--replay``."""
     from ..predict import check_top_k
-    from ..predictor import Predictor
     from ..stream import FrameSpec, StreamPredictor, read_frames, replay_frames
 
     _check_stream_options(inputs, stream=stream, replay=replay, preprocessed=preprocessed,
                           emit_frames=emit_frames, model=model, layout=layout)
+    if emit_frames and model is None and from_layout is not None:
+        raise CrossclrError("--from-layout maps frames to a model's layout; --emit-frames without --model "
+                            "takes the file's layout as --layout")
     if emit_frames and model is None:  # no model runs: the layout alone says what a frame holds
         spec = FrameSpec.for_layout(layout or "ntu-rgb+d")
         _echo_json(replay_frames(str(replay), spec, fps=fps, axes=axes, wait=not no_wait))
         return
     assert model is not None  # _check_stream_options
     check_top_k(top_k)
-    predictor = Predictor(model, providers, threads, backend=backend, precision=precision)
-    if emit_frames:  # the model's layout; it does not run
-        _echo_json(replay_frames(str(replay), predictor.info, fps=fps, axes=axes, wait=not no_wait))
+    predictor = _predictor(model, providers, threads, backend, precision, from_layout, fill, fill_missing)
+    if emit_frames:  # the model's layout (or --from-layout); it does not run
+        spec = FrameSpec.for_predictor(predictor)
+        _echo_json(replay_frames(str(replay), spec, fps=fps, axes=axes, wait=not no_wait))
         return
     sp = StreamPredictor(predictor, window=window, span=span, hop=hop, top_k=top_k, max_gap=max_gap,
                          min_fill=min_fill, smooth=smooth, smooth_margin=smooth_margin,
                          smooth_hold=smooth_hold)
     if replay:
-        frames: Iterable[Any] = replay_frames(replay, predictor.info, fps=fps, axes=axes, wait=not no_wait)
+        frames: Iterable[Any] = replay_frames(replay, sp.spec, fps=fps, axes=axes, wait=not no_wait)
         paced = not no_wait  # a paced replay stands for a camera
     else:
         from ..stream import open_lines
@@ -116,6 +120,17 @@ def run_stream_command(inputs: tuple[str, ...], *, model: str | None, top_k: int
         paced = False
     preds = sp.run(frames, queue_size=queue_size, live=paced if live is None else live)
     _echo_json(preds, lambda p: p.to_dict())
+
+
+def _predictor(model: str, providers: list[str] | None, threads: int, backend: str, precision: str,
+               from_layout: str | None, fill: tuple[str, ...], fill_missing: bool) -> Any:
+    """The stream's Predictor; with ``--from-layout`` it maps the frames' joints to the model's layout."""
+    from ..predictor import Predictor
+    from .layout_options import input_layout_map
+
+    predictor = Predictor(model, providers, threads, backend=backend, precision=precision)
+    predictor.layout_map = input_layout_map(predictor.info.layout, from_layout, fill, fill_missing, False)
+    return predictor
 
 
 def _check_stream_options(inputs: tuple[str, ...], *, stream: bool, replay: str | None, preprocessed: bool,
