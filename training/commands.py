@@ -27,7 +27,8 @@ def _is_rank0() -> bool:
 
 @click.command("train")
 @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-              help="HDF5 cache written by `crossclr prepare` / `crossclr synth`.")
+              help="HDF5 cache written by `crossclr prepare` / `crossclr synth`, or a comma list a.h5,b.h5 "
+                   "of caches of one layout, pooled (the checkpoint records each).")
 @click.option("--config", "config", default=None,
               help="TOML config file or preset name (crossclr-ntu60-xsub, ..., tiny). Default: official "
                    "values, or the checkpoint's config with --resume.")
@@ -65,7 +66,8 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     from training.trainer import train
 
     config_file = Path(config) if config is not None and Path(config).suffix == ".toml" else None
-    check_outputs({"--out": out}, {"--data": data, "--init-from": init_from, "--config": config_file})
+    sources = data if data.exists() else [Path(p) for p in str(data).split(",")]  # --data a.h5,b.h5: pooled
+    check_outputs({"--out": out}, {"--data": sources, "--init-from": init_from, "--config": config_file})
     check_worker_count(num_workers, "--num-workers")
     overrides = {"streams": parse_streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
                  "batch_size": batch_size, "lr": lr, "device": device, "num_workers": num_workers,

@@ -55,10 +55,11 @@ class CacheDataset(Dataset):
 class TrainData:
     """The opened cache, its training split as a Dataset, and the checked layout."""
 
-    path: Path
-    cache: Cache
-    dataset: CacheDataset
+    path: Path  # the cache, or for a pooled run the comma list of its caches
+    cache: Cache  # a ``PooledCache`` for a pooled run
+    dataset: CacheDataset  # a ``PooledDataset`` for a pooled run
     layout: Layout
+    sources: tuple[Path, ...] = ()  # a pooled run's caches, in order (empty: one cache)
 
 
 def batch_is_finite(x: torch.Tensor) -> bool:
@@ -95,16 +96,27 @@ def check_batch(x: torch.Tensor, data: TrainData, indices: Sequence[int]) -> Non
     if batch_is_finite(x):
         return
     rows = nonfinite_rows(x)
-    if rows:
-        raise nonfinite_error(data.path, data.dataset.split, [int(indices[r]) for r in rows])
+    if not rows:
+        return
+    ds = data.dataset
+    if isinstance(ds, PooledDataset):  # name the source cache and its own sample index
+        where = [ds.locate(int(indices[r])) for r in rows]
+        k = where[0][0]
+        raise nonfinite_error(ds.paths[k], ds.parts[k].split, [i for src, i in where if src == k])
+    raise nonfinite_error(data.path, ds.split, [int(indices[r]) for r in rows])
 
 
 def data_identity(data: TrainData) -> dict[str, Any]:
     """What a checkpoint records of its training data, for ``--resume`` to check: the cache's path, the
     split, its sample count and a digest of its sample names."""
-    split = data.dataset.split
+    if isinstance(data.dataset, PooledDataset):
+        return pooled_identity(data.dataset)
+    return _split_identity(data.path, data.dataset.split)
+
+
+def _split_identity(path: Path, split: CacheSplit) -> dict[str, Any]:
     digest = hashlib.sha1("\n".join(split.names).encode("utf-8")).hexdigest()
-    return {"path": str(data.path.resolve()), "split": split.name, "samples": len(split),
+    return {"path": str(Path(path).resolve()), "split": split.name, "samples": len(split),
             "names_sha1": digest}
 
 
@@ -112,15 +124,22 @@ def _same_topology(a: Layout, b: Layout) -> bool:
     return a.num_joints == b.num_joints and tuple(a.parents) == tuple(b.parents) and a.center == b.center
 
 
-def open_train_data(path: str | Path, *, split: str = "train", layout: str | Layout | None = None,
-                    batch_size: int = 1, world_size: int = 1, drop_last: bool = True,
-                    preload: bool = False, in_channels: int = 3) -> TrainData:
+def open_train_data(path: str | Path | Sequence[str | Path], *, split: str = "train",
+                    layout: str | Layout | None = None, batch_size: int = 1, world_size: int = 1,
+                    drop_last: bool = True, preload: bool = False, in_channels: int = 3) -> TrainData:
     """Open ``path`` and check it fits the run; every problem is a one-line ``CrossclrError``.
 
-    ``layout``: the layout the model's graph is built for (a name, a TOML path, a ``Layout``) or None for
-    the cache's own. A cache whose skeleton differs (joint count, parents, center) is refused.
+    ``path``: one cache, or several (a list, or ``"a.h5,b.h5"``) of the same layout pooled into one
+    training set (``open_pooled_data``). ``layout``: the layout the model's graph is built for (a name, a
+    TOML path, a ``Layout``) or None for the cache's own. A cache whose skeleton differs (joint count,
+    parents, center) is refused.
     """
-    path = Path(path)
+    sources = data_sources(path)
+    if len(sources) > 1:
+        return open_pooled_data(sources, split=split, layout=layout, batch_size=batch_size,
+                                world_size=world_size, drop_last=drop_last, preload=preload,
+                                in_channels=in_channels)
+    path = sources[0]
     cache = open_cache(path)
     try:
         if layout is not None and layout != "":
@@ -153,6 +172,147 @@ def open_train_data(path: str | Path, *, split: str = "train", layout: str | Lay
         cache.close()
         raise
     return TrainData(path=path, cache=cache, dataset=dataset, layout=cache.layout)
+
+
+# ---------------------------------------------------------------------------------------------- pooled caches
+
+
+def data_sources(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The caches of ``--data``: one path, a list, or a comma list ``"a.h5,b.h5"`` (a path that exists is
+    one cache even with a comma in its name). A cache named twice is refused."""
+    if isinstance(path, (str, Path)):
+        text = str(path)
+        items = [text] if Path(text).exists() or "," not in text else text.split(",")
+    else:
+        items = [str(p) for p in path]
+    paths = [Path(p.strip()) for p in items if p.strip()]
+    if not paths:
+        raise CrossclrError(f"--data {str(path)!r}: no cache named; expected a cache or a comma list "
+                            "a.h5,b.h5 of caches of one layout")
+    seen: set[Path] = set()
+    for p in paths:
+        if p.resolve() in seen:
+            raise CrossclrError(f"--data: {p} is named twice; expected each cache once in the list")
+        seen.add(p.resolve())
+    return paths
+
+
+class PooledCache:
+    """Several caches of one layout seen as one by the trainer: the shared layout, frames, bodies, channels
+    and preprocessing, the union of the class names (a name in several sources is one class), and
+    ``close`` closing every source."""
+
+    def __init__(self, caches: Sequence[Cache]) -> None:
+        self.caches = list(caches)
+        first = self.caches[0]
+        self.layout, self.frames, self.num_person = first.layout, first.frames, first.num_person
+        self.num_channels, self.preprocess = first.num_channels, dict(first.preprocess)
+        self.class_names: list[str] = list(dict.fromkeys(n for c in self.caches for n in c.class_names))
+        self.num_class = len(self.class_names)
+        self.path = Path(",".join(str(c.path) for c in self.caches))
+
+    def label_map(self, k: int) -> np.ndarray:
+        """Source ``k``'s label -> the pooled label (its class name's index in ``class_names``)."""
+        return np.array([self.class_names.index(n) for n in self.caches[k].class_names], np.int64)
+
+    def close(self) -> None:
+        for c in self.caches:
+            c.close()
+
+
+class PooledDataset(Dataset):
+    """The training splits of several caches one after another: ``[i]`` as ``CacheDataset``, labels mapped
+    to the pooled class list; ``names`` are ``"<cache stem>/<sample name>"``."""
+
+    def __init__(self, parts: Sequence[CacheDataset], paths: Sequence[Path],
+                 label_maps: Sequence[np.ndarray]) -> None:
+        self.parts, self.paths = list(parts), list(paths)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # part k: [offsets[k], offsets[k+1])
+        self.labels = torch.cat([torch.from_numpy(m[p.labels.numpy()]) for p, m in
+                                 zip(self.parts, label_maps, strict=True)])
+        self._data = (torch.cat([p._data for p in self.parts]) if all(p.preloaded for p in self.parts)
+                      else None)
+        if self._data is not None:
+            for p in self.parts:  # one copy in memory: the pooled one
+                p._data = None
+
+    @property
+    def preloaded(self) -> bool:
+        return self._data is not None
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{path.stem}/{n}" for part, path in zip(self.parts, self.paths, strict=True)
+                for n in part.split.names]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Pooled index -> (source, index in that source's split)."""
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return k, int(i - self.offsets[k])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._data is not None:
+            return self._data[i], self.labels[i]
+        k, local = self.locate(i)
+        return self.parts[k][local][0], self.labels[i]
+
+
+def pooled_identity(ds: PooledDataset) -> dict[str, Any]:
+    """A pooled run's data identity: the digest over every source's sample names, and each source's own
+    identity (path, split, sample count, names digest) under ``sources``."""
+    sources = [_split_identity(p, part.split) for p, part in zip(ds.paths, ds.parts, strict=True)]
+    digest = hashlib.sha1("\n".join(s["names_sha1"] for s in sources).encode("utf-8")).hexdigest()
+    return {"path": ",".join(s["path"] for s in sources), "split": ds.parts[0].split.name,
+            "samples": len(ds), "names_sha1": digest, "sources": sources}
+
+
+def _pool_mismatch(first: Cache, other: Cache) -> str | None:
+    """Why ``other`` cannot be pooled with ``first`` (None: it can)."""
+    if other.layout != first.layout:
+        return (f"layout {other.layout.name!r} ({other.layout.num_joints} joints) differs from "
+                f"{first.path}'s {first.layout.name!r} ({first.layout.num_joints} joints); expected caches "
+                "of one layout (map a cache with `crossclr prepare arrays --to-layout`)")
+    for what in ("frames", "num_person", "num_channels"):
+        if getattr(other, what) != getattr(first, what):
+            return (f"{what} {getattr(other, what)} differs from {first.path}'s {getattr(first, what)}; "
+                    f"expected caches prepared with the same {what}")
+    if other.preprocess.get("mode") != first.preprocess.get("mode"):
+        return (f"preprocessing {other.preprocess.get('mode')!r} differs from {first.path}'s "
+                f"{first.preprocess.get('mode')!r}; expected caches prepared the same way")
+    return None
+
+
+def open_pooled_data(paths: Sequence[Path], *, split: str, layout: str | Layout | None, batch_size: int,
+                     world_size: int, drop_last: bool, preload: bool, in_channels: int) -> TrainData:
+    """Several caches of one layout (same frames, bodies, channels, preprocessing) as one training set;
+    each is checked as a single cache is, then against the first (one line naming the cache)."""
+    opened: list[TrainData] = []
+    try:
+        for p in paths:
+            one = open_train_data(p, split=split, layout=layout, batch_size=1, drop_last=False,
+                                  preload=preload, in_channels=in_channels)
+            opened.append(one)
+            problem = _pool_mismatch(opened[0].cache, one.cache)
+            if problem is not None:
+                raise CrossclrError(f"--data {p}: {problem}")
+        cache = PooledCache([d.cache for d in opened])
+        dataset = PooledDataset([d.dataset for d in opened], list(paths),
+                                [cache.label_map(k) for k in range(len(opened))])
+        per_rank = len(dataset) // world_size
+        if drop_last and per_rank < batch_size:
+            raise CrossclrError(f"--data {cache.path}: {len(dataset)} pooled samples ({per_rank} per "
+                                f"process), fewer than one batch of {batch_size}; expected at least a full "
+                                "batch (lower --batch-size)")
+    except BaseException:
+        for d in opened:
+            d.cache.close()
+        raise
+    log.info("pooled %d caches: %s samples", len(paths), [len(d.dataset) for d in opened])
+    return TrainData(path=cache.path, cache=cache, dataset=dataset, layout=cache.layout,  # type: ignore[arg-type]
+                     sources=tuple(paths))
 
 
 def make_loader(dataset: CacheDataset, *, batch_size: int, seed: int, num_workers: int, device: torch.device,

@@ -122,3 +122,50 @@ def test_finetune_same_seed_same_result(setup):
             )
             heads.append(res.heads["joint"].weight.detach().clone())
     torch.testing.assert_close(heads[0], heads[1])
+
+
+def _cli_finetune(setup, capsys, out, seed):
+    code, _, err = run_protocol(capsys, "finetune", setup, "--out", str(out), "--label-fraction", "0.5",
+                                "--epochs", "2", "--batch-size", "4", "--eval-every", "1",
+                                "--seed", str(seed), "--json", str(out / "r.json"))
+    assert code == 0, err
+    rep = json.loads((out / "r.json").read_text())
+    return rep["history"], torch.load(out / "finetune.pt", weights_only=True)
+
+
+def test_cli_finetune_is_determined_by_its_seed(setup, capsys):
+    """Dropout (on in the tiny encoder's blocks) draws from the global generator: ``run_finetune`` seeds
+    it, so whatever state the process is in, the same --seed gives the same run; the caller's state is
+    kept."""
+    runs = []
+    for k, seed in enumerate((3, 3, 4)):
+        torch.manual_seed(1000 + k)  # a different global state before each run
+        before = torch.random.get_rng_state()
+        runs.append(_cli_finetune(setup, capsys, setup["dir"] / f"seeded{k}", seed))
+        assert torch.equal(torch.random.get_rng_state(), before)  # the caller's generator is restored
+    (h0, c0), (h1, c1), (h2, c2) = runs
+    assert h0 == h1
+    for view, state in c0["encoders"].items():
+        for key, t in state.items():
+            assert torch.equal(t, c1["encoders"][view][key]), (view, key)
+    assert h0 != h2
+    assert any(not torch.equal(t, c2["encoders"]["joint"][k]) for k, t in c0["encoders"]["joint"].items())
+
+
+def test_finetune_with_adamw_trains_and_a_bad_optimizer_is_refused(setup):
+    from crossclr_infer.errors import CrossclrError
+    from training.protocols.finetune import FinetuneConfig, run_finetune
+
+    with pytest.raises(CrossclrError, match="optimizer 'adam'"):
+        FinetuneConfig(optimizer="adam")
+    reps = {}
+    for opt in ("sgd", "adamw"):
+        cfg = FinetuneConfig(label_fraction=1.0, epochs=2, batch_size=4, lr=1e-3, optimizer=opt, seed=2)
+        reps[opt] = run_finetune(setup["cache"], setup["ckpt"], setup["dir"] / f"opt-{opt}",
+                                 streams=["joint"], cfg=cfg)
+        assert reps[opt]["config"]["optimizer"] == opt
+    assert reps["sgd"]["history"][-1]["loss"] != reps["adamw"]["history"][-1]["loss"]
+    state = torch.load(setup["dir"] / "opt-adamw" / "finetune.pt", weights_only=True)["encoders"]["joint"]
+    pre = torch.load(setup["ckpt"], weights_only=True)["model"]
+    weights = [k for k in state if k.endswith("weight")]
+    assert any(not torch.equal(state[k], pre[f"encoders_q.joint.{k}"]) for k in weights)

@@ -76,15 +76,30 @@ class FinetuneConfig(SGDSchedule):
     augment: bool = False  # temporal crop + shear (training.augment) on the joint input
     seed: int = 0  # subset, head init, batch order, augmentation
     eval_every: int = 5  # score the evaluation split every N epochs (and at the last)
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw" (transformers: MAMP fine-tunes with AdamW)
 
     def __post_init__(self) -> None:
         check_fraction(self.label_fraction)
+        if self.optimizer not in OPTIMIZERS:
+            raise CrossclrError(f"finetune: optimizer {self.optimizer!r}: use one of {OPTIMIZERS}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise CrossclrError("finetune: --epochs, --batch-size and --eval-every must be ≥ 1")
         self.check_sgd()
 
 
 Reader = Callable[[np.ndarray], np.ndarray]
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg: FinetuneConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD with momentum (``sgd_with_steps``) or AdamW (cfg.lr, cfg.weight_decay), both with the lr × gamma
+    drops at cfg's milestones."""
+    if cfg.optimizer == "sgd":
+        return sgd_with_steps(params, cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.resolved_milestones()),
+                                                 gamma=cfg.gamma)
+    return opt, sched
 
 
 @torch.no_grad()
@@ -132,7 +147,7 @@ def finetune(
     hidden = int(encoders[streams[0]].hidden_dim)
     heads = dict(heads) if heads is not None else init_heads(streams, hidden, num_classes, cfg.seed, device)
     params = [p for m in (*encoders.values(), *heads.values()) for p in m.parameters() if p.requires_grad]
-    opt, sched = sgd_with_steps(params, cfg)
+    opt, sched = make_optimizer(params, cfg)
     step = _Stepper(encoders, heads, layout, cfg, opt, device, read_train,
                     torch.as_tensor(np.asarray(train_labels), dtype=torch.long))
     g = torch.Generator().manual_seed(cfg.seed)
@@ -210,8 +225,12 @@ def run_finetune(data: str | Path, checkpoint: str | Path, out: str | Path, *, s
     from training.protocols.io import write_json
 
     out = Path(out)
-    with open_protocol(data, checkpoint, streams=streams, splits=(train_split, eval_split), device=device,
-                       need_classes=None) as ctx:
+    # the run is determined by cfg.seed: the global generator (dropout, any layer drawing from it) is seeded
+    # here and restored afterwards, so the caller's random state is untouched
+    with torch.random.fork_rng(devices=[]), open_protocol(
+            data, checkpoint, streams=streams, splits=(train_split, eval_split), device=device,
+            need_classes=None) as ctx:
+        torch.manual_seed(cfg.seed)
         fweights = fusion_weights_for(cfg.fusion, ctx.streams, weights)
         tr, ev = ctx.split(train_split), ctx.split(eval_split)
         y_tr, y_ev = np.asarray(tr.labels), np.asarray(ev.labels)
