@@ -57,7 +57,7 @@ def evaluate(cache: Path, ckpt: Path, out: Path, hp: rdata.SmallData, calibrated
              transformer: bool) -> dict[str, Any]:
     """Linear (last epoch) and kNN top-1 of the 3 streams fused, BN statistics from the training split; the
     transformer's linear probe standardises the features first (MAMP's own probe: the plain one diverged on
-    them, issue 21 item 12)."""
+    them, docs/protocols.md)."""
     clean = ckpt if calibrated else rdata.recalibrate(ckpt, cache)
     rec = rdata.evaluate(cache, clean, rdata.JMB, out, hp, standardize=transformer)
     probe = "standardized" if transformer else "plain"

@@ -1,6 +1,6 @@
-"""The issue-22 benchmarks (semi-supervised fine-tuning, learning curve, pooled pretraining) on tiny synthetic
-data: the same label subsets for every method of a seed, paired differences against hand computations, the
-tables and the learning-curve PNG."""
+"""The few-label benchmarks (semi-supervised fine-tuning, learning curve, pooled pretraining) on tiny
+synthetic data: the same label subsets for every method of a seed, paired differences against hand
+computations, the tables and the learning-curve PNG."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation a person can read (issue 21, items 8-11): one-body caches padded as Predictor pads them,
+"""Evaluation a person can read: one-body caches padded as Predictor pads them,
 per-sample predictions that add up to the report, --errors, confusion figures that say what they show,
 per-stream rows of jointly trained heads kept out of the headline."""
 

@@ -1,4 +1,4 @@
-"""Stream defaults of the application developer's path (issue 21, items 4-6): `run()` over frames in memory is
+"""Stream defaults of the application developer's path: `run()` over frames in memory is
 lossless, partial windows below `min_fill` are not predicted and every window says how full it was, the
 optional smoothing equals an independent numpy EMA and its hysteresis ignores single-window spikes,
 stream results carry the whole prediction, and `--emit-frames` runs without a model."""

@@ -124,7 +124,7 @@ def _check_no_test_sample(sets, work: Path):
               for k, (ds, sp) in sets.items()]
     test_ids = pooled.test_names_of(sets)
     names = {n for c in caches for n in pooled.cache_names(c)}
-    assert test_ids and not names & test_ids  # the assertion of the issue: no test sample is pretrained on
+    assert test_ids and not names & test_ids  # no test sample is pretrained on
     assert names == {ds.samples[i].name for ds, sp in sets.values() for i in sp.train}
     pooled.assert_no_test_ids(caches, test_ids)
     return caches

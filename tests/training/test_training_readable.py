@@ -29,7 +29,7 @@ def test_divergence_rule_flags_non_finite_and_sustained_blow_up_only():
     assert divergence([1.5, 1.2, float("nan"), 1.0], 1.5, 5) == 3
     assert divergence([1.5, float("inf")], 1.5, 5) == 2
     high = DIVERGENCE_FACTOR * ref * 1.01
-    # the case: 1.6 -> 24 and staying there
+    # the reported case: 1.6 -> 24 and staying there
     assert divergence([1.6, 24, 24, 24, 24, 24, 24], 1.6, 5) == 1 + DIVERGENCE_WINDOW
     # a spike shorter than the window is SGD noise, and so is a long rise below the factor (ST-GCN on SBU
     # went 2.25 -> 17.7 = 7.9x and came back to 0.45 with 56 % top-1: it must not be stopped)
