@@ -63,10 +63,11 @@ def train_command(data: Path, config: str | None, out: Path, streams: str | None
     """Pretrain SkeletonCLR / CrosSCLR / MAMP encoders on a cache (single process, or torchrun for DDP)."""
     from training.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from training.config import load_config
+    from training.data import data_sources
     from training.trainer import train
 
     config_file = Path(config) if config is not None and Path(config).suffix == ".toml" else None
-    sources = data if data.exists() else [Path(p) for p in str(data).split(",")]  # --data a.h5,b.h5: pooled
+    sources = data_sources(data)  # --data a.h5,b.h5: pooled
     check_outputs({"--out": out}, {"--data": sources, "--init-from": init_from, "--config": config_file})
     check_worker_count(num_workers, "--num-workers")
     overrides = {"streams": parse_streams(streams), "epochs": epochs, "cross_epoch": cross_epoch,
