@@ -81,7 +81,7 @@ class LinearConfig(SGDSchedule):
     standardize: bool | None = False  # MAMP's probe: features standardised (BatchNorm without affine, eps
     # 1e-6) by the training features' statistics before the head, folded into the saved head afterwards;
     # None (the CLI's default): what the encoders ask for (``probe_standardize``, see ``resolve_standardize``)
-    stop_on_divergence: bool = True  # stop with an error once ``divergence`` flags the epoch losses
+    stop_on_divergence: bool = True  # an error when the loss is not finite, or still blown up at the end
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -347,19 +347,30 @@ def _train_epoch(heads: Mapping[str, nn.Module], opt: torch.optim.Optimizer, tra
 
 
 def _check_divergence(result: LinearResult, cfg: LinearConfig, num_classes: int) -> bool:
-    """Record the epoch ``divergence`` flags; True when training must stop there (``stop_on_divergence``
-    raises the one-line error; otherwise a warning, once, and training goes on unless the loss is not
-    finite)."""
-    if result.diverged_at is not None:
-        return not math.isfinite(result.history[-1]["loss"])
-    at = divergence([r["loss"] for r in result.history], result.start_loss, num_classes)
-    if at is None:
+    """Record the epoch ``divergence`` flags (one warning); True when training must stop now, which only a
+    non-finite loss does (``stop_on_divergence`` raises the one-line error then). A blow-up with a finite loss
+    goes on: the lr schedule may still bring it back (the demo's probe at lr 3 does); ``_ended_diverged``
+    judges the run at its end."""
+    last = result.history[-1]["loss"]
+    if result.diverged_at is None:
+        at = divergence([r["loss"] for r in result.history], result.start_loss, num_classes)
+        if at is None:
+            return False
+        result.diverged_at = at
+        if math.isfinite(last):
+            log.warning("%s", divergence_message(result, cfg, num_classes).replace("; nothing written",
+                                                                                   "; training goes on"))
+    if math.isfinite(last):
         return False
-    result.diverged_at = at
     if cfg.stop_on_divergence:
         raise CrossclrError(divergence_message(result, cfg, num_classes))
-    log.warning("%s", divergence_message(result, cfg, num_classes).removesuffix("; nothing written"))
-    return not math.isfinite(result.history[-1]["loss"])
+    return True
+
+
+def _ended_diverged(result: LinearResult, num_classes: int) -> bool:
+    """Whether the run ends blown up: its last ``DIVERGENCE_WINDOW`` epochs all above the threshold."""
+    tail = [r["loss"] for r in result.history[-DIVERGENCE_WINDOW:]]
+    return len(tail) == DIVERGENCE_WINDOW and divergence(tail, result.start_loss, num_classes) is not None
 
 
 def _make_heads(train: FeatureSource, num_classes: int, streams: Sequence[str], cfg: LinearConfig,
@@ -408,6 +419,8 @@ def train_linear(
         log.info("linear epoch %d: %s", epoch, row)
         if _check_divergence(result, cfg, num_classes):
             break
+    if result.diverged_at is not None and cfg.stop_on_divergence and _ended_diverged(result, num_classes):
+        raise CrossclrError(divergence_message(result, cfg, num_classes))
     if cfg.standardize:
         result.heads = {v: h.folded() for v, h in heads.items()}  # plain Linear heads, same logits
     return result
