@@ -171,6 +171,11 @@ def B(rel: str) -> str:
     return str(BASE / rel)
 
 
+def evaluate_argv() -> list[str]:
+    """``crossclr evaluate`` on the base cache and ensemble model (options follow)."""
+    return ["evaluate", "--data", B("s.h5"), "--model", B("models/ensemble.onnx")]
+
+
 # ------------------------------------------------------------------------------------------ HDF5 caches
 def cache_copy(d: Path, edit: Callable[[h5py.File], None], name: str = "c.h5") -> Path:
     path = d / name
@@ -565,11 +570,7 @@ def register_path_cases() -> None:
         "evaluate --report in an unwritable folder (/sys)",
         "paths",
         lambda d: [
-            "evaluate",
-            "--data",
-            B("s.h5"),
-            "--model",
-            B("models/ensemble.onnx"),
+            *evaluate_argv(),
             "--report",
             "/sys/r.json",
             "--no-progress",
@@ -591,11 +592,7 @@ def register_path_cases() -> None:
     def out_fifo(d: Path) -> list[str]:
         os.mkfifo(d / "o.json")
         return [
-            "evaluate",
-            "--data",
-            B("s.h5"),
-            "--model",
-            B("models/ensemble.onnx"),
+            *evaluate_argv(),
             "--report",
             str(d / "o.json"),
             "--no-progress",
@@ -665,11 +662,7 @@ def register_path_cases() -> None:
     def plots_is_file(d: Path) -> list[str]:
         (d / "p").write_text("keep")
         return [
-            "evaluate",
-            "--data",
-            B("s.h5"),
-            "--model",
-            B("models/ensemble.onnx"),
+            *evaluate_argv(),
             "--plots",
             str(d / "p"),
             "--no-progress",
@@ -1538,11 +1531,7 @@ def register_evaluate_cases() -> None:
         "evaluate ensemble + stream model",
         "evaluate",
         lambda d: [
-            "evaluate",
-            "--data",
-            B("s.h5"),
-            "--model",
-            B("models/ensemble.onnx"),
+            *evaluate_argv(),
             "--model",
             B("models/joint.onnx"),
             "--no-progress",

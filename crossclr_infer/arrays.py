@@ -60,7 +60,7 @@ from .fileio import require_regular_file
 from .layout_map import FillSpec, LayoutMap, load_layout, plan_mapping
 from .layouts import Layout
 from .preprocess import MODES, normalize_sequence, valid_length
-from .skeleton import check_coordinates
+from .skeleton import check_coordinates, fit_bodies
 
 log = logging.getLogger(__name__)
 
@@ -327,17 +327,6 @@ def _splits(npz: np.lib.npyio.NpzFile, path: Path, n: int) -> list[str]:
     if bad:
         raise CrossclrError(f"{path}: 'split' values {bad[:5]}; expected 'train' or 'val'")
     return values
-
-
-def fit_bodies(x: np.ndarray, bodies: int) -> np.ndarray:
-    """(C, T, V, M) -> (C, T, V, ``bodies``): the first bodies kept, missing ones added as zeros (an absent
-    body, as everywhere in the project)."""
-    if bodies < 1:
-        raise CrossclrError(f"bodies must be >= 1, got {bodies}")
-    out = np.zeros(x.shape[:3] + (bodies,), dtype=x.dtype)
-    n = min(bodies, x.shape[3])
-    out[..., :n] = x[..., :n]
-    return out
 
 
 def _layouts(layout: str | Layout, to_layout: str | Layout | None, fill: FillSpec | None,

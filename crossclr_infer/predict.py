@@ -32,7 +32,7 @@ from .layout_map import LayoutMap
 from .metrics import ranked_classes, softmax
 from .results import ClassScore, Prediction
 from .session import ModelInfo, ModelSession
-from .skeleton import RawSkeleton, check_coordinates
+from .skeleton import RawSkeleton, check_coordinates, fit_bodies
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +195,10 @@ def preprocess_ctvm(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
 
 
 def _fit_persons(x: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
-    m = x.shape[-1]
-    if m > info.num_person:
-        log.warning("%s: %d bodies, the model takes %d; keeping the first %d", source, m, info.num_person,
-                    info.num_person)
-        return np.ascontiguousarray(x[..., : info.num_person], dtype=np.float32)
-    if m < info.num_person:
-        pad = np.zeros((*x.shape[:-1], info.num_person - m), dtype=np.float32)
-        return np.concatenate([x.astype(np.float32), pad], axis=-1)
-    return x.astype(np.float32)
+    if x.shape[-1] > info.num_person:
+        log.warning("%s: %d bodies, the model takes %d; keeping the first %d", source, x.shape[-1],
+                    info.num_person, info.num_person)
+    return fit_bodies(np.asarray(x, dtype=np.float32), info.num_person)
 
 
 def read_raw_skeleton(path: Path, info: ModelInfo, layout_map: LayoutMap | None = None) -> np.ndarray:

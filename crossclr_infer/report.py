@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import skeleton
 from .errors import CrossclrError, check_name, printable
 from .fileio import file_sha256
 from .metrics import (
@@ -41,7 +42,7 @@ from .metrics import (
     ranked_classes,
     topk_correct,
 )
-from .report_plots import plot_path, save_confusion_plots  # noqa: F401  (plot_path: its old home)
+from .report_plots import save_confusion_plots
 from .report_samples import build_samples, check_samples, merge_samples
 from .session import ModelInfo, ModelSession, iter_batches
 from .views import check_view_name
@@ -382,12 +383,8 @@ def check_cache_fits(cache: Any, info: ModelInfo, data: str) -> None:
 
 def fit_bodies(x: np.ndarray, info: ModelInfo) -> np.ndarray:
     """A cache batch (B, C, T, V, m) with m <= the model's M bodies -> (B, C, T, V, M): zero bodies appended
-    after the recorded ones, exactly as ``Predictor``/``predict`` pad a clip (``predict._fit_persons``)."""
-    from .predict import _fit_persons
-
-    if x.shape[-1] == info.num_person:
-        return x
-    return _fit_persons(x, info, "cache batch")
+    after the recorded ones (``skeleton.fit_bodies``, the rule ``Predictor`` pads a clip with)."""
+    return x if x.shape[-1] == info.num_person else skeleton.fit_bodies(x, info.num_person)
 
 
 def run_models(models: ModelSet, x: np.ndarray, source: str) -> dict[str, np.ndarray]:

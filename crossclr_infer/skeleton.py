@@ -58,3 +58,14 @@ def check_coordinates(x: np.ndarray, source: str) -> None:
         raise CrossclrError(f"{source}: coordinate of magnitude {peak:.3g} beyond ±{MAX_ABS_COORDINATE:g} "
                             "(MAX_ABS_COORDINATE); expected skeleton coordinates in metres, millimetres or "
                             "pixels")
+
+
+def fit_bodies(x: np.ndarray, bodies: int) -> np.ndarray:
+    """(..., M) -> (..., ``bodies``) on the last (body) axis: the first bodies kept, missing ones added as
+    zeros (an absent body, as everywhere in the project). One rule for arrays, predict, evaluate."""
+    if bodies < 1:
+        raise CrossclrError(f"bodies must be >= 1, got {bodies}")
+    out = np.zeros(x.shape[:-1] + (bodies,), dtype=x.dtype)
+    n = min(bodies, x.shape[-1])
+    out[..., :n] = x[..., :n]
+    return out
