@@ -288,6 +288,13 @@ def knn_cmd(args: ProtocolArgs, ks: str, temperature: float, plots: Path | None)
 @_head_training(lr=0.1, fusion_help=None, weights_help="Fusion weights for --fusion separate.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adamw"]),
+    default="sgd",
+    show_default=True,
+    help="SGD, momentum 0.9 (the ST-GCN protocol), or AdamW (transformers: --lr 1e-3 --weight-decay 0.05).",
+)
+@click.option(
     "--augment/--no-augment",
     default=False,
     show_default=True,
@@ -296,14 +303,14 @@ def knn_cmd(args: ProtocolArgs, ks: str, temperature: float, plots: Path | None)
 @click.option("--eval-every", type=int, default=5, show_default=True)
 @click.option("--plots", is_flag=True, help="Write finetune_confusion.png (viz extra).")
 def finetune_cmd(args: ProtocolArgs, out: Path, label_fraction: float, fusion: str, weights: str | None,
-                 epochs: int, lr: float, weight_decay: float, batch_size: int, augment: bool, eval_every: int,
-                 seed: int, plots: bool) -> None:
+                 epochs: int, lr: float, weight_decay: float, optimizer: str, batch_size: int, augment: bool,
+                 eval_every: int, seed: int, plots: bool) -> None:
     """Semi-supervised / full fine-tuning of encoders + heads on a stratified labelled subset."""
     from training.protocols.finetune import FinetuneConfig, run_finetune
 
     cfg = FinetuneConfig(label_fraction=label_fraction, epochs=epochs, lr=lr, weight_decay=weight_decay,
                          batch_size=batch_size, fusion=fusion, augment=augment, seed=seed,
-                         eval_every=eval_every)
+                         eval_every=eval_every, optimizer=optimizer)
     args.check_outputs({"--out": out})
     with output_lock(out, "--out", mkdir=True):
         report = run_finetune(out=out, cfg=cfg, weights=_weights(weights), plots=plots, **args.source())

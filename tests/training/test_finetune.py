@@ -169,3 +169,16 @@ def test_finetune_with_adamw_trains_and_a_bad_optimizer_is_refused(setup):
     pre = torch.load(setup["ckpt"], weights_only=True)["model"]
     weights = [k for k in state if k.endswith("weight")]
     assert any(not torch.equal(state[k], pre[f"encoders_q.joint.{k}"]) for k in weights)
+
+
+def test_cli_finetune_optimizer_flag_reaches_the_run_and_a_bad_one_is_a_usage_error(setup, capsys):
+    out = setup["dir"] / "cli-adamw"
+    code, _, err = run_protocol(capsys, "finetune", setup, "--out", str(out), "--epochs", "1", "--batch-size",
+                                "4", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05",
+                                "--json", str(out / "r.json"))
+    assert code == 0, err
+    config = json.loads((out / "r.json").read_text())["config"]
+    assert config["optimizer"] == "adamw" and config["weight_decay"] == 0.05
+    code, _, err = run_protocol(capsys, "finetune", setup, "--out", str(setup["dir"] / "cli-adam"),
+                                "--optimizer", "adam")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "--optimizer" in err, err
