@@ -159,7 +159,8 @@ def write_results(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]
     dataset = records[0]["dataset"]
     seeds = sorted({r["seed"] for r in records})
     png = plot_curve(summary, out / "learning_curve.png",
-                     title=f"{dataset}: pretraining budget vs random init, seeds {seeds}",
+                     title=f"{dataset}: pretraining budget vs random init, seeds {seeds} "
+                           f"(bars: std over seeds; a point without one ran one seed)",
                      batch=meta["hyperparameters"]["batch_size"])
     md = (f"{markdown(summary, dataset)}\n\nΔ: paired difference to the random init of the same architecture "
           f"(same seed), mean ± std [min, max] over seeds {seeds}; the transformer's linear probe "
