@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -99,7 +98,7 @@ def run_seed(ds: rd.RealDataset, split: rd.Split, caches: dict[str, Path | None]
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (method, steps): top-1 and its paired difference to the method's random init, over seeds."""
     def by_seed(method: str, steps: int, key: str) -> dict[int, float]:
-        return {r["seed"]: r[key] for r in records if r["method"] == method and r["steps"] == steps}
+        return rdata.seed_means(records, key, method=method, steps=steps)
 
     out = []
     for m, steps in sorted({(r["method"], r["steps"]) for r in records if r["method"] in METHODS}):
@@ -107,7 +106,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("linear", "knn"):
             mine = by_seed(m, steps, key)
             line[key] = rdata._stats(list(mine.values()))
-            line[f"{key}_vs_random"] = semi.paired(mine, by_seed(METHODS[m][1], 0, key))
+            line[f"{key}_vs_random"] = rdata.paired_stats(mine, by_seed(METHODS[m][1], 0, key))
         cpus = [r["cpu_s"] for r in records if r["method"] == m and r["steps"] == steps]
         line["cpu_s"], line["seeds"] = sum(cpus) / len(cpus), sorted(by_seed(m, steps, "linear"))
         line["actual_steps"] = next(r.get("actual_steps") for r in records
@@ -117,7 +116,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(summary: list[dict[str, Any]], dataset: str) -> str:
-    lines = semi.table_head([f"{dataset}: method", "pretraining steps (run)", "linear top-1",
+    lines = rdata.table_head([f"{dataset}: method", "pretraining steps (run)", "linear top-1",
                              "Δ linear vs random init", "kNN top-1", "Δ kNN vs random init", "pretrain CPU s",
                              "seeds"], 1)
     for s in summary:
@@ -154,8 +153,6 @@ def plot_curve(summary: list[dict[str, Any]], out: Path, *, title: str, batch: i
 def write_results(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     summary = summarise(records)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({**meta, "summary": summary, "records": records}, indent=2)
-                                      + "\n")
     dataset = records[0]["dataset"]
     seeds = sorted({r["seed"] for r in records})
     png = plot_curve(summary, out / "learning_curve.png",
@@ -166,8 +163,7 @@ def write_results(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]
           f"(same seed), mean ± std [min, max] over seeds {seeds}; the transformer's linear probe "
           f"standardises its features (MAMP's probe). Plot: {png.name}.\nMachine: "
           f"{meta['machine']}. Command: `{meta['command']}`.\n")
-    (out / "results.md").write_text(md)
-    return md
+    return rdata.write_report(out, {**meta, "summary": summary, "records": records}, md)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                                  transformer="mamp" in methods)
     given = sys.argv[1:] if argv is None else argv
     meta = {"command": "python benchmarks/learning_curve.py " + " ".join(given),
-            "machine": f"{rdata.cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads", "hyperparameters": asdict(hp),
+            "machine": rdata.machine_line(), "hyperparameters": asdict(hp),
             "transformer": asdict(th)}
     records: list[dict[str, Any]] = []
     md = ""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -155,7 +154,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (data set, pretraining): mean ± std over seeds; pooled and single paired with each other, and
     both with the random init of the same seed."""
     def by_seed(ds: str, kind: str, key: str) -> dict[int, float]:
-        return {r["seed"]: r[key] for r in records if r["dataset"] == ds and r["pretraining"] == kind}
+        return rdata.seed_means(records, key, dataset=ds, pretraining=kind)
 
     out = []
     for ds, kind in dict.fromkeys((r["dataset"], r["pretraining"]) for r in records):
@@ -165,7 +164,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             line[key] = rdata._stats(list(mine.values()))
             for other in ("random init", "single"):
                 if kind != "random init" and other != kind:
-                    line[f"{key}_vs_{other.split()[0]}"] = semi.paired(mine, by_seed(ds, other, key))
+                    line[f"{key}_vs_{other.split()[0]}"] = rdata.paired_stats(mine, by_seed(ds, other, key))
         group = [r for r in records if r["dataset"] == ds and r["pretraining"] == kind]
         line["pretrain_cpu_s"] = sum(r["pretrain_cpu_s"] for r in group) / len(group)
         line["pretrain_samples"] = group[0]["pretrain_samples"]
@@ -174,7 +173,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(summary: list[dict[str, Any]], ft_fraction: float) -> str:
-    lines = semi.table_head(["evaluated on", "pretraining (samples)", "linear", "kNN",
+    lines = rdata.table_head(["evaluated on", "pretraining (samples)", "linear", "kNN",
                              f"fine-tune {ft_fraction:.0%} labels", "Δ linear / kNN / fine-tune vs single",
                              "pretrain CPU s"], 2)
     for s in summary:
@@ -238,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     for target in [t.strip() for t in args.eval.split(",") if t.strip()]:
         for seed in range(args.seed, args.seed + args.seeds):
             records += run_seed(target, sets, caches, eval_caches, args.out, replace(hp, seed=seed), args)
-    machine = f"{rdata.cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+    machine = rdata.machine_line()
     meta = {"command": "python benchmarks/pooled.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": machine, "hyperparameters": asdict(hp), "total_s": time.perf_counter() - t0,
             "cpu_s": rdata.cpu_seconds() - c0}
@@ -249,14 +247,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(out: Path, records: list[dict[str, Any]], meta: dict[str, Any], ft_fraction: float) -> str:
     summary = summarise(records)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({**meta, "summary": summary, "records": records}, indent=2)
-                                      + "\n")
     md = (f"{markdown(summary, ft_fraction)}\n\nSeeds {sorted({r['seed'] for r in records})}; "
           f"{meta['hyperparameters']['steps']} pretraining steps for both; machine: {meta['machine']}; "
           f"CPU {meta['cpu_s'] / 60:.1f} min. Command: `{meta['command']}`.\n")
-    (out / "results.md").write_text(md)
-    return md
+    return rdata.write_report(out, {**meta, "summary": summary, "records": records}, md)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -675,6 +674,36 @@ def _stats(values: list[float | None]) -> dict[str, Any] | None:
             "n": len(vals), "values": vals}
 
 
+def seed_means(records: list[dict[str, Any]], key: str, **match: Any) -> dict[int, float]:
+    """{seed: mean of ``key``} over the records whose fields equal ``match`` (several splits of a seed, such
+    as SBU's folds, averaged within it); records without ``key`` are left out."""
+    by_seed: dict[int, list[float]] = {}
+    for r in records:
+        if r.get(key) is not None and all(r.get(k) == v for k, v in match.items()):
+            by_seed.setdefault(r.get("seed", 0), []).append(r[key])
+    return {sd: sum(v) / len(v) for sd, v in by_seed.items()}
+
+
+def paired_stats(mine: dict[int, float], ref: dict[int, float]) -> dict[str, Any] | None:
+    """``_stats`` of the per-seed differences ``mine - ref`` over the seeds both have (None: no such seed)."""
+    common = sorted(set(mine) & set(ref))
+    return _stats([mine[sd] - ref[sd] for sd in common]) if common else None
+
+
+def table_head(columns: list[str], numeric_from: int) -> list[str]:
+    """A markdown table's header and rule, columns from ``numeric_from`` on right-aligned."""
+    rule = "|" + "".join("---|" if i < numeric_from else "---:|" for i in range(len(columns)))
+    return ["| " + " | ".join(columns) + " |", rule]
+
+
+def write_report(out: Path, result: dict[str, Any], md: str) -> str:
+    """``OUT/results.json`` (``result``) and ``OUT/results.md`` (``md``); returns ``md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(md)
+    return md
+
+
 def baseline_row(row: str, streams: list[str]) -> str:
     """The random-init row a pretrained row is paired with: same streams count (joint or 3s)."""
     return "random init (joint)" if len(streams) == 1 else "random init (3s)"
@@ -685,16 +714,11 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     and paired differences (same seed and split) against the random-init row of the same number of
     streams (``vs_random``) and, for cross-view rows, against 3s-SkeletonCLR (``vs_single``)."""
     def per_seed(ds_name: str, row: str, key: str) -> dict[int, float]:
-        by_seed: dict[int, list[float]] = {}
-        for r in records:
-            if r["dataset"] == ds_name and r["row"] == row and r.get(key) is not None:
-                by_seed.setdefault(r.get("seed", 0), []).append(r[key])
-        return {sd: sum(v) / len(v) for sd, v in by_seed.items()}
+        return seed_means(records, key, dataset=ds_name, row=row)
 
     def paired(ds_name: str, row: str, other: str, key: str) -> dict[str, Any] | None:
         a, b = per_seed(ds_name, row, key), per_seed(ds_name, other, key)
-        common = sorted(set(a) & set(b))
-        return _stats([a[sd] - b[sd] for sd in common]) if common and row != other else None
+        return paired_stats(a, b) if row != other else None
 
     out = []
     keys = list(dict.fromkeys((r["dataset"], r["row"]) for r in records))
@@ -772,13 +796,20 @@ def markdown_cross(summary: list[dict[str, Any]]) -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (``crossclr_infer.hardware.cpu_caps``)."""
+    from crossclr_infer.hardware import cpu_caps
+
+    return cpu_caps().model
+
+
+def machine_line() -> str:
+    """The machine of a results file: the CPU with its instruction sets (``CpuCaps.line``), torch and its
+    threads."""
+    import torch
+
+    from crossclr_infer.hardware import cpu_caps
+
+    return f"{cpu_caps().line()}, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
 def cpu_seconds() -> float:
@@ -872,8 +903,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = list(range(1, 6)) if args.sbu_folds == "all" else [int(f) for f in args.sbu_folds.split(",")]
     seeds = [args.seed + i for i in range(args.seeds)]
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = (f"{cpu_model()}, {os.cpu_count()} logical CPUs, "
-               f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+    machine = machine_line()
     cmd = "python benchmarks/real_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t_all, cpu0 = time.perf_counter(), cpu_seconds()
     records: list[dict[str, Any]] = []
@@ -933,7 +963,6 @@ def write_results(out: Path, records: list[dict[str, Any]], hp: SmallData, data_
     summary = summarise(records)
     result = {"command": cmd, "machine": machine, "total_s": total_s, "cpu_s": cpu_s, "seeds": seeds,
               "hyperparameters": asdict(hp), "data": data_info, "summary": summary, "records": records}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     per_split = {(r["dataset"], r["split"]): r for r in records if r["run"] == "random"}
     splits = "; ".join(f"{d} {sp}: {r['num_train']} train / {r['num_test']} test, {r['epochs']} epochs, "
                        f"queue {r['queue_size']}" for (d, sp), r in per_split.items())
@@ -942,8 +971,7 @@ def write_results(out: Path, records: list[dict[str, Any]], hp: SmallData, data_
           f"Seeds {done} (of {seeds}); mean ± sample std over seeds; Δ: paired difference per seed, "
           f"mean ± std [min, max]. Splits: {splits}.\nMachine: {machine}. Wall {total_s / 60:.1f} min, "
           f"CPU {cpu_s / 60:.1f} min. Command: `{cmd}`.\nHyperparameters: {json.dumps(asdict(hp))}.\n")
-    (out / "results.md").write_text(md)
-    return md
+    return write_report(out, result, md)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -242,27 +241,11 @@ def check_same_subsets(records: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def paired(mine: dict[int, float], ref: dict[int, float]) -> dict[str, Any] | None:
-    """``real_data._stats`` of the per-seed differences ``mine - ref`` over the seeds both have."""
-    common = sorted(set(mine) & set(ref))
-    return rdata._stats([mine[s] - ref[s] for s in common]) if common else None
-
-
-def table_head(columns: list[str], numeric_from: int) -> list[str]:
-    """A markdown table's header and rule, columns from ``numeric_from`` on right-aligned."""
-    rule = "|" + "".join("---|" if i < numeric_from else "---:|" for i in range(len(columns)))
-    return ["| " + " | ".join(columns) + " |", rule]
-
-
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (data set, method, fraction): top-1 mean ± std over seeds (SBU folds averaged within a
     seed first), the paired difference to the method's random init, and the mean CPU seconds of a cell."""
-    def per_seed(ds: str, method: str | None, fraction: float, key: str = "top1") -> dict[int, float]:
-        by: dict[int, list[float]] = {}
-        for r in records:
-            if r["dataset"] == ds and r["method"] == method and r["fraction"] == fraction:
-                by.setdefault(r["seed"], []).append(r[key])
-        return {s: sum(v) / len(v) for s, v in by.items()}
+    def per_seed(ds: str, method: str | None, fraction: float) -> dict[int, float]:
+        return rdata.seed_means(records, "top1", dataset=ds, method=method, fraction=fraction)
 
     out = []
     for ds, method, fraction in dict.fromkeys((r["dataset"], r["method"], r["fraction"]) for r in records):
@@ -275,7 +258,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pretrain_cpu_s": sum(r["pretrain_cpu_s"] for r in group) / len(group)}
         base = group[0]["baseline"]
         if base is not None:
-            line["vs_random"] = {"baseline": base, "diff": paired(acc, per_seed(ds, base, fraction))}
+            diff = rdata.paired_stats(acc, per_seed(ds, base, fraction))
+            line["vs_random"] = {"baseline": base, "diff": diff}
         out.append(line)
     return out
 
@@ -283,7 +267,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]]) -> str:
     """Rows: data set x method; columns: the label fractions, each 'top-1 mean ± std (Δ vs random init)'."""
     fractions = sorted({s["fraction"] for s in summary if s["method"] != SUPERVISED.key})
-    lines = table_head(["data set", "method", *(f"{f:.0%} labels" for f in fractions),
+    lines = rdata.table_head(["data set", "method", *(f"{f:.0%} labels" for f in fractions),
                         "fine-tune CPU s / cell", "pretrain CPU s"], 2)
     for ds in dict.fromkeys(s["dataset"] for s in summary):
         for method in dict.fromkeys(s["method"] for s in summary if s["dataset"] == ds):
@@ -307,9 +291,6 @@ def markdown(summary: list[dict[str, Any]]) -> str:
 
 def write_results(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     summary = summarise(records)
-    result = {**meta, "summary": summary, "records": records}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     counts = {(s["dataset"], s["fraction"]): s["num_labelled"] for s in summary
               if s["method"] != SUPERVISED.key}
     labelled = "; ".join(f"{ds} {f:.0%}: {n}" for (ds, f), n in counts.items())
@@ -323,8 +304,7 @@ def write_results(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]
           f"\nMachine: {meta['machine']}. Wall {meta['total_s'] / 60:.1f} min{meta.get('wall_note', '')}, "
           f"CPU {meta['cpu_s'] / 60:.1f} "
           f"min. Command: `{meta['command']}`.\n")
-    (out / "results.md").write_text(md)
-    return md
+    return rdata.write_report(out, {**meta, "summary": summary, "records": records}, md)
 
 
 def merge_results(files: list[Path], out: Path) -> int:
@@ -445,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.seed + i for i in range(args.seeds)]
     meta: dict[str, Any] = {
         "command": "python benchmarks/semi_supervised.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": f"{rdata.cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
-                   f"{torch.get_num_threads()} threads", "seeds": seeds, "hyperparameters": asdict(hp),
+        "machine": rdata.machine_line(), "seeds": seeds, "hyperparameters": asdict(hp),
         "transformer": asdict(th), "plan": {**asdict(plan), "methods": [m.key for m in plan.methods]}}
     t_all, cpu0 = time.perf_counter(), rdata.cpu_seconds()
     records: list[dict[str, Any]] = []

@@ -224,6 +224,23 @@ def plan_mapping(source: Layout, target: Layout, *, fill: FillSpec | None = None
     return LayoutMap(source, target, tuple(sources[j] for j in order), tuple(how[j] for j in order))
 
 
+def input_mapping(from_layout: str | Layout | None, model_layout: Layout, *, fill: FillSpec | None = None,
+                  fill_missing: bool = False, cli: bool = False) -> LayoutMap | None:
+    """The map from the inputs' layout ``from_layout`` to a model's (``Predictor(from_layout=...)``,
+    ``predict --from-layout``): None without ``from_layout`` or when the map changes nothing; ``fill`` /
+    ``fill_missing`` without ``from_layout`` are refused. ``cli``: errors name the options, as in
+    ``plan_mapping``."""
+    if from_layout is None:
+        if fill or fill_missing:
+            raise CrossclrError("--fill/--fill-missing apply with --from-layout (the inputs' skeleton layout)"
+                                if cli else
+                                "fill/fill_missing apply with from_layout (the layout of the clips given)")
+        return None
+    source = load_layout(from_layout, "--from-layout" if cli else "from_layout")
+    mapping = plan_mapping(source, model_layout, fill=fill, fill_missing=fill_missing, cli=cli)
+    return None if mapping.is_identity else mapping
+
+
 def load_layout(name_or_path: str | Layout, option: str) -> Layout:
     """A built-in layout name or a ``.toml`` file (or a Layout as it is); errors name ``option``."""
     if isinstance(name_or_path, Layout):

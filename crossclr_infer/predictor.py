@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CrossclrError
-from .layout_map import FillSpec, LayoutMap, load_layout, plan_mapping
+from .layout_map import FillSpec, LayoutMap, input_mapping
 from .layouts import Layout
 from .predict import (
     API_AXES,
@@ -134,13 +134,8 @@ class Predictor:
                  fill_missing: bool = False) -> None:
         self.session = ModelSession(model_path, providers, intra_op_threads=threads, use="latency",
                                     backend=backend, precision=precision)
-        self.layout_map: LayoutMap | None = None
-        if from_layout is not None:
-            source = load_layout(from_layout, "from_layout")
-            mapping = plan_mapping(source, self.info.layout, fill=fill, fill_missing=fill_missing)
-            self.layout_map = None if mapping.is_identity else mapping
-        elif fill or fill_missing:
-            raise CrossclrError("fill/fill_missing apply with from_layout (the layout of the clips given)")
+        self.layout_map: LayoutMap | None = input_mapping(from_layout, self.info.layout, fill=fill,
+                                                          fill_missing=fill_missing)
 
     @property
     def input_layout(self) -> Layout:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,7 +147,6 @@ def test_finetune_epochs_cover_the_step_budget():
     assert semi.finetune_epochs(284, 200, 16) == 12
     assert semi.finetune_epochs(1, 5, 16) == 5
     assert rdata.SmallData().steps == 200
-    assert Path(semi.__file__).name == "semi_supervised.py"
 
 
 def test_transformer_rows_fine_tune_with_adamw_by_default(tiny_run):

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import CrossclrError
-from ..layout_map import LayoutMap, load_layout, parse_fill, plan_mapping
+from ..layout_map import LayoutMap, input_mapping, parse_fill
 from ..layouts import Layout
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,16 +31,11 @@ def fill_options(f: F) -> F:
 
 def input_layout_map(model_layout: Layout, from_layout: str | None, fill: tuple[str, ...], fill_missing: bool,
                      preprocessed: bool) -> LayoutMap | None:
-    """``predict --from-layout``: the map from the inputs' layout to the model's (None without it, or when
-    they are the same)."""
-    if from_layout is None:
-        if fill or fill_missing:
-            raise CrossclrError("--fill/--fill-missing apply with --from-layout (the inputs' skeleton "
-                                "layout)")
-        return None
-    if preprocessed:
+    """``predict --from-layout``: the map from the inputs' layout to the model's
+    (``layout_map.input_mapping``; None without it, or when they are the same); --preprocessed arrays cannot
+    be mapped."""
+    if from_layout is not None and preprocessed:
         raise CrossclrError("--from-layout maps raw inputs; --preprocessed arrays are in the model's layout "
                             "already")
-    mapping = plan_mapping(load_layout(from_layout, "--from-layout"), model_layout, fill=parse_fill(fill),
-                           fill_missing=fill_missing, cli=True)
-    return None if mapping.is_identity else mapping
+    return input_mapping(from_layout, model_layout, fill=parse_fill(fill), fill_missing=fill_missing,
+                         cli=True)

@@ -32,6 +32,7 @@ from training.protocols.linear import (
     init_heads,
     save_result,
     sgd_with_steps,
+    step_schedule,
     with_fused,
 )
 
@@ -97,9 +98,7 @@ def make_optimizer(params: Sequence[nn.Parameter], cfg: FinetuneConfig) -> tuple
     if cfg.optimizer == "sgd":
         return sgd_with_steps(params, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.resolved_milestones()),
-                                                 gamma=cfg.gamma)
-    return opt, sched
+    return opt, step_schedule(opt, cfg)
 
 
 @torch.no_grad()

@@ -104,10 +104,13 @@ def sgd_with_steps(
     """SGD (cfg.lr, cfg.momentum, cfg.weight_decay) and its lr × cfg.gamma drops at cfg's milestones
     (``LinearConfig`` or ``FinetuneConfig``)."""
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=list(cfg.resolved_milestones()), gamma=cfg.gamma
-    )
-    return opt, sched
+    return opt, step_schedule(opt, cfg)
+
+
+def step_schedule(opt: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.MultiStepLR:
+    """The lr × cfg.gamma drops at cfg's milestones, for any optimizer."""
+    milestones = list(cfg.resolved_milestones())
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
 
 
 class FeatureSource(Protocol):
